@@ -1,0 +1,74 @@
+"""Alembic migrations, serialized by a PostgreSQL advisory lock so two processes never migrate at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from psycopg import sql
+
+from db.connection import sqlalchemy_url
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "models" / "migrations"
+# Any constant works; it only has to be the same in every process of this project.
+MIGRATION_LOCK_KEY = 0x5B0_7E7
+
+
+def _config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def _run(url: str, schema: str, fn) -> None:  # noqa: ANN001
+    engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            # A session lock (not xact): it must outlive the migration's own transactions.
+            conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+            try:
+                raw = conn.connection.driver_connection
+                raw.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                raw.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
+                conn.commit()
+                cfg = _config()
+                cfg.attributes["connection"] = conn
+                cfg.attributes["schema"] = schema
+                fn(cfg)
+                conn.commit()
+            finally:
+                conn.rollback()
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str, schema: str = "public", revision: str = "head") -> None:
+    _run(url, schema, lambda cfg: command.upgrade(cfg, revision))
+
+
+def downgrade(url: str, schema: str = "public", revision: str = "-1") -> None:
+    _run(url, schema, lambda cfg: command.downgrade(cfg, revision))
+
+
+def current_revision(url: str, schema: str = "public") -> str | None:
+    engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"version_table_schema": schema})
+            return ctx.get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def is_up_to_date(url: str, schema: str = "public") -> bool:
+    return current_revision(url, schema) == head_revision()

@@ -1,0 +1,311 @@
+"""SQLModel tables: the one schema truth (columns, keys, declared indexes).
+
+Tables carry no schema name: connections put ``HUB_DB_SCHEMA`` first on the ``search_path`` and
+Alembic creates them there. Money is ``numeric``; times are ``timestamptz``. No foreign keys between
+shop tables: guest orders have no customer and snapshot files arrive in any order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Optional
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+# Raw entity JSON. jsonb over json: measured in docs/benchmarks.md (jsonb costs some load time but is
+# what analysts query with ->> and GIN indexes; json would re-parse on every read).
+RAW_JSON = JSONB
+
+
+def _col(type_: Any, **kw: Any) -> Any:
+    return Field(default=None, sa_column=sa.Column(type_, **kw))
+
+
+def _ts(**kw: Any) -> Any:
+    return _col(sa.DateTime(timezone=True), **kw)
+
+
+def _money(**kw: Any) -> Any:
+    return _col(sa.Numeric, **kw)
+
+
+def _text(**kw: Any) -> Any:
+    return _col(sa.Text, **kw)
+
+
+def _now() -> Any:
+    return Field(
+        default=None,
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    )
+
+
+class Order(SQLModel, table=True):
+    __tablename__ = "orders"
+
+    code: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    guid: Optional[str] = _text()  # null on some old orders
+    external_code: Optional[str] = _text()
+    created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    changed_at: Optional[datetime] = _ts()
+    status_id: Optional[int] = _col(sa.Integer)
+    status_name: Optional[str] = _text()
+    source_name: Optional[str] = _text()
+    email: Optional[str] = _text()
+    phone: Optional[str] = _text()
+    customer_guid: Optional[str] = _text()
+    currency_code: Optional[str] = _text()
+    exchange_rate: Optional[Decimal] = _money()
+    price_with_vat: Optional[Decimal] = _money()
+    price_without_vat: Optional[Decimal] = _money()
+    price_vat: Optional[Decimal] = _money()
+    price_to_pay: Optional[Decimal] = _money()
+    paid: Optional[bool] = _col(sa.Boolean)
+    vat_payer: Optional[bool] = _col(sa.Boolean)
+    cash_desk_order: Optional[bool] = _col(sa.Boolean)
+    billing_method_id: Optional[int] = _col(sa.Integer)
+    billing_method_name: Optional[str] = _text()
+    payment_method_guid: Optional[str] = _text()
+    payment_method_name: Optional[str] = _text()
+    shipping_guid: Optional[str] = _text()
+    shipping_name: Optional[str] = _text()
+    billing_company: Optional[str] = _text()
+    billing_full_name: Optional[str] = _text()
+    billing_street: Optional[str] = _text()
+    billing_house_number: Optional[str] = _text()
+    billing_city: Optional[str] = _text()
+    billing_zip: Optional[str] = _text()
+    billing_country_code: Optional[str] = _text()
+    billing_company_id: Optional[str] = _text()
+    billing_vat_id: Optional[str] = _text()
+    delivery_company: Optional[str] = _text()
+    delivery_full_name: Optional[str] = _text()
+    delivery_street: Optional[str] = _text()
+    delivery_house_number: Optional[str] = _text()
+    delivery_city: Optional[str] = _text()
+    delivery_zip: Optional[str] = _text()
+    delivery_country_code: Optional[str] = _text()
+    content_hash: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    raw: Optional[Any] = _col(RAW_JSON)
+    run_id: Optional[int] = _col(sa.BigInteger)
+    synced_at: Optional[datetime] = _now()
+
+    __table_args__ = (
+        sa.Index("ix_orders_changed_at", "changed_at"),
+        sa.Index("ix_orders_created_at", "created_at"),
+        sa.Index("ix_orders_customer_guid", "customer_guid"),
+    )
+
+
+class OrderItem(SQLModel, table=True):
+    """One line of an order as sent (all item types), range-partitioned by quarter on ``created_at``.
+
+    ``created_at`` is the order's creation time. ``item_id`` is Shoptet's ``itemId``; when a line has
+    none, the negative line position stands in (``-1`` for the first line) so it can never collide.
+    """
+
+    __tablename__ = "order_items"
+
+    order_code: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    item_id: int = Field(sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=False))
+    created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), primary_key=True))
+    position: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    item_type: Optional[str] = _text()
+    product_guid: Optional[str] = _text()
+    code: Optional[str] = _text()
+    ean: Optional[str] = _text()
+    name: Optional[str] = _text()
+    variant_name: Optional[str] = _text()
+    brand: Optional[str] = _text()
+    amount: Optional[Decimal] = _money()
+    amount_unit: Optional[str] = _text()
+    price_ratio: Optional[Decimal] = _money()
+    status_id: Optional[int] = _col(sa.Integer)
+    unit_price_with_vat: Optional[Decimal] = _money()
+    unit_price_without_vat: Optional[Decimal] = _money()
+    item_price_with_vat: Optional[Decimal] = _money()
+    item_price_without_vat: Optional[Decimal] = _money()
+    item_price_vat: Optional[Decimal] = _money()
+    vat_rate: Optional[Decimal] = _money()
+
+    __table_args__ = (
+        sa.Index("ix_order_items_product_guid", "product_guid"),
+        {"postgresql_partition_by": "RANGE (created_at)"},
+    )
+
+
+class Customer(SQLModel, table=True):
+    __tablename__ = "customers"
+
+    guid: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))  # any string, not only UUIDs
+    created_at: Optional[datetime] = _ts()
+    changed_at: Optional[datetime] = _ts()
+    email: Optional[str] = _text()  # the main account's e-mail: customers have no top-level e-mail
+    full_name: Optional[str] = _text()
+    phone: Optional[str] = _text()
+    customer_group_id: Optional[int] = _col(sa.Integer)
+    customer_group_name: Optional[str] = _text()
+    price_list_id: Optional[int] = _col(sa.Integer)
+    price_list_name: Optional[str] = _text()
+    disabled_orders: Optional[bool] = _col(sa.Boolean)
+    billing_company: Optional[str] = _text()
+    billing_full_name: Optional[str] = _text()
+    billing_street: Optional[str] = _text()
+    billing_house_number: Optional[str] = _text()
+    billing_city: Optional[str] = _text()
+    billing_zip: Optional[str] = _text()
+    billing_country_code: Optional[str] = _text()
+    billing_company_id: Optional[str] = _text()
+    billing_vat_id: Optional[str] = _text()
+    content_hash: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    raw: Optional[Any] = _col(RAW_JSON)
+    run_id: Optional[int] = _col(sa.BigInteger)
+    synced_at: Optional[datetime] = _now()
+
+    __table_args__ = (sa.Index("ix_customers_email", "email"),)
+
+
+class Product(SQLModel, table=True):
+    __tablename__ = "products"
+
+    guid: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    type: Optional[str] = _text()
+    name: Optional[str] = _text()
+    visibility: Optional[str] = _text()
+    brand_code: Optional[str] = _text()
+    brand_name: Optional[str] = _text()
+    supplier_name: Optional[str] = _text()
+    default_category_guid: Optional[str] = _text()
+    default_category_name: Optional[str] = _text()
+    url: Optional[str] = _text()
+    created_at: Optional[datetime] = _ts()
+    changed_at: Optional[datetime] = _ts()
+    content_hash: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    raw: Optional[Any] = _col(RAW_JSON)
+    run_id: Optional[int] = _col(sa.BigInteger)
+    synced_at: Optional[datetime] = _now()
+
+
+class ProductVariant(SQLModel, table=True):
+    __tablename__ = "product_variants"
+
+    code: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    product_guid: str = Field(sa_column=sa.Column(sa.Text, nullable=False, index=True))
+    position: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    ean: Optional[str] = _text()
+    name: Optional[str] = _text()
+    price: Optional[Decimal] = _money()
+    common_price: Optional[Decimal] = _money()
+    action_price: Optional[Decimal] = _money()
+    including_vat: Optional[bool] = _col(sa.Boolean)
+    vat_rate: Optional[Decimal] = _money()
+    currency_code: Optional[str] = _text()
+    stock: Optional[Decimal] = _money()
+    unit: Optional[str] = _text()
+    visible: Optional[bool] = _col(sa.Boolean)
+
+
+class CustomerMetric(SQLModel, table=True):
+    """One row per customer identity: lower(trim(email)) when known, else the customer GUID."""
+
+    __tablename__ = "customer_metrics"
+
+    customer_key: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    customer_guid: Optional[str] = _text()
+    email: Optional[str] = _text()
+    orders_count: Optional[int] = _col(sa.Integer)
+    revenue_with_vat: Optional[Decimal] = _money()
+    revenue_without_vat: Optional[Decimal] = _money()
+    avg_order_value: Optional[Decimal] = _money()
+    first_order_at: Optional[datetime] = _ts()
+    last_order_at: Optional[datetime] = _ts()
+    days_since_last_order: Optional[int] = _col(sa.Integer)
+    avg_days_between_orders: Optional[Decimal] = _money()
+    r_score: Optional[int] = _col(sa.SmallInteger)
+    f_score: Optional[int] = _col(sa.SmallInteger)
+    m_score: Optional[int] = _col(sa.SmallInteger)
+    segment: Optional[str] = _text()
+    updated_at: Optional[datetime] = _now()
+
+
+class Setting(SQLModel, table=True):
+    __tablename__ = "settings"
+
+    key: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    value: Any = Field(sa_column=sa.Column(JSONB, nullable=False))
+    version: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="1"))
+    updated_at: Optional[datetime] = _now()
+
+
+class SnapshotRun(SQLModel, table=True):
+    """One apply of one snapshot file (from the API or a local file), with its counters."""
+
+    __tablename__ = "snapshot_runs"
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    entity: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    source: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # api | file | fetch
+    full: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
+    filters: Optional[Any] = _col(JSONB)
+    job_id: Optional[str] = _text()
+    flow_run_id: Optional[str] = _text()
+    status: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # running | succeeded | failed
+    started_at: Optional[datetime] = _now()
+    finished_at: Optional[datetime] = _ts()
+    lines: Optional[int] = _col(sa.BigInteger)
+    inserted: Optional[int] = _col(sa.BigInteger)
+    updated: Optional[int] = _col(sa.BigInteger)
+    unchanged: Optional[int] = _col(sa.BigInteger)
+    rejected: Optional[int] = _col(sa.BigInteger)
+    skipped_older: Optional[int] = _col(sa.BigInteger)
+    deleted: Optional[int] = _col(sa.BigInteger)
+    child_rows: Optional[int] = _col(sa.BigInteger)
+    error: Optional[str] = _text()
+
+
+class FailedSnapshot(SQLModel, table=True):
+    __tablename__ = "failed_snapshots"
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    entity: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    filters: Optional[Any] = _col(JSONB)
+    full: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()))
+    job_id: Optional[str] = _text()
+    stage: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    error_class: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    error_message: Optional[str] = _text()
+    attempts: int = Field(sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    next_attempt_at: Optional[datetime] = _ts()
+    status: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # pending | recovered | gave_up
+    run_id: Optional[int] = _col(sa.BigInteger)
+    recovered_run_id: Optional[int] = _col(sa.BigInteger)
+    created_at: Optional[datetime] = _now()
+    updated_at: Optional[datetime] = _now()
+
+    __table_args__ = (sa.Index("ix_failed_snapshots_status", "status", "next_attempt_at"),)
+
+
+class SnapshotReject(SQLModel, table=True):
+    __tablename__ = "snapshot_rejects"
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    run_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, index=True))
+    line_no: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    reason: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    line: Optional[str] = _text()  # first 2 000 characters
+    created_at: Optional[datetime] = _now()
+
+
+class SyncState(SQLModel, table=True):
+    __tablename__ = "sync_state"
+
+    key: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    watermark: Optional[datetime] = _ts()
+    details: Optional[Any] = _col(JSONB)
+    updated_at: Optional[datetime] = _now()
+
+
+metadata = SQLModel.metadata
