@@ -1,0 +1,118 @@
+"""Quarterly partitions of ``order_items`` (UTC quarter boundaries, named ``order_items_YYYY_qN``).
+
+A partition is created as ``CREATE TABLE … (LIKE parent)`` + ``ATTACH PARTITION``: ATTACH takes only
+SHARE UPDATE EXCLUSIVE on the parent, where ``CREATE TABLE … PARTITION OF`` would take ACCESS
+EXCLUSIVE. Each step runs under a short ``lock_timeout`` and is retried, so a long query or a backup
+holding the parent delays us instead of queueing every other query behind our DDL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+PARENT = "order_items"
+
+
+@dataclass(frozen=True, order=True)
+class Quarter:
+    year: int
+    q: int
+
+    @classmethod
+    def of(cls, ts: datetime) -> Quarter:
+        ts = ts.astimezone(UTC)
+        return cls(ts.year, (ts.month - 1) // 3 + 1)
+
+    @property
+    def start(self) -> datetime:
+        return datetime(self.year, 3 * (self.q - 1) + 1, 1, tzinfo=UTC)
+
+    @property
+    def end(self) -> datetime:
+        return self.next().start
+
+    def next(self) -> Quarter:
+        return Quarter(self.year + 1, 1) if self.q == 4 else Quarter(self.year, self.q + 1)
+
+    @property
+    def name(self) -> str:
+        return f"{PARENT}_{self.year}_q{self.q}"
+
+
+def existing_partitions(conn: psycopg.Connection, parent: str = PARENT) -> set[str]:
+    rows = conn.execute(
+        """SELECT c.relname FROM pg_inherits i
+           JOIN pg_class c ON c.oid = i.inhrelid
+           JOIN pg_class p ON p.oid = i.inhparent
+           WHERE p.oid = to_regclass(%s)""",
+        (parent,),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def quarters_of_stage(conn: psycopg.Connection, stage_table: str) -> list[Quarter]:
+    """Distinct UTC quarters of ``created_at`` in a staging table."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT DISTINCT date_part('year', d)::int, date_part('quarter', d)::int FROM "
+            "(SELECT date_trunc('quarter', created_at AT TIME ZONE 'UTC') AS d FROM {}) s"
+        ).format(sql.Identifier(stage_table))
+    ).fetchall()
+    return sorted(Quarter(y, q) for y, q in rows)
+
+
+def ensure_partitions(
+    conn: psycopg.Connection,
+    quarters: list[Quarter],
+    *,
+    lock_timeout: str = "5s",
+    attempts: int = 5,
+    sleep=time.sleep,  # noqa: ANN001
+) -> list[str]:
+    """Create every missing quarter partition; return the names created. ``conn`` must be autocommit."""
+    if not conn.autocommit:
+        raise ValueError("ensure_partitions needs an autocommit connection (one short transaction per step)")
+    existing = existing_partitions(conn)
+    created = []
+    for quarter in quarters:
+        if quarter.name in existing:
+            continue
+        for attempt in range(1, attempts + 1):
+            try:
+                _create_partition(conn, quarter, lock_timeout)
+                created.append(quarter.name)
+                break
+            except psycopg.errors.LockNotAvailable:
+                if attempt == attempts:
+                    raise
+                log.warning("lock_timeout creating %s (attempt %d/%d); retrying", quarter.name, attempt, attempts)
+                sleep(min(2**attempt * 0.1, 5))
+    return created
+
+
+def _create_partition(conn: psycopg.Connection, quarter: Quarter, lock_timeout: str) -> None:
+    ident = sql.Identifier(quarter.name)
+    parent = sql.Identifier(PARENT)
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+        # Another writer may have attached it since we looked: re-check inside the transaction.
+        if quarter.name in existing_partitions(conn):
+            return
+        conn.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                    "INCLUDING STORAGE INCLUDING COMMENTS)").format(ident, parent)
+        )
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                parent, ident, sql.Literal(quarter.start), sql.Literal(quarter.end)
+            )
+        )
+    log.info("created partition %s", quarter.name)
