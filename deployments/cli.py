@@ -1,0 +1,185 @@
+"""The ``hub`` command line (Typer). Thin: every command calls a flow or a db/ function."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from flows.snapshot import Entity
+
+app = typer.Typer(help="Shoptet Commerce Hub: mirror a Shoptet e-shop into PostgreSQL.", no_args_is_help=True)
+db_app = typer.Typer(help="Database: URL and migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _quiet_prefect() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+# --- db -----------------------------------------------------------------------------------------------
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print the database URL in use (password masked)."""
+    from db.connection import mask_url
+    from flows import runtime
+
+    print(mask_url(runtime.database_url()))
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Run migrations up to REVISION (default: head)."""
+    from db import migrate
+    from flows import runtime
+    from flows.config import get_config
+
+    cfg = get_config()
+    migrate.upgrade(runtime.database_url(cfg), cfg.db_schema, revision)
+    console.print(f"database at revision {migrate.current_revision(runtime.database_url(cfg), cfg.db_schema)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = typer.Argument("-1")) -> None:
+    """Revert migrations down to REVISION (default: one step; 'base' removes every table)."""
+    from db import migrate
+    from flows import runtime
+    from flows.config import get_config
+
+    cfg = get_config()
+    migrate.downgrade(runtime.database_url(cfg), cfg.db_schema, revision)
+    console.print(f"database at revision {migrate.current_revision(runtime.database_url(cfg), cfg.db_schema)}")
+
+
+# --- snapshot import ----------------------------------------------------------------------------------
+
+
+@app.command()
+def sync(
+    entity: Entity,
+    since: Optional[datetime] = typer.Option(None, help="Only entities changed since (ISO 8601); omit for full."),
+    allow_mass_delete: bool = typer.Option(False, help="Let a full snapshot delete over half of the rows."),
+) -> None:
+    """Import ENTITY from the shop through a Shoptet snapshot."""
+    _quiet_prefect()
+    from flows.snapshot import SnapshotFailed, counters_table, import_snapshot
+
+    try:
+        counters = import_snapshot(entity, changed_since=since, allow_mass_delete=allow_mass_delete)
+    except SnapshotFailed as exc:
+        _fail(f"{exc} (recorded as failed snapshot {exc.failed_snapshot_id}; `hub retry-failed` retries it)")
+    _print_counters(entity.value, counters_table(counters))
+
+
+@app.command("import-file")
+def import_file_cmd(
+    entity: Entity,
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    full: bool = typer.Option(False, help="The file is a full snapshot: delete rows it does not hold."),
+    allow_mass_delete: bool = typer.Option(False, help="With --full: allow deleting over half of the rows."),
+) -> None:
+    """Apply a local snapshot FILE (gzip or plain JSON Lines) through the same loader."""
+    _quiet_prefect()
+    from db.loader import ApplyError
+    from flows.snapshot import counters_table, import_file
+
+    try:
+        counters = import_file(entity, file, full=full, allow_mass_delete=allow_mass_delete)
+    except ApplyError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - the CLI reports every failure with its reason
+        _fail(f"{type(exc).__name__}: {exc}")
+    _print_counters(entity.value, counters_table(counters))
+
+
+@app.command("retry-failed")
+def retry_failed() -> None:
+    """Retry due failed snapshots (3 attempts each, then gave_up)."""
+    _quiet_prefect()
+    from flows.failed import retry_failed_snapshots
+
+    outcomes = retry_failed_snapshots()
+    if not outcomes:
+        console.print("no failed snapshots due")
+    for o in outcomes:
+        console.print(f"failed snapshot {o['id']} ({o['entity']}): attempt {o['attempt']} → {o['status']}")
+    if any(o["status"] != "recovered" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _print_counters(entity: str, rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{entity} snapshot")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for r in rows:
+        table.add_row(r["counter"], str(r["value"]))
+    Console().print(table)
+
+
+# --- sandbox and generated data -----------------------------------------------------------------------
+
+
+@app.command()
+def sandbox(
+    port: int = typer.Option(8765, help="Port on 127.0.0.1."),
+    orders: int = typer.Option(1000, help="How many orders the fake shop holds."),
+    seed: int = typer.Option(42),
+) -> None:
+    """Run the sandbox Shoptet API standalone (prints the token it accepts)."""
+    from shoptet.sandbox.server import run_standalone
+
+    run_standalone(port=port, orders=orders, seed=seed)
+
+
+@app.command()
+def generate(
+    entity: Entity,
+    count: int = typer.Option(..., help="How many entities."),
+    out: Path = typer.Option(..., help="Output file (gzip JSON Lines)."),
+    seed: int = typer.Option(42),
+) -> None:
+    """Write a deterministic gzip snapshot file of COUNT entities (for benchmarks)."""
+    from shoptet.sandbox.generator import write_snapshot
+
+    n = write_snapshot(entity.value, count, out, seed=seed)
+    console.print(f"wrote {n} {entity.value} to {out}")
+
+
+@app.command()
+def demo(
+    orders: int = typer.Option(20_000, help="Orders in the sandbox shop."),
+    seed: int = typer.Option(42),
+    verbose: bool = typer.Option(False, help="Show Prefect's logs."),
+) -> None:
+    """Run the whole pipeline on embedded defaults: embedded PostgreSQL + sandbox API + ephemeral Prefect."""
+    if not verbose:
+        _quiet_prefect()
+    from deployments.demo import run_demo
+
+    sys.exit(run_demo(orders=orders, seed=seed))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

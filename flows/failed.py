@@ -1,0 +1,86 @@
+"""``retry_failed_snapshots``: give every failed snapshot up to 3 more attempts, then give up.
+
+A retry re-downloads the old job's result while it is still valid; it re-requests the snapshot when the
+result expired, when no job was ever created, or when the file itself was refused (a file rejected for
+bad lines would be rejected again: Shoptet must produce a new one).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from db.connection import connection
+from db.runs import due_failed_snapshots, update_failed_snapshot
+from flows import runtime
+from flows.config import get_config
+from flows.snapshot import Entity, SnapshotFailed, import_snapshot
+
+MAX_RETRY_ATTEMPTS = 3
+RETRY_GAP = timedelta(hours=1)
+# Failures after which the old job's file is no use: re-request instead of re-downloading.
+_REQUEST_AGAIN = {"ResultExpiredError", "TooManyRejectsError", "MassDeleteRefusedError", "JobFailedError",
+                  "JobDeadlineExceededError", "JobNotFoundError", "CorruptResultError"}
+
+
+def _reuse_job(fs: dict[str, Any]) -> str | None:
+    if fs["job_id"] and fs["stage"] in ("wait", "download", "apply") and fs["error_class"] not in _REQUEST_AGAIN:
+        return fs["job_id"]
+    return None
+
+
+@flow(name="retry-failed-snapshots")
+def retry_failed_snapshots(now: datetime | None = None) -> list[dict[str, Any]]:
+    """Retry every due ``failed_snapshots`` row once; mark it recovered, pending again, or gave_up."""
+    logger = get_run_logger()
+    cfg = get_config()
+    url = runtime.database_url(cfg)
+    runtime.ensure_schema(url, cfg.db_schema)
+    now = now or datetime.now(UTC)
+    with connection(url, cfg.db_schema) as conn:
+        due = due_failed_snapshots(conn, now)
+    outcomes = []
+    for fs in due:
+        attempt = fs["attempts"] + 1
+        filters = fs["filters"] or {}
+        changed_since = datetime.fromisoformat(filters["changeTimeFrom"]) if "changeTimeFrom" in filters else None
+        reuse = _reuse_job(fs)
+        try:
+            try:
+                counters = import_snapshot(Entity(fs["entity"]), changed_since=changed_since, reuse_job_id=reuse,
+                                           record_failure=False)
+            except SnapshotFailed as exc:
+                # The old job's result turned out to be unusable: one fresh request within this attempt.
+                if reuse is None or exc.__cause__.__class__.__name__ not in _REQUEST_AGAIN:
+                    raise
+                counters = import_snapshot(Entity(fs["entity"]), changed_since=changed_since,
+                                           record_failure=False)
+        except SnapshotFailed as exc:
+            cause = exc.__cause__ or exc
+            gave_up = attempt >= MAX_RETRY_ATTEMPTS
+            with connection(url, cfg.db_schema) as conn:
+                update_failed_snapshot(
+                    conn, fs["id"], attempts=attempt, status="gave_up" if gave_up else "pending",
+                    error_class=type(cause).__name__, error_message=str(cause)[:4000], stage=exc.stage,
+                    run_id=exc.run_id, next_attempt_at=None if gave_up else now + RETRY_GAP,
+                )  # fmt: skip
+            logger.warning("failed snapshot %s (%s) attempt %d/%d failed: %s%s", fs["id"], fs["entity"], attempt,
+                           MAX_RETRY_ATTEMPTS, type(cause).__name__, " - gave up" if gave_up else "")
+            outcomes.append({"id": fs["id"], "entity": fs["entity"], "attempt": attempt,
+                             "status": "gave_up" if gave_up else "pending", "error": type(cause).__name__})
+            continue
+        with connection(url, cfg.db_schema) as conn:
+            update_failed_snapshot(conn, fs["id"], attempts=attempt, status="recovered",
+                                   recovered_run_id=counters["run_id"], next_attempt_at=None)
+        logger.info("failed snapshot %s (%s) recovered by run %s", fs["id"], fs["entity"], counters["run_id"])
+        outcomes.append({"id": fs["id"], "entity": fs["entity"], "attempt": attempt, "status": "recovered",
+                         "error": None})
+    try:
+        create_table_artifact(outcomes or [{"id": None, "status": "nothing due"}], key="retry-failed-snapshots",
+                              description="Outcome of each failed snapshot retried in this run")
+    except Exception:  # noqa: BLE001 - outside a Prefect run
+        pass
+    return outcomes

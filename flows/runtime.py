@@ -1,0 +1,79 @@
+"""Where the flows get their database and their Shoptet client.
+
+Both come from the config by default. ``hub demo`` and tests point the flows elsewhere through the
+override functions below (module-level, because Prefect runs tasks in worker threads).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from db.connection import ensure_database
+from db.embedded import embedded_server_url
+from db.migrate import is_up_to_date, upgrade
+from flows.config import HubConfig, get_config
+from shoptet.client import ShoptetClient
+
+DEFAULT_DATABASE = "shoptet_hub"
+
+_lock = threading.Lock()
+_database_url: str | None = None
+_client_factory: Callable[[], ShoptetClient] | None = None
+_webhook_url: str | None = None
+_migrated: set[tuple[str, str]] = set()
+
+
+def database_url(cfg: HubConfig | None = None) -> str:
+    """``HUB_DATABASE_URL``, or the embedded server's ``shoptet_hub`` database (started if needed)."""
+    cfg = cfg or get_config()
+    if _database_url:
+        return _database_url
+    if cfg.database_url is not None:
+        return cfg.database_url.get_secret_value()
+    return ensure_database(embedded_server_url(cfg.home), DEFAULT_DATABASE)
+
+
+def ensure_schema(url: str, schema: str) -> None:
+    """Run pending migrations once per process (cheap check afterwards)."""
+    with _lock:
+        if (url, schema) in _migrated:
+            return
+        if not is_up_to_date(url, schema):
+            upgrade(url, schema)
+        _migrated.add((url, schema))
+
+
+def make_client(cfg: HubConfig | None = None) -> ShoptetClient:
+    cfg = cfg or get_config()
+    if _client_factory is not None:
+        return _client_factory()
+    if cfg.shoptet_token is None:
+        raise RuntimeError("HUB_SHOPTET_TOKEN is not set: a Shoptet API token is needed to talk to a shop")
+    return ShoptetClient(
+        cfg.shoptet_base_url, cfg.shoptet_token.get_secret_value(), token_kind=cfg.shoptet_token_kind
+    )
+
+
+def webhook_url(cfg: HubConfig | None = None) -> str | None:
+    return _webhook_url or (cfg or get_config()).webhook_url
+
+
+@contextmanager
+def override(
+    *,
+    database_url: str | None = None,
+    client_factory: Callable[[], ShoptetClient] | None = None,
+    webhook_url: str | None = None,
+) -> Iterator[None]:
+    """Point the flows at another database and/or Shoptet API for the duration of the block."""
+    global _database_url, _client_factory, _webhook_url
+    saved = (_database_url, _client_factory, _webhook_url)
+    _database_url = database_url or _database_url
+    _client_factory = client_factory or _client_factory
+    _webhook_url = webhook_url or _webhook_url
+    try:
+        yield
+    finally:
+        _database_url, _client_factory, _webhook_url = saved

@@ -1,0 +1,82 @@
+"""Shared fixtures: one PostgreSQL server per session, a fresh database per test.
+
+The embedded server (PostgreSQL 18) by default; ``HUB_TEST_DATABASE_URL`` (any database URL on the
+server) to test against another server, e.g. the machine's PostgreSQL 15.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from db.connection import libpq_url, with_database
+from db.migrate import upgrade
+
+SCHEMA = "public"
+
+
+def _server_url() -> str:
+    url = os.environ.get("HUB_TEST_DATABASE_URL")
+    if url:
+        return url
+    from db.embedded import embedded_server_url
+
+    # A fixed folder under /tmp: as root the wheel opens r/x on the data folder's parents, harmless here.
+    return embedded_server_url(Path(tempfile.gettempdir()) / "shoptet-hub-tests")
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    return _server_url()
+
+
+def _admin(server_url: str) -> psycopg.Connection:
+    return psycopg.connect(libpq_url(with_database(server_url, "postgres")), autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server_url: str):
+    """A migrated database that every test's database is copied from (CREATE DATABASE … TEMPLATE)."""
+    name = f"hub_tpl_{os.getpid()}"
+    with _admin(pg_server_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    upgrade(with_database(pg_server_url, name), SCHEMA)
+    yield name
+    with _admin(pg_server_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def db_url(pg_server_url: str, template_db: str):
+    """A fresh, migrated database for one test."""
+    name = f"hub_t_{uuid.uuid4().hex[:12]}"
+    with _admin(pg_server_url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
+                                                                        sql.Identifier(template_db)))
+    yield with_database(pg_server_url, name)
+    with _admin(pg_server_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def empty_db_url(pg_server_url: str):
+    """A fresh database without any migration applied."""
+    name = f"hub_e_{uuid.uuid4().hex[:12]}"
+    with _admin(pg_server_url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield with_database(pg_server_url, name)
+    with _admin(pg_server_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def conn(db_url: str):
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
+        yield c
