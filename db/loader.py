@@ -1,13 +1,24 @@
 """Apply a snapshot file (gzip or plain JSON Lines) to PostgreSQL in constant memory.
 
-Stream lines → rows → COPY into temp staging tables in batches → create missing ``order_items``
-partitions in a short separate step → one transaction: classify staged rows against stored ones,
-upsert parents, replace children of touched parents, optionally delete rows a full snapshot no longer
-has, write the run's counters, commit.
+The whole apply is one transaction on the shop tables, built batch by batch (a few MB of lines each):
 
-Never roll data back: a stored row is only overwritten by a row whose ``changeTime`` is newer than or
-equal to the stored one (or when the stored one is null). A row whose content hash equals the stored one
-is "unchanged" and not written at all, so re-applying a file reports 0 inserted and 0 updated.
+1. read lines, parse (orjson) and map them to rows; a line that cannot be mapped is a reject;
+2. look the batch's keys up in the table and classify each line: new, newer-or-equal and changed,
+   unchanged (same content hash), or older than the stored row (skipped: never roll data back);
+3. create any missing ``order_items`` partition for the batch's quarters, in a short separate
+   transaction under ``lock_timeout`` on a second connection;
+4. in a savepoint: COPY new rows straight into the tables; COPY changed rows into temp staging
+   tables, upsert them (guarded again by ``changeTime`` in SQL) and replace their children.
+
+A value PostgreSQL refuses fails the batch's savepoint; the batch is then redone line by line with
+exact validation, so the bad line becomes a reject naming its field and the good ones still apply.
+At the end: the reject threshold (over it, everything rolls back; the rejects, written on the second
+connection, stay), the full-snapshot deletes and their mass-delete guard, the run's counters, commit.
+
+COPYing new rows straight into the tables instead of staging everything first halves the rows
+PostgreSQL writes on a first import (docs/benchmarks.md has the figures). Rows of one batch are
+compared with the table, so a key repeated later in the same file is classified against its own
+earlier line, which is already in the table inside this transaction.
 """
 
 from __future__ import annotations
@@ -29,13 +40,16 @@ from psycopg import sql
 
 from db import partitions
 from db.connection import connect
-from db.mapping import ENTITIES, EntitySpec, RowError, content_hash
+from db.mapping import ENTITIES, EntitySpec, Mapped, RowError, content_hash, quarter_of, validate
 from db.runs import record_rejects
 
 log = logging.getLogger(__name__)
 
 REJECT_LINE_CHARS = 2000
-Progress = Callable[[int, int, int], None]  # (lines read, bytes read, total bytes)
+Progress = Callable[[int, int, int], None]  # (lines read, compressed bytes read, total bytes)
+# What a refused value looks like from PostgreSQL (bad number, bad boolean, out of range, …) or from
+# psycopg (a JSON object where text was expected): redo the batch line by line.
+_BATCH_RETRYABLE = (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.ProgrammingError)
 
 
 class ApplyError(Exception):
@@ -79,6 +93,14 @@ class ApplyResult:
         return asdict(self)
 
 
+@dataclass(slots=True)
+class _Line:
+    line_no: int
+    text: bytes
+    mapped: Mapped
+    hash: str
+
+
 def open_lines(path: Path) -> BinaryIO:
     """gzip or plain by the magic bytes, not by the file name."""
     with open(path, "rb") as f:
@@ -88,76 +110,316 @@ def open_lines(path: Path) -> BinaryIO:
     return open(path, "rb", buffering=1 << 20)
 
 
-class _Stager:
-    """Buffers mapped rows and COPYs them into temp staging tables batch by batch."""
+def _compressed_position(f: BinaryIO) -> int:
+    inner = getattr(getattr(f, "raw", None), "fileobj", None)
+    try:
+        return (inner or f).tell()
+    except (OSError, ValueError):
+        return 0
 
-    def __init__(self, conn: psycopg.Connection, spec: EntitySpec, keep_raw: bool) -> None:
-        self.conn, self.spec, self.keep_raw = conn, spec, keep_raw
-        self.parents: list[tuple] = []
-        self.children: list[tuple] = []
-        self.bytes = 0
-        self.child_count = 0
-        stage = sql.Identifier(f"stage_{spec.table}")
-        cols = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(stage))
-        conn.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE {} AS SELECT 0::bigint AS line_no, {}, content_hash, raw FROM {} WITH NO DATA"
-            ).format(stage, cols, sql.Identifier(spec.table))
-        )
-        self.parent_copy = sql.SQL("COPY {} (line_no, {}, content_hash, raw) FROM STDIN").format(stage, cols)
-        if spec.child_table:
-            cstage = sql.Identifier(f"stage_{spec.child_table}")
-            ccols = sql.SQL(", ").join(map(sql.Identifier, spec.child_columns))
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(cstage))
-            conn.execute(
-                sql.SQL("CREATE TEMP TABLE {} AS SELECT 0::bigint AS line_no, {} FROM {} WITH NO DATA").format(
-                    cstage, ccols, sql.Identifier(spec.child_table)
-                )
-            )
-            self.child_copy = sql.SQL("COPY {} (line_no, {}) FROM STDIN").format(cstage, ccols)
-        conn.commit()
 
-    def add(self, line_no: int, line: bytes, row: tuple, children: list[tuple]) -> None:
-        raw = line.decode() if self.keep_raw else None
-        self.parents.append((line_no, *row, content_hash(line), raw))
-        for c in children:
-            self.children.append((line_no, *c))
-        self.bytes += len(line)
+class _Rejects:
+    """Rejected lines, written on the side connection as they come so a rollback keeps them."""
+
+    def __init__(self, side: psycopg.Connection, run_id: int, spec: EntitySpec) -> None:
+        self.side, self.run_id, self.spec = side, run_id, spec
+        self.pending: list[tuple[int, str, str]] = []
+        self.count = 0
+        self.keys: set[str] = set()  # rejected lines whose key could be read: a full snapshot keeps them
+        self.unknown_keys = 0
+
+    def add(self, line_no: int, line: bytes, reason: str) -> None:
+        self.count += 1
+        key = self._key(line)
+        if key is None:
+            self.unknown_keys += 1
+        else:
+            self.keys.add(key)
+        text = line[: REJECT_LINE_CHARS * 4].decode("utf-8", "replace")[:REJECT_LINE_CHARS]
+        self.pending.append((line_no, reason[:1000], text))
+        if len(self.pending) >= 1000:
+            self.flush()
 
     def flush(self) -> None:
-        if not self.parents:
+        record_rejects(self.side, self.run_id, self.pending)
+        self.pending.clear()
+
+    def _key(self, line: bytes) -> str | None:
+        try:
+            key = orjson.loads(line).get(self.spec.key)  # JSON field and column share the name
+        except Exception:  # noqa: BLE001 - unreadable: the key is unknown
+            return None
+        return None if key in (None, "") or isinstance(key, (dict, list)) else str(key)
+
+
+class _Writer:
+    """Writes batches of mapped lines inside the main transaction (see the module docstring)."""
+
+    def __init__(
+        self, main: psycopg.Connection, side: psycopg.Connection, spec: EntitySpec, result: ApplyResult,
+        rejects: _Rejects, *, keep_raw: bool, full: bool,
+    ) -> None:  # fmt: skip
+        self.main, self.side, self.spec, self.result, self.rejects = main, side, spec, result, rejects
+        self.keep_raw, self.full = keep_raw, full
+        self.partitioned = spec.child_table == partitions.PARENT
+        self.known_partitions = partitions.existing_partitions(side) if self.partitioned else set()
+        self.direct = spec.child_upsert_key is None  # new rows may be COPYed straight into the tables
+        ident = sql.Identifier
+        names = spec.column_names
+        cols = sql.SQL(", ").join(map(ident, names))
+        t = ident(spec.table)
+        for stmt in (
+            sql.SQL("CREATE TEMP TABLE stage_parent ON COMMIT DROP AS SELECT {}, content_hash, raw FROM {} "
+                    "WITH NO DATA").format(cols, t),
+            sql.SQL("CREATE TEMP TABLE stage_written (key text, inserted bool) ON COMMIT DROP"),
+            sql.SQL("CREATE TEMP TABLE seen_keys (key text) ON COMMIT DROP"),
+        ):  # fmt: skip
+            main.execute(stmt)
+        parent_cols = sql.SQL("{}, content_hash, raw, run_id").format(cols)
+        self.copy_parent = sql.SQL("COPY {} ({}) FROM STDIN").format(t, parent_cols)
+        self.copy_stage_parent = sql.SQL("COPY stage_parent ({}, content_hash, raw) FROM STDIN").format(cols)
+        self.run = sql.Literal(result.run_id)
+        if spec.child_table:
+            ccols = sql.SQL(", ").join(map(ident, spec.child_column_names))
+            main.execute(
+                sql.SQL("CREATE TEMP TABLE stage_child ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                    ccols, ident(spec.child_table)
+                )
+            )
+            self.copy_child = sql.SQL("COPY {} ({}) FROM STDIN").format(ident(spec.child_table), ccols)
+            self.copy_stage_child = sql.SQL("COPY stage_child ({}) FROM STDIN").format(ccols)
+        self.lookup = sql.SQL("SELECT {k}, changed_at, content_hash FROM {t} WHERE {k} = ANY(%s)").format(
+            k=ident(spec.key), t=t
+        )
+        self.upsert = self._upsert_sql()
+
+    # --- one batch ---------------------------------------------------------------------------------
+
+    def write(self, batch: list[_Line]) -> None:
+        if not batch:
             return
-        with self.conn.cursor() as cur:
-            with cur.copy(self.parent_copy) as cp:
-                for r in self.parents:
-                    cp.write_row(r)
-            if self.children:
-                with cur.copy(self.child_copy) as cp:
-                    for r in self.children:
-                        cp.write_row(r)
-        self.child_count += len(self.children)
-        self.parents.clear()
-        self.children.clear()
-        self.bytes = 0
-        self.conn.commit()
+        try:
+            with self.main.transaction():
+                counts = self._write(batch, direct=self.direct)
+        except _BATCH_RETRYABLE as exc:
+            log.info("batch of %d lines refused by PostgreSQL (%s); redoing it line by line", len(batch),
+                     type(exc).__name__)
+            counts = self._write_line_by_line(batch)
+        for k, v in counts.items():
+            setattr(self.result, k, getattr(self.result, k) + v)
+
+    def _write(self, batch: list[_Line], *, direct: bool) -> dict[str, int]:
+        counts = dict.fromkeys(("inserted", "updated", "unchanged", "skipped_older", "child_rows"), 0)
+        stored = {r[0]: (r[1], r[2]) for r in self.main.execute(self.lookup, ([x.mapped.key for x in batch],))}
+        new, changed = [], []
+        for x in batch:
+            s = stored.get(x.mapped.key)
+            if s is None:
+                new.append(x)
+            elif s[0] is not None and (x.mapped.changed is None or x.mapped.changed < s[0]):
+                counts["skipped_older"] += 1
+            elif s[1] == x.hash:
+                counts["unchanged"] += 1
+            else:
+                changed.append(x)
+        if self.partitioned:
+            self._ensure_partitions(new, changed)
+        if not direct:
+            changed, new = new + changed, []
+        if new:
+            counts["inserted"] += len(new)
+            counts["child_rows"] += self._copy_new(new)
+        if changed:
+            ins, upd, kids = self._upsert(changed)
+            counts["inserted"] += ins
+            counts["updated"] += upd
+            counts["skipped_older"] += len(changed) - ins - upd
+            counts["child_rows"] += kids
+        if self.full:
+            with self.main.cursor().copy("COPY seen_keys (key) FROM STDIN") as cp:
+                for x in batch:
+                    cp.write_row((x.mapped.key,))
+        return counts
+
+    def _write_line_by_line(self, batch: list[_Line]) -> dict[str, int]:
+        total = dict.fromkeys(("inserted", "updated", "unchanged", "skipped_older", "child_rows"), 0)
+        for x in batch:
+            try:
+                m = x.mapped
+                m.row = validate(m.row, self.spec.columns)
+                m.children = [validate(c, self.spec.child_columns) for c in m.children]
+                with self.main.transaction():
+                    counts = self._write([x], direct=False)
+            except RowError as exc:
+                self.rejects.add(x.line_no, x.text, str(exc))
+                continue
+            except _BATCH_RETRYABLE as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.rejects.add(x.line_no, x.text, f"refused by PostgreSQL: {reason}")
+                continue
+            for k, v in counts.items():
+                total[k] += v
+        return total
+
+    # --- statements -----------------------------------------------------------------------------------
+
+    def _ensure_partitions(self, *groups: list[_Line]) -> None:
+        needed = {quarter_of(x.mapped.created) for g in groups for x in g if x.mapped.created is not None}
+        missing = [partitions.Quarter(y, q) for y, q in sorted(needed)
+                   if partitions.Quarter(y, q).name not in self.known_partitions]
+        if missing:
+            created = partitions.ensure_partitions(self.side, missing)
+            self.result.partitions_created.extend(created)
+            self.known_partitions.update(q.name for q in missing)
+
+    def _copy_new(self, lines: list[_Line]) -> int:
+        keep_raw, run_id = self.keep_raw, self.result.run_id
+        kids = 0
+        with self.main.cursor() as cur:
+            with cur.copy(self.copy_parent) as cp:
+                for x in lines:
+                    cp.write_row((*x.mapped.row, x.hash, x.text.decode() if keep_raw else None, run_id))
+            if self.spec.child_table:
+                with cur.copy(self.copy_child) as cp:
+                    for x in lines:
+                        for c in x.mapped.children:
+                            cp.write_row(c)
+                        kids += len(x.mapped.children)
+        return kids
+
+    def _upsert(self, lines: list[_Line]) -> tuple[int, int, int]:
+        """Stage, then upsert under the changeTime guard; children of written rows are replaced."""
+        keep_raw = self.keep_raw
+        # TRUNCATE makes new files (slow for one line); DELETE leaves dead rows (temp tables are never
+        # autovacuumed, so big batches would bloat them).
+        small = len(lines) < 64
+        with self.main.cursor() as cur:
+            if small:
+                cur.execute("DELETE FROM stage_parent; DELETE FROM stage_written")
+            else:
+                cur.execute("TRUNCATE stage_parent, stage_written")
+            with cur.copy(self.copy_stage_parent) as cp:
+                for x in lines:
+                    cp.write_row((*x.mapped.row, x.hash, x.text.decode() if keep_raw else None))
+            if self.spec.child_table:
+                cur.execute("DELETE FROM stage_child" if small else "TRUNCATE stage_child")
+                with cur.copy(self.copy_stage_child) as cp:
+                    for x in lines:
+                        for c in x.mapped.children:
+                            cp.write_row(c)
+            cur.execute(self.upsert)
+            ins, upd = cur.execute(
+                "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM stage_written"
+            ).fetchone()
+            kids = self._replace_children(cur) if self.spec.child_table else 0
+        return ins, upd, kids
+
+    def _upsert_sql(self) -> sql.Composed:
+        ident = sql.Identifier
+        names = self.spec.column_names
+        t, key = ident(self.spec.table), ident(self.spec.key)
+        updates = sql.SQL(", ").join(
+            sql.SQL("{0} = EXCLUDED.{0}").format(ident(c))
+            for c in (*names, "content_hash", "raw", "run_id", "synced_at") if c != self.spec.key
+        )
+        # DISTINCT ON: a key twice in one batch (line-by-line mode never has that; a batch flushes first).
+        return sql.SQL(
+            """WITH up AS (
+                 INSERT INTO {t} ({cols}, content_hash, raw, run_id, synced_at)
+                 SELECT {cols}, content_hash, raw, {run}, now() FROM stage_parent
+                 ON CONFLICT ({key}) DO UPDATE SET {updates}
+                 WHERE {t}.changed_at IS NULL OR EXCLUDED.changed_at >= {t}.changed_at
+                 RETURNING {t}.{key}, (xmax = 0) AS inserted)
+               INSERT INTO stage_written SELECT * FROM up"""
+        ).format(t=t, key=key, cols=sql.SQL(", ").join(map(ident, names)), updates=updates, run=self.run)
+
+    def _replace_children(self, cur: psycopg.Cursor) -> int:
+        ident = sql.Identifier
+        ct, ckey = ident(self.spec.child_table), ident(self.spec.child_key)
+        names = self.spec.child_column_names
+        cols = sql.SQL(", ").join(map(ident, names))
+        cur.execute(sql.SQL("DELETE FROM {ct} x USING stage_written w WHERE x.{ckey} = w.key").format(ct=ct, ckey=ckey))
+        if self.spec.child_upsert_key:
+            pk = ident(self.spec.child_upsert_key)
+            updates = sql.SQL(", ").join(
+                sql.SQL("{0} = EXCLUDED.{0}").format(ident(c)) for c in names if c != self.spec.child_upsert_key
+            )
+            cur.execute(
+                sql.SQL(
+                    """INSERT INTO {ct} ({cols}) SELECT DISTINCT ON ({pk}) {cols} FROM stage_child s
+                    WHERE s.{ckey} IN (SELECT key FROM stage_written)
+                    ORDER BY {pk}
+                    ON CONFLICT ({pk}) DO UPDATE SET {updates}"""
+                ).format(ct=ct, cols=cols, pk=pk, ckey=ckey, updates=updates)
+            )
+        else:
+            cur.execute(
+                sql.SQL("INSERT INTO {ct} ({cols}) SELECT {cols} FROM stage_child s "
+                        "WHERE s.{ckey} IN (SELECT key FROM stage_written)").format(ct=ct, cols=cols, ckey=ckey)
+            )
+        return cur.rowcount
+
+    # --- end of file ------------------------------------------------------------------------------
+
+    def delete_absent(self, as_of: datetime | None, stored_before: int, allow_mass_delete: bool) -> None:
+        """A full snapshot makes the mirror equal to the shop: hard-delete stored rows it does not hold.
+
+        Rows changed after the snapshot was taken (``as_of``) are kept: a newer sync wrote them.
+        A rejected line whose key could not be read might be any row, so then nothing is deleted.
+        """
+        ident = sql.Identifier
+        t, key = ident(self.spec.table), ident(self.spec.key)
+        incoming = self.main.execute("SELECT count(DISTINCT key) FROM seen_keys").fetchone()[0]
+        if not allow_mass_delete and stored_before and incoming + len(self.rejects.keys) < stored_before / 2:
+            raise MassDeleteRefusedError(self.spec.table, incoming + len(self.rejects.keys), stored_before)
+        if self.rejects.unknown_keys:
+            self.result.deletes_skipped_reason = (
+                f"{self.rejects.unknown_keys} rejected line(s) without a readable key: deletes skipped this run"
+            )
+            log.warning(self.result.deletes_skipped_reason)
+            return
+        self.main.execute("CREATE INDEX ON seen_keys (key)")
+        self.main.execute("ANALYZE seen_keys")
+        self.main.execute("TRUNCATE stage_written")
+        self.main.execute(
+            sql.SQL(
+                """WITH d AS (
+                     DELETE FROM {t} t WHERE NOT EXISTS (SELECT 1 FROM seen_keys s WHERE s.key = t.{key})
+                       AND NOT (t.{key} = ANY(%s))
+                       AND (t.changed_at IS NULL OR %s::timestamptz IS NULL OR t.changed_at <= %s::timestamptz)
+                     RETURNING t.{key})
+                   INSERT INTO stage_written (key) SELECT * FROM d"""
+            ).format(t=t, key=key),
+            (list(self.rejects.keys), as_of, as_of),
+        )
+        self.result.deleted = self.main.execute("SELECT count(*) FROM stage_written").fetchone()[0]
+        if self.spec.child_table and self.result.deleted:
+            self.main.execute(
+                sql.SQL("DELETE FROM {ct} x USING stage_written d WHERE x.{ckey} = d.key").format(
+                    ct=ident(self.spec.child_table), ckey=ident(self.spec.child_key)
+                )
+            )
 
 
-def _lines(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
+def _read(f: BinaryIO, spec: EntitySpec, rejects: _Rejects, result: ApplyResult) -> Iterator[_Line]:
+    mapper = spec.mapper
     for line_no, line in enumerate(f, 1):
         line = line.strip()
-        if line:  # blank lines (a trailing newline, say) are not records
-            yield line_no, line
-
-
-def _guess_key(line: bytes, spec: EntitySpec) -> str | None:
-    """The key of a rejected line, if it can be read: a full snapshot must not delete that row."""
-    try:
-        obj = orjson.loads(line)
-        key = obj.get("code" if spec.name == "orders" else "guid")
-        return str(key) if key not in (None, "") else None
-    except Exception:  # noqa: BLE001 - any failure just means "unknown key"
-        return None
+        if not line:  # blank lines (a trailing newline, say) are not records
+            continue
+        result.lines += 1
+        try:
+            obj = orjson.loads(line)
+            if not isinstance(obj, dict):
+                raise RowError(f"expected a JSON object, got {type(obj).__name__}")
+            mapped = mapper(obj)
+        except orjson.JSONDecodeError as exc:
+            rejects.add(line_no, line, f"invalid JSON: {exc}")
+            continue
+        except RowError as exc:
+            rejects.add(line_no, line, str(exc))
+            continue
+        yield _Line(line_no, line, mapped, content_hash(line))
 
 
 def apply_snapshot_file(
@@ -175,7 +437,11 @@ def apply_snapshot_file(
     batch_bytes: int = 4 << 20,
     progress: Progress | None = None,
 ) -> ApplyResult:
-    """Apply one snapshot file; see the module docstring. Raises ApplyError subclasses on refusal."""
+    """Apply one snapshot file; see the module docstring. Raises ApplyError subclasses on refusal.
+
+    ``as_of`` is when the snapshot was taken (the job's creation time); without it, the newest
+    changeTime in the file stands in.
+    """
     spec = ENTITIES[entity]
     started = time.perf_counter()
     result = ApplyResult(run_id=run_id, entity=entity)
@@ -183,232 +449,50 @@ def apply_snapshot_file(
     main = connect(url, schema)
     side = connect(url, schema, autocommit=True)  # rejects + partition DDL, outside the main transaction
     try:
-        stager = _Stager(main, spec, keep_raw)
-        rejects: list[tuple[int, str, str]] = []
-        reject_keys: set[str] = set()
-        unknown_reject_keys = 0
-        mapper = spec.mapper
-        with open_lines(path) as f:
-            for line_no, line in _lines(f):
-                result.lines += 1
-                try:
-                    obj = orjson.loads(line)
-                    if not isinstance(obj, dict):
-                        raise RowError(f"expected a JSON object, got {type(obj).__name__}")
-                    row, children = mapper(obj)
-                except (orjson.JSONDecodeError, RowError) as e:
-                    reason = f"invalid JSON: {e}" if isinstance(e, orjson.JSONDecodeError) else str(e)
-                    result.rejected += 1
-                    key = _guess_key(line, spec)
-                    if key is None:
-                        unknown_reject_keys += 1
-                    else:
-                        reject_keys.add(key)
-                    text = line[: REJECT_LINE_CHARS * 4].decode("utf-8", "replace")[:REJECT_LINE_CHARS]
-                    rejects.append((line_no, reason[:500], text))
-                    if len(rejects) >= 1000:
-                        record_rejects(side, run_id, rejects)
-                        rejects.clear()
-                    continue
-                stager.add(line_no, line, row, children)
-                if stager.bytes >= batch_bytes:
-                    stager.flush()
-                    if progress:
-                        progress(result.lines, _position(f), total)
-        stager.flush()
-        record_rejects(side, run_id, rejects)
-        if progress:
-            progress(result.lines, total, total)
-
-        if result.lines and result.rejected / result.lines > reject_threshold:
-            raise TooManyRejectsError(result.rejected, result.lines, reject_threshold)
-
-        if spec.child_table == partitions.PARENT:
-            quarters = partitions.quarters_of_stage(main, f"stage_{spec.child_table}")
-            main.commit()
-            result.partitions_created = partitions.ensure_partitions(side, quarters)
-
-        _apply_staged(main, spec, result, full=full, as_of=as_of, allow_mass_delete=allow_mass_delete,
-                      reject_keys=reject_keys, unknown_reject_keys=unknown_reject_keys)
+        rejects = _Rejects(side, run_id, spec)
+        with main.transaction():
+            stored_before = main.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.table))
+            ).fetchone()[0] if full else 0  # fmt: skip
+            writer = _Writer(main, side, spec, result, rejects, keep_raw=keep_raw, full=full)
+            newest: datetime | None = None
+            batch: list[_Line] = []
+            keys: set[str] = set()
+            size = 0
+            with open_lines(path) as f:
+                for x in _read(f, spec, rejects, result):
+                    if x.mapped.key in keys:  # a repeated key is classified against its earlier line
+                        writer.write(batch)
+                        batch, keys, size = [], set(), 0
+                    batch.append(x)
+                    keys.add(x.mapped.key)
+                    size += len(x.text)
+                    changed = x.mapped.changed
+                    if changed is not None and (newest is None or changed > newest):
+                        newest = changed
+                    if size >= batch_bytes:
+                        writer.write(batch)
+                        batch, keys, size = [], set(), 0
+                        if progress:
+                            progress(result.lines, _compressed_position(f), total)
+                writer.write(batch)
+            rejects.flush()
+            result.rejected = rejects.count
+            if progress:
+                progress(result.lines, total, total)
+            if result.lines and result.rejected / result.lines > reject_threshold:
+                raise TooManyRejectsError(result.rejected, result.lines, reject_threshold)
+            if full:
+                writer.delete_absent(as_of or newest, stored_before, allow_mass_delete)
+            main.execute(
+                """UPDATE snapshot_runs SET status = 'succeeded', finished_at = now(), lines = %s, inserted = %s,
+                     updated = %s, unchanged = %s, rejected = %s, skipped_older = %s, deleted = %s,
+                     child_rows = %s WHERE id = %s""",
+                (result.lines, result.inserted, result.updated, result.unchanged, result.rejected,
+                 result.skipped_older, result.deleted, result.child_rows, run_id),
+            )  # fmt: skip
         result.seconds = time.perf_counter() - started
         return result
-    except BaseException:
-        main.rollback()
-        raise
     finally:
         main.close()
         side.close()
-
-
-def _position(f: BinaryIO) -> int:
-    """Compressed bytes consumed so far (for progress), best effort."""
-    inner = getattr(f, "raw", None)
-    fileobj = getattr(inner, "fileobj", None)
-    try:
-        return (fileobj or f).tell()
-    except (OSError, ValueError):
-        return 0
-
-
-def _apply_staged(
-    conn: psycopg.Connection,
-    spec: EntitySpec,
-    result: ApplyResult,
-    *,
-    full: bool,
-    as_of: datetime | None,
-    allow_mass_delete: bool,
-    reject_keys: set[str],
-    unknown_reject_keys: int,
-) -> None:
-    """The one transaction that changes the shop tables."""
-    t = sql.Identifier(spec.table)
-    stage = sql.Identifier(f"stage_{spec.table}")
-    key = sql.Identifier(spec.key)
-    cols = spec.columns
-    q = {"t": t, "stage": stage, "key": key}
-
-    with conn.transaction():
-        conn.execute(sql.SQL("ANALYZE {}").format(stage))
-        if full:
-            incoming = conn.execute(sql.SQL("SELECT count(DISTINCT {key}) FROM {stage}").format(**q)).fetchone()[0]
-            stored = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(**q)).fetchone()[0]
-            if not allow_mass_delete and stored and (incoming + len(reject_keys)) < stored / 2:
-                raise MassDeleteRefusedError(spec.table, incoming, stored)
-
-        # Classify each staged key against the stored row: i(nsert), w(rite), u(nchanged), o(lder).
-        # Within the file, the newest line per key wins; the others count as skipped-as-older.
-        conn.execute("DROP TABLE IF EXISTS stage_class")
-        conn.execute(
-            sql.SQL(
-                """CREATE TEMP TABLE stage_class ON COMMIT DROP AS
-                SELECT DISTINCT ON (s.{key}) s.line_no, s.{key} AS key,
-                  CASE WHEN t.{key} IS NULL THEN 'i'
-                       WHEN t.changed_at IS NOT NULL AND (s.changed_at IS NULL OR s.changed_at < t.changed_at)
-                         THEN 'o'
-                       WHEN t.content_hash = s.content_hash THEN 'u'
-                       ELSE 'w' END AS k
-                FROM {stage} s LEFT JOIN {t} t ON t.{key} = s.{key}
-                ORDER BY s.{key}, s.changed_at DESC NULLS LAST, s.line_no DESC"""
-            ).format(**q)
-        )
-        staged = conn.execute(sql.SQL("SELECT count(*) FROM {stage}").format(**q)).fetchone()[0]
-        counts = dict(conn.execute("SELECT k, count(*) FROM stage_class GROUP BY k").fetchall())
-        conn.execute("CREATE INDEX ON stage_class (line_no) WHERE k IN ('i', 'w')")
-        conn.execute("ANALYZE stage_class")
-        result.inserted = counts.get("i", 0)
-        result.updated = counts.get("w", 0)
-        result.unchanged = counts.get("u", 0)
-        result.skipped_older = counts.get("o", 0) + (staged - sum(counts.values()))
-
-        if result.inserted or result.updated:
-            col_list = sql.SQL(", ").join(map(sql.Identifier, cols))
-            sel_list = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols)
-            updates = sql.SQL(", ").join(
-                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
-                for c in (*cols, "content_hash", "raw", "run_id", "synced_at") if c != spec.key
-            )
-            conn.execute(
-                sql.SQL(
-                    """INSERT INTO {t} ({cols}, content_hash, raw, run_id, synced_at)
-                    SELECT {sel}, s.content_hash, s.raw, {run}, now()
-                    FROM {stage} s JOIN stage_class c ON c.line_no = s.line_no AND c.k IN ('i', 'w')
-                    ON CONFLICT ({key}) DO UPDATE SET {updates}
-                    WHERE {t}.changed_at IS NULL OR EXCLUDED.changed_at >= {t}.changed_at"""
-                ).format(cols=col_list, sel=sel_list, updates=updates, run=sql.Literal(result.run_id), **q)
-            )
-            if spec.child_table:
-                result.child_rows = _replace_children(conn, spec)
-
-        if full:
-            _delete_absent(conn, spec, result, as_of, reject_keys, unknown_reject_keys)
-
-        conn.execute(
-            """UPDATE snapshot_runs SET status = 'succeeded', finished_at = now(), lines = %s, inserted = %s,
-                 updated = %s, unchanged = %s, rejected = %s, skipped_older = %s, deleted = %s, child_rows = %s
-               WHERE id = %s""",
-            (result.lines, result.inserted, result.updated, result.unchanged, result.rejected,
-             result.skipped_older, result.deleted, result.child_rows, result.run_id),
-        )
-
-
-def _replace_children(conn: psycopg.Connection, spec: EntitySpec) -> int:
-    ct = sql.Identifier(spec.child_table)
-    cstage = sql.Identifier(f"stage_{spec.child_table}")
-    ckey = sql.Identifier(spec.child_key)
-    ccols = spec.child_columns
-    col_list = sql.SQL(", ").join(map(sql.Identifier, ccols))
-    sel_list = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in ccols)
-    conn.execute(
-        sql.SQL("DELETE FROM {ct} x USING stage_class c WHERE c.k = 'w' AND x.{ckey} = c.key").format(
-            ct=ct, ckey=ckey
-        )
-    )
-    if spec.child_table == "product_variants":
-        # A variant code is unique shop-wide; it may move between products, so upsert on it.
-        child_pk = sql.Identifier("code")
-        updates = sql.SQL(", ").join(
-            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in ccols if c != "code"
-        )
-        cur = conn.execute(
-            sql.SQL(
-                """INSERT INTO {ct} ({cols})
-                SELECT DISTINCT ON (s.{pk}) {sel} FROM {cstage} s
-                JOIN stage_class c ON c.line_no = s.line_no AND c.k IN ('i', 'w')
-                ORDER BY s.{pk}, s.line_no DESC
-                ON CONFLICT ({pk}) DO UPDATE SET {updates}"""
-            ).format(ct=ct, cols=col_list, sel=sel_list, cstage=cstage, pk=child_pk, updates=updates)
-        )
-    else:
-        cur = conn.execute(
-            sql.SQL(
-                """INSERT INTO {ct} ({cols}) SELECT {sel} FROM {cstage} s
-                JOIN stage_class c ON c.line_no = s.line_no AND c.k IN ('i', 'w')"""
-            ).format(ct=ct, cols=col_list, sel=sel_list, cstage=cstage)
-        )
-    return cur.rowcount
-
-
-def _delete_absent(
-    conn: psycopg.Connection,
-    spec: EntitySpec,
-    result: ApplyResult,
-    as_of: datetime | None,
-    reject_keys: set[str],
-    unknown_reject_keys: int,
-) -> None:
-    """A full snapshot makes the mirror equal to the shop: hard-delete stored rows it does not hold.
-
-    Rows changed after the snapshot was taken (``as_of``) are kept: they were written by a newer sync.
-    A rejected line whose key could not be read might be any row, so then nothing is deleted.
-    """
-    if unknown_reject_keys:
-        result.deletes_skipped_reason = (
-            f"{unknown_reject_keys} rejected line(s) without a readable key: deletes skipped this run"
-        )
-        log.warning(result.deletes_skipped_reason)
-        return
-    t = sql.Identifier(spec.table)
-    stage = sql.Identifier(f"stage_{spec.table}")
-    key = sql.Identifier(spec.key)
-    if as_of is None:
-        as_of = conn.execute(sql.SQL("SELECT max(changed_at) FROM {}").format(stage)).fetchone()[0]
-    conn.execute("CREATE TEMP TABLE stage_deleted (key text) ON COMMIT DROP")
-    conn.execute(
-        sql.SQL(
-            """WITH d AS (
-                 DELETE FROM {t} t WHERE NOT EXISTS (SELECT 1 FROM {stage} s WHERE s.{key} = t.{key})
-                   AND NOT (t.{key} = ANY(%s))
-                   AND (t.changed_at IS NULL OR %s::timestamptz IS NULL OR t.changed_at <= %s::timestamptz)
-                 RETURNING t.{key})
-               INSERT INTO stage_deleted SELECT * FROM d"""
-        ).format(t=t, stage=stage, key=key),
-        (list(reject_keys), as_of, as_of),
-    )
-    result.deleted = conn.execute("SELECT count(*) FROM stage_deleted").fetchone()[0]
-    if spec.child_table and result.deleted:
-        conn.execute(
-            sql.SQL("DELETE FROM {ct} x USING stage_deleted d WHERE x.{ckey} = d.key").format(
-                ct=sql.Identifier(spec.child_table), ckey=sql.Identifier(spec.child_key)
-            )
-        )

@@ -1,8 +1,10 @@
 """Snapshot line → table rows. Pure functions, no database.
 
-Values are validated here (so one bad value rejects one line, not a whole COPY batch) but passed on as
-the API's own text: PostgreSQL parses ``"121.00"`` into numeric and ``+0200`` offsets into timestamptz
-faster than Python would build Decimal and datetime objects.
+Two speeds, one mapping. ``*_rows`` only extracts values (plus the checks the loader itself depends
+on: the key, parseable change/creation times with an offset, the item list); values go to COPY as the
+API's own text, and PostgreSQL's input functions reject a bad number or boolean for the whole batch.
+The loader then re-maps just that batch line by line through :func:`validate`, which converts or rejects
+each value, so one bad value rejects one line and names the field.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import hashlib
 import math
 import re
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass
+from operator import itemgetter
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -23,7 +27,8 @@ class RowError(ValueError):
     """The line cannot become a row; the message is the reason kept in ``snapshot_rejects``."""
 
 
-def ts(value: Any, field: str) -> str | None:
+def parse_ts(value: Any, field: str) -> datetime | None:
+    """Shoptet date-times (``2026-09-14T10:21:07+0200``); an offset is required."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -34,10 +39,18 @@ def ts(value: Any, field: str) -> str | None:
         raise RowError(f"{field}: invalid date-time {value[:40]!r}") from None
     if parsed.tzinfo is None:
         raise RowError(f"{field}: date-time {value[:40]!r} has no UTC offset")
-    return value
+    return parsed
 
 
-def num(value: Any, field: str) -> str | None:
+def content_hash(line: bytes) -> str:
+    """Change detection for rows whose changeTime did not move (sha256: fastest here with SHA-NI)."""
+    return hashlib.sha256(line).hexdigest()
+
+
+# --- value validation (the slow, exact path) -----------------------------------------------------------
+
+
+def _num(value: Any, field: str) -> str | None:
     """Money, amounts and rates: strings with fixed decimals, or (amount, seen live) JSON numbers."""
     if value is None:
         return None
@@ -49,14 +62,12 @@ def num(value: Any, field: str) -> str | None:
         raise RowError(f"{field}: expected a number, got a boolean")
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return repr(value)
-        raise RowError(f"{field}: non-finite number")
-    raise RowError(f"{field}: expected a number, got {type(value).__name__}")
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    raise RowError(f"{field}: expected a number, got {str(value)[:40]!r}")
 
 
-def integer(value: Any, field: str) -> int | None:
+def _int(value: Any, field: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -66,7 +77,7 @@ def integer(value: Any, field: str) -> int | None:
     raise RowError(f"{field}: expected an integer, got {str(value)[:40]!r}")
 
 
-def text(value: Any) -> str | None:
+def _text(value: Any, field: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, (dict, list)):
@@ -74,10 +85,34 @@ def text(value: Any) -> str | None:
     return str(value)  # e.g. an EAN sent as a JSON number
 
 
-def boolean(value: Any, field: str) -> bool | None:
+def _bool(value: Any, field: str) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
     raise RowError(f"{field}: expected true/false, got {str(value)[:40]!r}")
+
+
+def _ts(value: Any, field: str) -> Any:
+    parse_ts(value, field)
+    return value
+
+
+_CHECK: dict[str, Callable[[Any, str], Any]] = {"t": _text, "n": _num, "i": _int, "b": _bool, "ts": _ts}
+
+
+def validate(row: tuple, columns: tuple[Column, ...]) -> tuple:
+    """Convert each value to what its column takes, or raise RowError naming the column."""
+    return tuple(_CHECK[c.kind](v, c.name) for v, c in zip(row, columns, strict=True))
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str  # t(ext) n(umeric) i(nteger) b(oolean) ts (timestamptz)
+
+
+def columns(spec: str) -> tuple[Column, ...]:
+    """``"code:t guid:t created_at:ts"`` → Columns."""
+    return tuple(Column(*item.split(":")) for item in spec.split())
 
 
 def _obj(value: Any, field: str) -> dict:
@@ -91,112 +126,135 @@ def _obj(value: Any, field: str) -> dict:
 def _key(value: Any, field: str) -> str:
     if value is None or value == "":
         raise RowError(f"missing key {field}")
-    if isinstance(value, (dict, list, bool)):
-        raise RowError(f"{field}: invalid key")
+    if isinstance(value, (dict, list, bool, float)):
+        raise RowError(f"{field}: invalid key {str(value)[:40]!r}")
     return str(value)
 
 
-def content_hash(line: bytes) -> str:
-    return hashlib.md5(line, usedforsecurity=False).hexdigest()
+@dataclass(slots=True)
+class Mapped:
+    """One line's rows, plus what the loader compares and routes by."""
+
+    key: str
+    changed: datetime | None
+    created: datetime | None
+    row: tuple
+    children: list[tuple]
 
 
 # --- orders -------------------------------------------------------------------------------------------
 
-ORDER_COLUMNS = (
-    "code", "guid", "external_code", "created_at", "changed_at", "status_id", "status_name", "source_name",
-    "email", "phone", "customer_guid", "currency_code", "exchange_rate", "price_with_vat",
-    "price_without_vat", "price_vat", "price_to_pay", "paid", "vat_payer", "cash_desk_order",
-    "billing_method_id", "billing_method_name", "payment_method_guid", "payment_method_name",
-    "shipping_guid", "shipping_name",
-    "billing_company", "billing_full_name", "billing_street", "billing_house_number", "billing_city",
-    "billing_zip", "billing_country_code", "billing_company_id", "billing_vat_id",
-    "delivery_company", "delivery_full_name", "delivery_street", "delivery_house_number", "delivery_city",
-    "delivery_zip", "delivery_country_code",
-)  # fmt: skip
-
-ITEM_COLUMNS = (
-    "order_code", "item_id", "created_at", "position", "item_type", "product_guid", "code", "ean", "name",
-    "variant_name", "brand", "amount", "amount_unit", "price_ratio", "status_id", "unit_price_with_vat",
-    "unit_price_without_vat", "item_price_with_vat", "item_price_without_vat", "item_price_vat", "vat_rate",
-)  # fmt: skip
+ORDER_COLUMNS = columns(
+    "code:t guid:t external_code:t created_at:ts changed_at:ts status_id:i status_name:t source_name:t "
+    "email:t phone:t customer_guid:t currency_code:t exchange_rate:n price_with_vat:n price_without_vat:n "
+    "price_vat:n price_to_pay:n paid:b vat_payer:b cash_desk_order:b billing_method_id:i "
+    "billing_method_name:t payment_method_guid:t payment_method_name:t shipping_guid:t shipping_name:t "
+    "billing_company:t billing_full_name:t billing_street:t billing_house_number:t billing_city:t "
+    "billing_zip:t billing_country_code:t billing_company_id:t billing_vat_id:t "
+    "delivery_company:t delivery_full_name:t delivery_street:t delivery_house_number:t delivery_city:t "
+    "delivery_zip:t delivery_country_code:t"
+)
+ITEM_COLUMNS = columns(
+    "order_code:t item_id:i created_at:ts position:i item_type:t product_guid:t code:t ean:t name:t "
+    "variant_name:t brand:t amount:n amount_unit:t price_ratio:n status_id:i unit_price_with_vat:n "
+    "unit_price_without_vat:n item_price_with_vat:n item_price_without_vat:n item_price_vat:n vat_rate:n"
+)
 
 
-def order_rows(o: dict) -> tuple[tuple, list[tuple]]:
-    """One order → (order row, item rows), each in ``ORDER_COLUMNS`` / ``ITEM_COLUMNS`` order."""
+_ORDER_FIELDS = ("guid", "externalCode", "email", "phone", "customerGuid", "paid", "vatPayer", "cashDeskOrder")
+_PRICE_FIELDS = ("currencyCode", "exchangeRate", "withVat", "withoutVat", "vat", "toPay")
+_ADDRESS_FIELDS = ("company", "fullName", "street", "houseNumber", "city", "zip", "countryCode")
+_ITEM_FIELDS = ("itemType", "productGuid", "code", "ean", "name", "variantName", "brand", "amount", "amountUnit",
+                "priceRatio")  # fmt: skip
+_LINE_PRICE_FIELDS = ("withVat", "withoutVat", "vat", "vatRate")
+
+
+def _fields(names: tuple[str, ...]) -> Callable[[dict], tuple]:
+    """Like ``itemgetter(*names)`` (one C call, the hot path) but a missing key reads as null."""
+    fast = itemgetter(*names)
+
+    def get(d: dict) -> tuple:
+        try:
+            return fast(d)
+        except KeyError:
+            return tuple(d.get(n) for n in names)
+
+    return get
+
+
+_order_fields = _fields(_ORDER_FIELDS)
+_price_fields = _fields(_PRICE_FIELDS)
+_billing_fields = _fields((*_ADDRESS_FIELDS, "companyId", "vatId"))
+_delivery_fields = _fields(_ADDRESS_FIELDS)
+_item_fields = _fields(_ITEM_FIELDS)
+_line_price_fields = _fields(_LINE_PRICE_FIELDS)
+_NO_ADDRESS = (None,) * 9
+
+
+def order_rows(o: dict) -> Mapped:
     code = _key(o.get("code"), "code")
-    created = ts(o.get("creationTime"), "creationTime")
+    created_s = o.get("creationTime")
+    created = parse_ts(created_s, "creationTime")
     if created is None:
         raise RowError("missing creationTime")
-    status = _obj(o.get("status"), "status")
-    source = _obj(o.get("source"), "source")
-    price = _obj(o.get("price"), "price")
-    bm = _obj(o.get("billingMethod"), "billingMethod")
-    pm = _obj(o.get("paymentMethod"), "paymentMethod")
-    sh = _obj(o.get("shipping"), "shipping")
-    ba = _obj(o.get("billingAddress"), "billingAddress")
-    da = _obj(o.get("deliveryAddress"), "deliveryAddress")
-    g = ba.get
-    d = da.get
+    changed_s = o.get("changeTime")
+    changed = parse_ts(changed_s, "changeTime")
+    get = o.get
+    status = _obj(get("status"), "status")
+    bm = _obj(get("billingMethod"), "billingMethod")
+    pm = _obj(get("paymentMethod"), "paymentMethod")
+    sh = _obj(get("shipping"), "shipping")
+    guid, external, email, phone, customer, paid, vat_payer, cash_desk = _order_fields(o)
+    ba = _obj(get("billingAddress"), "billingAddress")
+    da = _obj(get("deliveryAddress"), "deliveryAddress")
     row = (
-        code, text(o.get("guid")), text(o.get("externalCode")), created, ts(o.get("changeTime"), "changeTime"),
-        integer(status.get("id"), "status.id"), text(status.get("name")), text(source.get("name")),
-        text(o.get("email")), text(o.get("phone")), text(o.get("customerGuid")),
-        text(price.get("currencyCode")), num(price.get("exchangeRate"), "price.exchangeRate"),
-        num(price.get("withVat"), "price.withVat"), num(price.get("withoutVat"), "price.withoutVat"),
-        num(price.get("vat"), "price.vat"), num(price.get("toPay"), "price.toPay"),
-        boolean(o.get("paid"), "paid"), boolean(o.get("vatPayer"), "vatPayer"),
-        boolean(o.get("cashDeskOrder"), "cashDeskOrder"),
-        integer(bm.get("id"), "billingMethod.id"), text(bm.get("name")),
-        text(pm.get("guid")), text(pm.get("name")), text(sh.get("guid")), text(sh.get("name")),
-        text(g("company")), text(g("fullName")), text(g("street")), text(g("houseNumber")), text(g("city")),
-        text(g("zip")), text(g("countryCode")), text(g("companyId")), text(g("vatId")),
-        text(d("company")), text(d("fullName")), text(d("street")), text(d("houseNumber")), text(d("city")),
-        text(d("zip")), text(d("countryCode")),
+        code, guid, external, created_s, changed_s, status.get("id"), status.get("name"),
+        _obj(get("source"), "source").get("name"), email, phone, customer,
+        *_price_fields(_obj(get("price"), "price")), paid, vat_payer, cash_desk, bm.get("id"), bm.get("name"),
+        pm.get("guid"), pm.get("name"), sh.get("guid"), sh.get("name"),
+        *(_billing_fields(ba) if ba else _NO_ADDRESS), *(_delivery_fields(da) if da else _NO_ADDRESS[:7]),
     )  # fmt: skip
-    items = o.get("items")
+    items = get("items")
     if items is None:
         items = []
     elif not isinstance(items, list):
         raise RowError("items: expected a list")
     out = []
-    seen: set[int] = set()
+    seen: set = set()
     for pos, it in enumerate(items, 1):
-        if not isinstance(it, dict):
+        if type(it) is not dict:
             raise RowError(f"items[{pos}]: expected an object")
-        item_id = integer(it.get("itemId"), f"items[{pos}].itemId")
-        if item_id is not None:
-            if item_id in seen:
-                raise RowError(f"items[{pos}]: duplicate itemId {item_id}")
-            seen.add(item_id)
-        ip = _obj(it.get("itemPrice"), "itemPrice")
-        up = _obj(it.get("unitPrice"), "unitPrice")
-        st = it.get("status")
+        item_id = it.get("itemId")
+        if item_id is None:
+            item_id = -pos  # the line's position stands in; negative so it never collides with an itemId
+        elif type(item_id) is not int:
+            item_id = _int(item_id, f"items[{pos}].itemId")
+        if item_id in seen:
+            raise RowError(f"items[{pos}]: duplicate itemId {item_id}")
+        seen.add(item_id)
+        ip, up, st = it.get("itemPrice"), it.get("unitPrice"), it.get("status")
+        ip = _line_price_fields(ip) if type(ip) is dict else _line_price_fields(_obj(ip, f"items[{pos}].itemPrice"))
+        up = _line_price_fields(up) if type(up) is dict else _line_price_fields(_obj(up, f"items[{pos}].unitPrice"))
+        st = st if type(st) is dict else _obj(st, f"items[{pos}].status")
         out.append(
-            (
-                code, -pos if item_id is None else item_id, created, pos, text(it.get("itemType")),
-                text(it.get("productGuid")), text(it.get("code")), text(it.get("ean")), text(it.get("name")),
-                text(it.get("variantName")), text(it.get("brand")), num(it.get("amount"), "items.amount"),
-                text(it.get("amountUnit")), num(it.get("priceRatio"), "items.priceRatio"),
-                integer(st.get("id"), "items.status.id") if isinstance(st, dict) else None,
-                num(up.get("withVat"), "unitPrice.withVat"), num(up.get("withoutVat"), "unitPrice.withoutVat"),
-                num(ip.get("withVat"), "itemPrice.withVat"), num(ip.get("withoutVat"), "itemPrice.withoutVat"),
-                num(ip.get("vat"), "itemPrice.vat"), num(ip.get("vatRate") or up.get("vatRate"), "vatRate"),
-            )
+            (code, item_id, created_s, pos, *_item_fields(it), st.get("id"), up[0], up[1], ip[0], ip[1], ip[2],
+             ip[3] or up[3])
         )  # fmt: skip
-    return row, out
+    return Mapped(code, changed, created, row, out)
 
 
 # --- customers ----------------------------------------------------------------------------------------
 
-CUSTOMER_COLUMNS = (
-    "guid", "created_at", "changed_at", "email", "full_name", "phone", "customer_group_id",
-    "customer_group_name", "price_list_id", "price_list_name", "disabled_orders",
-    "billing_company", "billing_full_name", "billing_street", "billing_house_number", "billing_city",
-    "billing_zip", "billing_country_code", "billing_company_id", "billing_vat_id",
-)  # fmt: skip
+CUSTOMER_COLUMNS = columns(
+    "guid:t created_at:ts changed_at:ts email:t full_name:t phone:t customer_group_id:i customer_group_name:t "
+    "price_list_id:i price_list_name:t disabled_orders:b billing_company:t billing_full_name:t "
+    "billing_street:t billing_house_number:t billing_city:t billing_zip:t billing_country_code:t "
+    "billing_company_id:t billing_vat_id:t"
+)
 
 
 def _main_account(accounts: Any) -> dict:
+    """Customers have no top-level e-mail: it is the main account's (else the first account's)."""
     if not isinstance(accounts, list) or not accounts:
         return {}
     for acc in accounts:
@@ -205,47 +263,45 @@ def _main_account(accounts: Any) -> dict:
     return accounts[0] if isinstance(accounts[0], dict) else {}
 
 
-def customer_rows(c: dict) -> tuple[tuple, list[tuple]]:
+def customer_rows(c: dict) -> Mapped:
     guid = _key(c.get("guid"), "guid")
+    created_s, changed_s = c.get("creationTime"), c.get("changeTime")
+    created, changed = parse_ts(created_s, "creationTime"), parse_ts(changed_s, "changeTime")
     acc = _main_account(c.get("accounts"))
     grp = _obj(c.get("customerGroup"), "customerGroup")
     pl = _obj(c.get("priceList"), "priceList")
-    ba = _obj(c.get("billingAddress"), "billingAddress")
-    g = ba.get
+    g = _obj(c.get("billingAddress"), "billingAddress").get
     row = (
-        guid, ts(c.get("creationTime"), "creationTime"), ts(c.get("changeTime"), "changeTime"),
-        text(acc.get("email")), text(acc.get("fullName") or g("fullName")), text(acc.get("phone")),
-        integer(grp.get("id"), "customerGroup.id"), text(grp.get("name")),
-        integer(pl.get("id"), "priceList.id"), text(pl.get("name")),
-        boolean(c.get("disabledOrders"), "disabledOrders"),
-        text(g("company")), text(g("fullName")), text(g("street")), text(g("houseNumber")), text(g("city")),
-        text(g("zip")), text(g("countryCode")), text(g("companyId")), text(g("vatId")),
+        guid, created_s, changed_s, acc.get("email"), acc.get("fullName") or g("fullName"), acc.get("phone"),
+        grp.get("id"), grp.get("name"), pl.get("id"), pl.get("name"), c.get("disabledOrders"),
+        g("company"), g("fullName"), g("street"), g("houseNumber"), g("city"), g("zip"), g("countryCode"),
+        g("companyId"), g("vatId"),
     )  # fmt: skip
-    return row, []
+    return Mapped(guid, changed, created, row, [])
 
 
 # --- products -----------------------------------------------------------------------------------------
 
-PRODUCT_COLUMNS = (
-    "guid", "type", "name", "visibility", "brand_code", "brand_name", "supplier_name",
-    "default_category_guid", "default_category_name", "url", "created_at", "changed_at",
-)  # fmt: skip
+PRODUCT_COLUMNS = columns(
+    "guid:t type:t name:t visibility:t brand_code:t brand_name:t supplier_name:t default_category_guid:t "
+    "default_category_name:t url:t created_at:ts changed_at:ts"
+)
+VARIANT_COLUMNS = columns(
+    "code:t product_guid:t position:i ean:t name:t price:n common_price:n action_price:n including_vat:b "
+    "vat_rate:n currency_code:t stock:n unit:t visible:b"
+)
 
-VARIANT_COLUMNS = (
-    "code", "product_guid", "position", "ean", "name", "price", "common_price", "action_price",
-    "including_vat", "vat_rate", "currency_code", "stock", "unit", "visible",
-)  # fmt: skip
 
-
-def product_rows(p: dict) -> tuple[tuple, list[tuple]]:
+def product_rows(p: dict) -> Mapped:
     guid = _key(p.get("guid"), "guid")
+    created_s, changed_s = p.get("creationTime"), p.get("changeTime")
+    created, changed = parse_ts(created_s, "creationTime"), parse_ts(changed_s, "changeTime")
     brand = _obj(p.get("brand"), "brand")
-    sup = _obj(p.get("supplier"), "supplier")
     cat = _obj(p.get("defaultCategory"), "defaultCategory")
     row = (
-        guid, text(p.get("type")), text(p.get("name")), text(p.get("visibility")), text(brand.get("code")),
-        text(brand.get("name")), text(sup.get("name")), text(cat.get("guid")), text(cat.get("name")),
-        text(p.get("url")), ts(p.get("creationTime"), "creationTime"), ts(p.get("changeTime"), "changeTime"),
+        guid, p.get("type"), p.get("name"), p.get("visibility"), brand.get("code"), brand.get("name"),
+        _obj(p.get("supplier"), "supplier").get("name"), cat.get("guid"), cat.get("name"), p.get("url"),
+        created_s, changed_s,
     )  # fmt: skip
     variants = p.get("variants") or []
     if not isinstance(variants, list):
@@ -257,33 +313,37 @@ def product_rows(p: dict) -> tuple[tuple, list[tuple]]:
         ap = v.get("actionPrice")
         out.append(
             (
-                _key(v.get("code"), f"variants[{pos}].code"), guid, pos, text(v.get("ean")), text(v.get("name")),
-                num(v.get("price"), "variants.price"), num(v.get("commonPrice"), "variants.commonPrice"),
-                num(ap.get("price"), "variants.actionPrice") if isinstance(ap, dict) else None,
-                boolean(v.get("includingVat"), "variants.includingVat"), num(v.get("vatRate"), "variants.vatRate"),
-                text(v.get("currencyCode")), num(v.get("stock"), "variants.stock"), text(v.get("unit")),
-                boolean(v.get("visible"), "variants.visible"),
+                _key(v.get("code"), f"variants[{pos}].code"), guid, pos, v.get("ean"), v.get("name"),
+                v.get("price"), v.get("commonPrice"), ap.get("price") if isinstance(ap, dict) else None,
+                v.get("includingVat"), v.get("vatRate"), v.get("currencyCode"), v.get("stock"), v.get("unit"),
+                v.get("visible"),
             )
         )  # fmt: skip
-    return row, out
+    return Mapped(guid, changed, created, row, out)
 
 
+@dataclass(frozen=True)
 class EntitySpec:
     """What the loader needs to know about one entity: its tables, key and row mapper."""
 
-    def __init__(
-        self,
-        name: str,
-        table: str,
-        key: str,
-        columns: tuple[str, ...],
-        mapper: Callable[[dict], tuple[tuple, list[tuple]]],
-        child_table: str | None = None,
-        child_key: str | None = None,
-        child_columns: tuple[str, ...] = (),
-    ) -> None:
-        self.name, self.table, self.key, self.columns, self.mapper = name, table, key, columns, mapper
-        self.child_table, self.child_key, self.child_columns = child_table, child_key, child_columns
+    name: str
+    table: str
+    key: str
+    columns: tuple[Column, ...]
+    mapper: Callable[[dict], Mapped]
+    child_table: str | None = None
+    child_key: str | None = None
+    child_columns: tuple[Column, ...] = ()
+    # Children keyed shop-wide (variant codes) can move between parents: always upsert them.
+    child_upsert_key: str | None = None
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def child_column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.child_columns)
 
 
 ENTITIES: dict[str, EntitySpec] = {
@@ -291,5 +351,10 @@ ENTITIES: dict[str, EntitySpec] = {
                          ITEM_COLUMNS),
     "customers": EntitySpec("customers", "customers", "guid", CUSTOMER_COLUMNS, customer_rows),
     "products": EntitySpec("products", "products", "guid", PRODUCT_COLUMNS, product_rows, "product_variants",
-                           "product_guid", VARIANT_COLUMNS),
+                           "product_guid", VARIANT_COLUMNS, child_upsert_key="code"),
 }  # fmt: skip
+
+
+def quarter_of(ts: datetime) -> tuple[int, int]:
+    u = ts.astimezone(UTC)
+    return u.year, (u.month - 1) // 3 + 1

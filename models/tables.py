@@ -12,12 +12,14 @@ from decimal import Decimal
 from typing import Any, Optional
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSON, JSONB
 from sqlmodel import Field, SQLModel
 
-# Raw entity JSON. jsonb over json: measured in docs/benchmarks.md (jsonb costs some load time but is
-# what analysts query with ->> and GIN indexes; json would re-parse on every read).
-RAW_JSON = JSONB
+# Raw entity JSON as ``json``, not ``jsonb``: measured (benchmarks/snapshot_apply.py, docs/benchmarks.md),
+# COPYing ~1 GB of order JSON took about twice as long into jsonb, which parses into a tree, as into
+# json, which only validates. Raw JSON is the lossless archive; analysts query the typed columns, and
+# ``raw::jsonb`` or an expression index serves the rare deep query.
+RAW_JSON = JSON
 
 
 def _col(type_: Any, **kw: Any) -> Any:

@@ -57,7 +57,7 @@ def upgrade() -> None:
     sa.Column('billing_company_id', sa.Text(), nullable=True),
     sa.Column('billing_vat_id', sa.Text(), nullable=True),
     sa.Column('content_hash', sa.Text(), nullable=False),
-    sa.Column('raw', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+    sa.Column('raw', postgresql.JSON(astext_type=sa.Text()), nullable=True),
     sa.Column('run_id', sa.BigInteger(), nullable=True),
     sa.Column('synced_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.PrimaryKeyConstraint('guid')
@@ -152,7 +152,7 @@ def upgrade() -> None:
     sa.Column('delivery_zip', sa.Text(), nullable=True),
     sa.Column('delivery_country_code', sa.Text(), nullable=True),
     sa.Column('content_hash', sa.Text(), nullable=False),
-    sa.Column('raw', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+    sa.Column('raw', postgresql.JSON(astext_type=sa.Text()), nullable=True),
     sa.Column('run_id', sa.BigInteger(), nullable=True),
     sa.Column('synced_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.PrimaryKeyConstraint('code')
@@ -192,7 +192,7 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('changed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('content_hash', sa.Text(), nullable=False),
-    sa.Column('raw', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+    sa.Column('raw', postgresql.JSON(astext_type=sa.Text()), nullable=True),
     sa.Column('run_id', sa.BigInteger(), nullable=True),
     sa.Column('synced_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.PrimaryKeyConstraint('guid')
