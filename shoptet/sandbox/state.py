@@ -1,0 +1,139 @@
+"""Everything a running sandbox holds: data, tokens, jobs, webhooks, limits and fault knobs.
+
+All of it is live-mutable from tests (`state.faults.fail_next_n = 2`, `state.store.update_order(...)`).
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+
+from .clock import Clock, RealClock
+from .formats import PRAGUE, fmt_dt
+from .generator import ShopSpec
+from .jobs import Job, JobManager, ResultFaults
+from .ratelimit import Limits, RateLimiter
+from .store import EntityStore
+from .vocab import ESHOP_ID
+from .webhooks import WebhookRegistry, deliver_async
+
+
+@dataclass
+class Faults:
+    """Fault knobs; change them at any time."""
+
+    error_5xx_rate: float = 0.0  # fraction of API requests answered 500/503 (seeded RNG)
+    fail_next_n: int = 0  # the next N API requests get 503
+    storm_429: int = 0  # the next N API requests get 429 + Retry-After
+    slow_seconds: float = 0.0  # real seconds of delay added to each API request
+    job_outcome: str = "completed"  # outcome of jobs created from now on: completed|failed|killed|expired
+    truncate_gzip: bool = False  # result downloads return only the first half of the file
+    malformed_line_at: int | None = None  # 1-based line replaced by invalid JSON in new result files
+    expire_results: bool = False  # result downloads answer 410 as if expired
+
+
+def shop_reference(clock: Clock) -> datetime:
+    """Anchor generated data at the Prague midnight of the clock's today (stable within a day)."""
+    local = clock.now().astimezone(PRAGUE)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+class SandboxState:
+    def __init__(
+        self,
+        orders: int = 1000,
+        seed: int = 42,
+        clock: Clock | None = None,
+        job_seconds: float = 2.0,
+        *,
+        spec: ShopSpec | None = None,
+        reference: datetime | None = None,
+        tokens: dict[str, set[str] | None] | None = None,
+        faults: Faults | None = None,
+        limits: Limits | None = None,
+        amount_as_number: bool = False,
+        send_webhooks: bool = False,
+        results_dir: Path | None = None,
+        base_url: str | None = None,
+    ) -> None:
+        self.clock: Clock = clock or RealClock()
+        if spec is None:
+            spec = ShopSpec.for_orders(orders, seed, reference=reference or shop_reference(self.clock))
+        self.spec = spec
+        self.store = EntityStore(spec, self.clock)
+        self.faults = faults or Faults()
+        self.rate = RateLimiter(self.clock, limits or Limits())
+        self.token = f"sandbox-{secrets.token_hex(16)}"  # 40 chars, alnum + '-', like a private token
+        # token -> endpoint-group rights (None = all); groups: orders customers products webhooks system
+        self.tokens: dict[str, set[str] | None] = {self.token: None} if tokens is None else dict(tokens)
+        self.job_seconds = job_seconds
+        self.amount_as_number = amount_as_number
+        self.send_webhooks = send_webhooks
+        self.base_url = base_url  # overrides the request host in resultUrl, if set
+        self.eshop_id = ESHOP_ID
+        self.signature_key = secrets.token_hex(16)
+        self.webhooks = WebhookRegistry()
+        self.webhook_deliveries: list[dict] = []
+        self.rng = random.Random(f"{spec.seed}/faults")
+        self._lock = threading.Lock()
+        self.jobs = JobManager(
+            self.clock,
+            random.Random(f"{spec.seed}/jobs"),
+            self._result_faults,
+            self._job_finished,
+            results_dir,
+        )
+
+    @property
+    def limits(self) -> Limits:
+        return self.rate.limits
+
+    @limits.setter
+    def limits(self, value: Limits) -> None:
+        self.rate.limits = value
+
+    def _result_faults(self) -> ResultFaults:
+        return ResultFaults(self.faults.malformed_line_at, self.amount_as_number)
+
+    def _job_finished(self, job: Job) -> None:
+        hook = self.webhooks.for_event("job:finished")
+        if not (self.send_webhooks and hook):
+            return
+        body = orjson.dumps(
+            {
+                "eshopId": self.eshop_id,
+                "event": "job:finished",
+                "eventCreated": fmt_dt(self.clock.time()),
+                "eventInstance": job.job_id,
+            }
+        )
+        deliver_async(hook.url, body, self.signature_key, self.webhook_deliveries)
+
+    def take_fault(self) -> int | None:
+        """Status code of an injected failure for this request, or None. Counters are consumed here."""
+        f = self.faults
+        with self._lock:
+            if f.storm_429 > 0:
+                f.storm_429 -= 1
+                return 429
+            if f.fail_next_n > 0:
+                f.fail_next_n -= 1
+                return 503
+            if f.error_5xx_rate > 0 and self.rng.random() < f.error_5xx_rate:
+                return 500 if self.rng.random() < 0.5 else 503
+        return None
+
+    def request_id(self) -> str:
+        """uuid7-shaped id like Shoptet's `metadata.requestId`."""
+        ms = int(self.clock.time() * 1000)
+        h = f"{ms & (2**48 - 1):012x}{secrets.token_hex(10)}"
+        return f"{h[:8]}-{h[8:12]}-7{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+
+    def close(self) -> None:
+        self.jobs.close()
