@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from flows.snapshot import Entity
+from flows.entities import Entity
 
 app = typer.Typer(help="Shoptet Commerce Hub: mirror a Shoptet e-shop into PostgreSQL.", no_args_is_help=True)
 db_app = typer.Typer(help="Database: URL and migrations.", no_args_is_help=True)

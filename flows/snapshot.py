@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,13 @@ from db.runs import fail_run, record_failed_snapshot, start_run
 from flows import progress as progress_hooks
 from flows import runtime
 from flows.config import get_config
+from flows.entities import Entity
 from flows.retrying import TASK_RETRIES, retry_delays, transient_only
 from shoptet.snapshots import Job
 
 log = logging.getLogger(__name__)
 
 ORDER_INCLUDE = "notes"
-
-
-class Entity(str, Enum):
-    orders = "orders"
-    customers = "customers"
-    products = "products"
 
 
 class SnapshotFailed(RuntimeError):
