@@ -1,0 +1,35 @@
+"""Shoptet date-time format: ``YYYY-MM-DDThh:mm:ss+hhmm`` (no colon, no fractions, only ``+`` offsets)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+
+
+def format_datetime(value: datetime) -> str:
+    """Format an aware datetime for a Shoptet query parameter.
+
+    Naive datetimes are refused (their meaning depends on the host's zone). Negative offsets are
+    converted to UTC because the documented pattern only allows ``+hhmm``. Microseconds are dropped:
+    Shoptet times are whole seconds, so truncation keeps inclusive bounds exact.
+    """
+    offset = value.utcoffset()
+    if offset is None:
+        raise ValueError(f"naive datetime {value.isoformat()!r}: pass a timezone-aware datetime")
+    if offset < timedelta(0) or offset % timedelta(minutes=1):
+        value = value.astimezone(UTC)
+    return value.replace(microsecond=0).strftime(_FORMAT)
+
+
+def parse_datetime(value: str | None) -> datetime | None:
+    """Parse a Shoptet date-time (``+0200``; also tolerates ``+02:00`` and ``Z``); None stays None."""
+    if value is None or value == "":
+        return None
+    try:
+        return datetime.strptime(value, _FORMAT)
+    except ValueError:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            raise ValueError(f"date-time without offset: {value!r}") from None
+        return parsed
