@@ -11,6 +11,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
+# Before Prefect is imported anywhere: its SQLite telemetry writes clash with the test harness.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 import psycopg
 import pytest
 from psycopg import sql

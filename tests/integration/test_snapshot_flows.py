@@ -1,0 +1,160 @@
+"""Snapshot flows under prefect_test_harness, with the sandbox as the Shoptet API (no real sleeping)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from db.connection import libpq_url
+from flows import retrying, runtime
+from flows.entities import Entity
+from flows.failed import retry_failed_snapshots
+from flows.snapshot import SnapshotFailed, import_snapshot
+from shoptet.client import ShoptetClient
+from shoptet.sandbox import REFERENCE, ManualClock
+from shoptet.sandbox.server import SandboxServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture
+def sandbox():
+    clock = ManualClock(REFERENCE + timedelta(days=1))
+    with SandboxServer(orders=300, seed=7, clock=clock, job_seconds=30, reference=REFERENCE) as sb:
+        sb.state.limits.enabled = False  # the bucket drains only as the manual clock moves
+        yield sb
+
+
+@pytest.fixture
+def hub(db_url, sandbox, monkeypatch):
+    """Flows pointed at this test's database and the sandbox; task retries without real waiting."""
+    monkeypatch.setattr(retrying, "_retry_base_seconds", 0.0)
+
+    def client() -> ShoptetClient:
+        return ShoptetClient(sandbox.base_url, sandbox.token, clock=sandbox.clock.time, sleep=sandbox.clock.sleep)
+
+    with runtime.override(database_url=db_url, client_factory=client, webhook_url="https://hub.example/hook"):
+        yield sandbox
+
+
+def q(db_url: str, sql: str, *args):
+    with psycopg.connect(libpq_url(db_url)) as c:
+        return c.execute(sql, args).fetchall()
+
+
+def test_full_import_then_rerun_unchanged(hub, db_url):
+    first = import_snapshot(Entity.orders)
+    assert first["inserted"] == 300 and first["rejected"] == 0
+    assert q(db_url, "SELECT count(*) FROM orders")[0][0] == 300
+    again = import_snapshot(Entity.orders)
+    assert (again["inserted"], again["updated"], again["unchanged"]) == (0, 0, 300)
+    runs = q(db_url, "SELECT status, job_id IS NOT NULL, source FROM snapshot_runs ORDER BY id")
+    assert runs == [("succeeded", True, "api"), ("succeeded", True, "api")]
+
+
+def test_incremental_import_only_upserts(hub, db_url):
+    import_snapshot(Entity.customers)
+    since = hub.clock.now()
+    hub.clock.sleep(60)
+    guid = hub.state.store.keys("customers")[0]
+    hub.state.store.update_customer(guid, remark="changed")
+    r = import_snapshot(Entity.customers, changed_since=since)
+    assert (r["lines"], r["updated"], r["deleted"]) == (1, 1, 0)
+
+
+def test_5xx_then_success_is_retried_by_the_task(hub, db_url):
+    # More 503s than the client's own retries (1 call + 4 retries): the Prefect task retry recovers.
+    hub.state.faults.fail_next_n = 7
+    r = import_snapshot(Entity.products)
+    assert r["inserted"] > 0
+    assert q(db_url, "SELECT count(*) FROM failed_snapshots")[0][0] == 0
+
+
+def test_exhausted_retries_record_a_failed_snapshot_that_the_retry_flow_recovers(hub, db_url):
+    hub.state.faults.error_5xx_rate = 1.0
+    with pytest.raises(SnapshotFailed) as info:
+        import_snapshot(Entity.customers)
+    assert info.value.failed_snapshot_id is not None
+    (fs,) = q(db_url, "SELECT entity, stage, error_class, status, attempts FROM failed_snapshots")
+    assert fs == ("customers", "webhook", "ServerError", "pending", 0)
+
+    hub.state.faults.error_5xx_rate = 0.0
+    outcomes = retry_failed_snapshots()
+    assert [o["status"] for o in outcomes] == ["recovered"]
+    (row,) = q(db_url, "SELECT status, attempts, recovered_run_id FROM failed_snapshots")
+    assert row[0] == "recovered" and row[1] == 1
+    assert q(db_url, "SELECT status FROM snapshot_runs WHERE id = %s", row[2]) == [("succeeded",)]
+    assert q(db_url, "SELECT count(*) FROM customers")[0][0] > 0
+
+
+def test_expired_result_is_requested_again(hub, db_url):
+    hub.state.faults.expire_results = True
+    with pytest.raises(SnapshotFailed):
+        import_snapshot(Entity.orders)
+    (old_job, stage, err) = q(db_url, "SELECT job_id, stage, error_class FROM failed_snapshots")[0]
+    assert (stage, err) == ("download", "ResultExpiredError")
+
+    hub.state.faults.expire_results = False
+    assert [o["status"] for o in retry_failed_snapshots()] == ["recovered"]
+    (run_id,) = q(db_url, "SELECT recovered_run_id FROM failed_snapshots")[0]
+    (new_job,) = q(db_url, "SELECT job_id FROM snapshot_runs WHERE id = %s", run_id)[0]
+    assert new_job != old_job
+    assert q(db_url, "SELECT count(*) FROM orders")[0][0] == 300
+
+
+def test_truncated_download_fails_and_is_requested_again(hub, db_url):
+    # A truncated file is caught at download (gzip checked to its end), never half-applied.
+    hub.state.faults.truncate_gzip = True
+    with pytest.raises(SnapshotFailed):
+        import_snapshot(Entity.orders)
+    (stage, err) = q(db_url, "SELECT stage, error_class FROM failed_snapshots")[0]
+    assert (stage, err) == ("download", "CorruptResultError")
+    hub.state.faults.truncate_gzip = False
+    assert [o["status"] for o in retry_failed_snapshots()] == ["recovered"]
+
+
+def test_over_threshold_rejects_fail_and_retry_requests_a_new_file(hub, db_url, monkeypatch):
+    monkeypatch.setenv("HUB_REJECT_THRESHOLD", "0.001")
+    from flows.config import get_config
+
+    get_config.cache_clear()
+    try:
+        hub.state.faults.malformed_line_at = 5
+        with pytest.raises(SnapshotFailed):
+            import_snapshot(Entity.orders)
+        (stage, err, job) = q(db_url, "SELECT stage, error_class, job_id FROM failed_snapshots")[0]
+        assert (stage, err) == ("apply", "TooManyRejectsError")
+        assert q(db_url, "SELECT count(*) FROM orders")[0][0] == 0
+        assert q(db_url, "SELECT count(*) FROM snapshot_rejects")[0][0] == 1
+        hub.state.faults.malformed_line_at = None
+        assert [o["status"] for o in retry_failed_snapshots()] == ["recovered"]
+        (run_id,) = q(db_url, "SELECT recovered_run_id FROM failed_snapshots")[0]
+        assert q(db_url, "SELECT job_id FROM snapshot_runs WHERE id = %s", run_id)[0][0] != job
+    finally:
+        get_config.cache_clear()
+
+
+def test_gives_up_after_three_retry_attempts(hub, db_url):
+    hub.state.faults.job_outcome = "killed"
+    with pytest.raises(SnapshotFailed):
+        import_snapshot(Entity.products)
+    (err,) = q(db_url, "SELECT error_class FROM failed_snapshots")[0]
+    assert err == "JobFailedError"
+    now = datetime.now(UTC)  # failed_snapshots times are wall-clock times, not the sandbox's
+    statuses = []
+    for attempt in range(3):
+        outcomes = retry_failed_snapshots(now=now + timedelta(hours=2 * (attempt + 1)))
+        statuses.append(outcomes[0]["status"])
+    assert statuses == ["pending", "pending", "gave_up"]
+    (status, attempts, msg) = q(db_url, "SELECT status, attempts, error_message FROM failed_snapshots")[0]
+    assert (status, attempts) == ("gave_up", 3) and msg
+    assert retry_failed_snapshots(now=now + timedelta(days=1)) == []
