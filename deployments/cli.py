@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Optional
 
@@ -72,15 +72,25 @@ def db_downgrade(revision: str = typer.Argument("-1")) -> None:
 @app.command()
 def sync(
     entity: Entity,
-    since: Optional[datetime] = typer.Option(None, help="Only entities changed since (ISO 8601); omit for full."),
+    since: Optional[str] = typer.Option(
+        None, help="Only entities changed since this ISO 8601 time (UTC if no offset); omit for a full snapshot."
+    ),
     allow_mass_delete: bool = typer.Option(False, help="Let a full snapshot delete over half of the rows."),
 ) -> None:
     """Import ENTITY from the shop through a Shoptet snapshot."""
     _quiet_prefect()
     from flows.snapshot import SnapshotFailed, counters_table, import_snapshot
 
+    changed_since = None
+    if since:
+        try:
+            changed_since = datetime.fromisoformat(since)
+        except ValueError:
+            _fail(f"--since {since!r} is not an ISO 8601 date-time (e.g. 2026-11-01T00:00:00+01:00)")
+        if changed_since.tzinfo is None:
+            changed_since = changed_since.replace(tzinfo=UTC)
     try:
-        counters = import_snapshot(entity, changed_since=since, allow_mass_delete=allow_mass_delete)
+        counters = import_snapshot(entity, changed_since=changed_since, allow_mass_delete=allow_mass_delete)
     except SnapshotFailed as exc:
         _fail(f"{exc} (recorded as failed snapshot {exc.failed_snapshot_id}; `hub retry-failed` retries it)")
     _print_counters(entity.value, counters_table(counters))
