@@ -218,3 +218,14 @@ def test_run_row_records_counters(db_url, conn, tmp_path):
     r = apply(db_url, "orders", write_jsonl(tmp_path / "a.gz", [order("A"), b"x"]), reject_threshold=0.6)
     run = get_run(conn, r.run_id)
     assert (run["status"], run["lines"], run["inserted"], run["rejected"]) == ("succeeded", 2, 1, 1)
+
+
+def test_raw_json_keeps_escapes_and_unicode_exactly(db_url, conn, tmp_path):
+    o = order("esc", email='a\\b"c@x.cz')
+    o["billingAddress"]["street"] = 'Tab\there, newline\nthere, back\\slash, "quoted", ž, 🛒'
+    apply(db_url, "orders", write_jsonl(tmp_path / "e.gz", [o]))
+    raw, street, email = conn.execute("SELECT raw::text, billing_street, email FROM orders").fetchone()
+    import orjson
+
+    assert orjson.loads(raw) == o
+    assert street == o["billingAddress"]["street"] and email == o["email"]

@@ -1,0 +1,231 @@
+"""Snapshot apply throughput against a raw COPY of the same rows, measured side by side in one run.
+
+    uv run python benchmarks/snapshot_apply.py                 # ~1M order items, embedded PostgreSQL 18
+    uv run python benchmarks/snapshot_apply.py --server-url postgresql://postgres@/postgres?host=/var/run/postgresql
+    uv run python benchmarks/snapshot_apply.py --items 1000000 --rss-items 4000000 --repeat 3
+
+Prints, for raw JSON kept and not kept: the apply's order items/s (median of --repeat runs on a fresh
+database each), the time of a raw ``COPY FROM STDIN`` of the resulting ``orders`` and ``order_items``
+rows into unindexed tables and the ratio of the two rates, and the re-apply's rate (nothing changes).
+Then the loader's peak RSS in a subprocess without Prefect at two file sizes, and the COPY cost of the
+raw column as ``json`` vs ``jsonb`` (the measurement behind the column type). Generated files are kept
+under --data-dir (default /tmp/shoptet-hub-bench) and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from db.connection import connect, libpq_url, with_database  # noqa: E402
+from db.loader import apply_snapshot_file  # noqa: E402
+from db.migrate import upgrade  # noqa: E402
+from db.runs import start_run  # noqa: E402
+from shoptet.sandbox.generator import write_snapshot  # noqa: E402
+
+ITEMS_PER_ORDER_ESTIMATE = 4.6  # the generator's mean, checked after generation
+
+
+def server_url(arg: str | None) -> str:
+    if arg:
+        return arg
+    from db.embedded import embedded_server_url
+
+    return embedded_server_url(Path(tempfile.gettempdir()) / "shoptet-hub-bench-pg")
+
+
+def fresh_db(server: str, name: str) -> str:
+    with psycopg.connect(libpq_url(with_database(server, "postgres")), autocommit=True) as c:
+        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = with_database(server, name)
+    upgrade(url)
+    return url
+
+
+def snapshot_file(data_dir: Path, items: int) -> Path:
+    orders = int(items / ITEMS_PER_ORDER_ESTIMATE)
+    path = data_dir / f"orders-{orders}.jsonl.gz"
+    if not path.exists():
+        t = time.perf_counter()
+        write_snapshot("orders", orders, path, seed=42)
+        print(f"generated {path} ({orders:,} orders) in {time.perf_counter() - t:.0f} s", flush=True)
+    return path
+
+
+def file_stats(path: Path) -> tuple[int, int, int]:
+    lines = raw_bytes = items = 0
+    with gzip.open(path, "rb") as f:
+        for line in f:
+            lines += 1
+            raw_bytes += len(line)
+            items += line.count(b'"itemType"')
+    return lines, raw_bytes, items
+
+
+def apply(url: str, path: Path, keep_raw: bool) -> tuple[float, int]:
+    with connect(url) as c:
+        run_id = start_run(c, "orders", source="file", full=False)
+    t = time.perf_counter()
+    r = apply_snapshot_file(url, "orders", path, run_id=run_id, keep_raw=keep_raw)
+    return time.perf_counter() - t, r.child_rows
+
+
+def raw_copy_seconds(url: str, work: Path) -> float:
+    """Export the applied rows, then time COPY FROM STDIN of them into unindexed tables."""
+    with connect(url, autocommit=True) as c:
+        files = {}
+        for table in ("orders", "order_items"):
+            out = work / f"{table}.copy"
+            with open(out, "wb") as f, c.cursor().copy(
+                sql.SQL("COPY {} TO STDOUT").format(sql.Identifier(table))
+            ) as cp:
+                for chunk in cp:
+                    f.write(chunk)
+            files[table] = out
+            c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"raw_{table}")))
+            # LIKE copies columns and types only: no indexes, no partitioning.
+            c.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(sql.Identifier(f"raw_{table}"),
+                                                                   sql.Identifier(table)))
+        t = time.perf_counter()
+        for table, path in files.items():
+            with open(path, "rb") as f, c.cursor().copy(
+                sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(f"raw_{table}"))
+            ) as cp:
+                while chunk := f.read(1 << 20):
+                    cp.write(chunk)
+        seconds = time.perf_counter() - t
+        for table, path in files.items():
+            path.unlink()
+            c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(f"raw_{table}")))
+    return seconds
+
+
+def peak_rss_mb(url: str, path: Path) -> float:
+    """The loader alone in a fresh process (no Prefect), on a fresh database."""
+    code = f"""
+import resource, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from pathlib import Path
+from db.connection import connect
+from db.loader import apply_snapshot_file
+from db.runs import start_run
+url = {url!r}
+with connect(url) as c:
+    run_id = start_run(c, "orders", source="file", full=False)
+apply_snapshot_file(url, "orders", Path({str(path)!r}), run_id=run_id, keep_raw=True)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def json_vs_jsonb(url: str, path: Path, limit: int = 40_000) -> dict[str, float]:
+    with gzip.open(path, "rb") as f:
+        lines = [f.readline().strip().decode() for _ in range(limit)]
+    mb = sum(map(len, lines)) / 1e6
+    out = {}
+    with connect(url, autocommit=True) as c:
+        for typ in ("text", "json", "jsonb"):
+            times = []
+            for _ in range(3):
+                c.execute(sql.SQL("DROP TABLE IF EXISTS bench_raw"))
+                c.execute(sql.SQL("CREATE TABLE bench_raw (raw {})").format(sql.SQL(typ)))
+                t = time.perf_counter()
+                with c.cursor().copy("COPY bench_raw (raw) FROM STDIN") as cp:
+                    for line in lines:
+                        cp.write_row((line,))
+                times.append(time.perf_counter() - t)
+            out[typ] = mb / statistics.median(times)
+        c.execute("DROP TABLE bench_raw")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--server-url", help="PostgreSQL server URL (default: the embedded PostgreSQL 18)")
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--rss-items", type=int, default=4_000_000, help="larger file for the RSS comparison")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "shoptet-hub-bench")
+    ap.add_argument("--skip-rss", action="store_true")
+    args = ap.parse_args()
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+
+    server = server_url(args.server_url)
+    path = snapshot_file(args.data_dir, args.items)
+    lines, raw_bytes, items = file_stats(path)
+    with psycopg.connect(libpq_url(with_database(server, "postgres"))) as c:
+        version = c.execute("SHOW server_version").fetchone()[0]
+    print(f"PostgreSQL {version}; {os.cpu_count()} cores; file: {lines:,} orders, {items:,} items, "
+          f"{raw_bytes / 1e6:,.0f} MB JSON ({raw_bytes / lines:,.0f} B/order), {path.stat().st_size / 1e6:,.0f} MB gz")
+
+    results = {}
+    for keep_raw in (True, False):
+        applies, reapplies, raws = [], [], []
+        for i in range(args.repeat):
+            url = fresh_db(server, "hub_bench")
+            s, written = apply(url, path, keep_raw)
+            assert written == items, (written, items)
+            applies.append(s)
+            reapplies.append(apply(url, path, keep_raw)[0])
+            raws.append(raw_copy_seconds(url, args.data_dir))
+            print(f"  raw json {'kept' if keep_raw else 'off '} run {i + 1}: apply {s:.1f} s, re-apply "
+                  f"{reapplies[-1]:.1f} s, raw COPY {raws[-1]:.1f} s", flush=True)
+        a, r, c = map(statistics.median, (applies, reapplies, raws))
+        results[keep_raw] = {"apply_s": a, "reapply_s": r, "copy_s": c, "apply_rate": items / a,
+                             "reapply_rate": items / r, "copy_rate": items / c, "ratio": c / a}
+
+    print()
+    print(f"{'raw JSON':<9} {'apply items/s':>14} {'raw COPY items/s':>17} {'apply/COPY':>11} "
+          f"{'re-apply items/s':>17} {'re-apply/apply':>15}")
+    for keep_raw, m in results.items():
+        print(f"{'kept' if keep_raw else 'off':<9} {m['apply_rate']:>14,.0f} {m['copy_rate']:>17,.0f} "
+              f"{m['ratio']:>11.2f} {m['reapply_rate']:>17,.0f} {m['reapply_rate'] / m['apply_rate']:>15.2f}")
+
+    rss = {}
+    if not args.skip_rss:
+        big = snapshot_file(args.data_dir, args.rss_items)
+        for label, p in (("~1M", path), (f"~{args.rss_items // 1_000_000}M", big)):
+            rss[label] = peak_rss_mb(fresh_db(server, "hub_bench_rss"), p)
+        a, b = rss.values()
+        print(f"loader peak RSS: " + ", ".join(f"{k} items {v:.0f} MB" for k, v in rss.items())
+              + f" (difference {100 * (b - a) / a:+.1f} %)")
+
+    raw_type = json_vs_jsonb(fresh_db(server, "hub_bench"), path)
+    print("raw column COPY MB/s: " + ", ".join(f"{k} {v:.0f}" for k, v in raw_type.items()))
+
+    kept, off = results[True], results[False]
+    checks = [
+        ("apply >= 0.4 x raw COPY rate (raw kept)", kept["ratio"] >= 0.4),
+        ("apply >= 0.4 x raw COPY rate (raw off)", off["ratio"] >= 0.4),
+        (">= 60k items/s with raw JSON kept", kept["apply_rate"] >= 60_000),
+        (">= 100k items/s without raw JSON", off["apply_rate"] >= 100_000),
+        ("re-apply at least as fast as apply", all(m["reapply_s"] <= m["apply_s"] for m in results.values())),
+    ]
+    if rss:
+        a, b = rss.values()
+        checks += [("loader peak RSS <= 100 MB", max(a, b) <= 100),
+                   ("RSS within +-10 % between sizes", abs(b - a) / a <= 0.10)]
+    print()
+    for name, ok in checks:
+        print(f"  {'PASS' if ok else 'MISS'}  {name}")
+    print(json.dumps({"results": {("kept" if k else "off"): v for k, v in results.items()}, "rss_mb": rss,
+                      "raw_type_mb_s": raw_type}, default=float))
+
+
+if __name__ == "__main__":
+    main()
