@@ -1,27 +1,11 @@
-"""Alembic environment. Run through ``db.migrate`` (``hub db upgrade``), which passes a connection.
-
-Runtime-created partitions (``order_items_YYYY_qN``) are invisible to autogenerate.
-"""
+"""Alembic environment. Run through ``db.migrate`` (``hub db upgrade``), which passes a connection."""
 
 from __future__ import annotations
 
-import re
-
 from alembic import context
 
+from models.autogenerate import include_object
 from models.tables import metadata
-
-PARTITION = re.compile(r"^order_items_\d{4}_q[1-4]$")
-
-
-def include_object(obj, name, type_, reflected, compare_to):  # noqa: ANN001
-    if type_ == "table" and name == "alembic_version":
-        return False
-    if type_ == "table" and name and PARTITION.match(name):
-        return False
-    if type_ == "index" and getattr(obj, "table", None) is not None and PARTITION.match(obj.table.name):
-        return False
-    return True
 
 
 def run_migrations_online() -> None:
