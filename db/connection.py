@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit, parse_qsl, urlencode
+from contextlib import contextmanager
+from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 from psycopg import sql
@@ -24,13 +24,14 @@ def mask_url(url: str) -> str:
     query = "&".join(
         f"{k}=***" if k.lower() == "password" else f"{k}={v}" for k, v in parse_qsl(parts.query)
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # Built by hand: urlunsplit drops the "//" of an empty host (socket URLs like postgresql:///db).
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def with_database(url: str, dbname: str) -> str:
     """The same server URL pointing at another database."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
+    return f"{parts.scheme}://{parts.netloc}/{dbname}" + (f"?{parts.query}" if parts.query else "")
 
 
 def database_name(url: str) -> str:
