@@ -29,6 +29,7 @@ TABLES = ("customers", "products", "product_variants", "orders", "order_items", 
 def run_demo(orders: int = 20_000, seed: int = 42, console: Console | None = None) -> int:
     from flows.snapshot import Entity, SnapshotFailed, import_snapshot
     from shoptet.client import ShoptetClient
+    from shoptet.sandbox import REFERENCE, RealClock
     from shoptet.sandbox.server import SandboxServer
 
     console = console or (Console() if sys.stdout.isatty() else Console(width=110))
@@ -42,11 +43,14 @@ def run_demo(orders: int = 20_000, seed: int = 42, console: Console | None = Non
     console.print("starting Prefect (ephemeral mode)…")
     _warm_up()
     results: dict[str, dict] = {}
-    with SandboxServer(orders=orders, seed=seed, job_seconds=1.0) as sb:
+    # Fixed data reference (not "today"): a re-run on another day serves the same shop, so it is unchanged.
+    # The sandbox's clock runs 10x fast and the client sleeps on it: job waits take a tenth of the time.
+    with SandboxServer(orders=orders, seed=seed, job_seconds=5.0, clock=RealClock(scale=10.0),
+                       reference=REFERENCE) as sb:
         console.print(f"sandbox Shoptet API: {sb.base_url}")
 
         def client() -> ShoptetClient:
-            return ShoptetClient(sb.base_url, sb.token)
+            return ShoptetClient(sb.base_url, sb.token, clock=sb.clock.time, sleep=sb.clock.sleep)
 
         with runtime.override(database_url=url, client_factory=client, webhook_url=DEMO_WEBHOOK):
             with Progress(
