@@ -48,7 +48,7 @@ def _run(url: str, schema: str, fn) -> None:  # noqa: ANN001
         engine.dispose()
 
 
-def upgrade(url: str, schema: str = "public", revision: str = "head") -> None:
+def upgrade(url: str, schema: str = "public", revision: str = "heads") -> None:
     _run(url, schema, lambda cfg: command.upgrade(cfg, revision))
 
 
@@ -56,19 +56,29 @@ def downgrade(url: str, schema: str = "public", revision: str = "-1") -> None:
     _run(url, schema, lambda cfg: command.downgrade(cfg, revision))
 
 
-def current_revision(url: str, schema: str = "public") -> str | None:
+def current_revisions(url: str, schema: str = "public") -> set[str]:
     engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"version_table_schema": schema})
-            return ctx.get_current_revision()
+            return set(ctx.get_current_heads())
     finally:
         engine.dispose()
 
 
-def head_revision() -> str | None:
-    return ScriptDirectory.from_config(_config()).get_current_head()
+def current_revision(url: str, schema: str = "public") -> str | None:
+    """The single current revision (None before any migration)."""
+    revs = current_revisions(url, schema)
+    return ",".join(sorted(revs)) if revs else None
+
+
+def head_revisions() -> set[str]:
+    return set(ScriptDirectory.from_config(_config()).get_heads())
+
+
+def head_revision() -> str:
+    return ",".join(sorted(head_revisions()))
 
 
 def is_up_to_date(url: str, schema: str = "public") -> bool:
-    return current_revision(url, schema) == head_revision()
+    return current_revisions(url, schema) == head_revisions()

@@ -17,6 +17,7 @@ from db.connection import connection
 from db.runs import due_failed_snapshots, update_failed_snapshot
 from flows import runtime
 from flows.config import get_config
+from flows.locks import LockHeld, run_locked
 from flows.snapshot import Entity, SnapshotFailed, import_snapshot
 
 MAX_RETRY_ATTEMPTS = 3
@@ -33,51 +34,66 @@ def _reuse_job(fs: dict[str, Any]) -> str | None:
 
 
 @flow(name="retry-failed-snapshots")
-def retry_failed_snapshots(now: datetime | None = None) -> list[dict[str, Any]]:
-    """Retry every due ``failed_snapshots`` row once; mark it recovered, pending again, or gave_up."""
-    logger = get_run_logger()
+def retry_failed_snapshots(now: datetime | None = None, lock_wait: float | None = 0) -> list[dict[str, Any]]:
+    """Retry every due ``failed_snapshots`` row once; mark it recovered, pending again, or gave_up.
+
+    A snapshot whose entity lock is held by another job is left for the next run (no attempt used).
+    """
     cfg = get_config()
     url = runtime.database_url(cfg)
     runtime.ensure_schema(url, cfg.db_schema)
-    now = now or datetime.now(UTC)
+    return run_locked(lambda: _retry_due(cfg, url, now or datetime.now(UTC)), "retry-failed-snapshots", url=url,
+                      schema=cfg.db_schema, wait=lock_wait)
+
+
+def _attempt(fs: dict[str, Any]) -> dict[str, Any]:
+    """One retry of one failed snapshot; raises SnapshotFailed or LockHeld."""
+    filters = fs["filters"] or {}
+    changed_since = datetime.fromisoformat(filters["changeTimeFrom"]) if "changeTimeFrom" in filters else None
+    reuse = _reuse_job(fs)
+    entity = Entity(fs["entity"])
+    try:
+        return import_snapshot(entity, changed_since=changed_since, reuse_job_id=reuse, record_failure=False)
+    except SnapshotFailed as exc:
+        # The old job's result turned out to be unusable: one fresh request within this attempt.
+        if reuse is None or exc.__cause__.__class__.__name__ not in _REQUEST_AGAIN:
+            raise
+        return import_snapshot(entity, changed_since=changed_since, record_failure=False)
+
+
+def _retry_due(cfg: Any, url: str, now: datetime) -> list[dict[str, Any]]:
+    logger = get_run_logger()
     with connection(url, cfg.db_schema) as conn:
         due = due_failed_snapshots(conn, now)
     outcomes = []
     for fs in due:
         attempt = fs["attempts"] + 1
-        filters = fs["filters"] or {}
-        changed_since = datetime.fromisoformat(filters["changeTimeFrom"]) if "changeTimeFrom" in filters else None
-        reuse = _reuse_job(fs)
+        outcome = {"id": fs["id"], "entity": fs["entity"], "attempt": attempt, "error": None}
         try:
-            try:
-                counters = import_snapshot(Entity(fs["entity"]), changed_since=changed_since, reuse_job_id=reuse,
-                                           record_failure=False)
-            except SnapshotFailed as exc:
-                # The old job's result turned out to be unusable: one fresh request within this attempt.
-                if reuse is None or exc.__cause__.__class__.__name__ not in _REQUEST_AGAIN:
-                    raise
-                counters = import_snapshot(Entity(fs["entity"]), changed_since=changed_since,
-                                           record_failure=False)
+            counters = _attempt(fs)
+        except LockHeld as exc:
+            logger.info("failed snapshot %s (%s) skipped this run: %s", fs["id"], fs["entity"], exc)
+            outcomes.append({**outcome, "attempt": fs["attempts"], "status": "skipped (lock held)"})
+            continue
         except SnapshotFailed as exc:
             cause = exc.__cause__ or exc
             gave_up = attempt >= MAX_RETRY_ATTEMPTS
+            status = "gave_up" if gave_up else "pending"
             with connection(url, cfg.db_schema) as conn:
                 update_failed_snapshot(
-                    conn, fs["id"], attempts=attempt, status="gave_up" if gave_up else "pending",
-                    error_class=type(cause).__name__, error_message=str(cause)[:4000], stage=exc.stage,
-                    run_id=exc.run_id, next_attempt_at=None if gave_up else now + RETRY_GAP,
+                    conn, fs["id"], attempts=attempt, status=status, error_class=type(cause).__name__,
+                    error_message=str(cause)[:4000], stage=exc.stage, run_id=exc.run_id,
+                    next_attempt_at=None if gave_up else now + RETRY_GAP,
                 )  # fmt: skip
             logger.warning("failed snapshot %s (%s) attempt %d/%d failed: %s%s", fs["id"], fs["entity"], attempt,
                            MAX_RETRY_ATTEMPTS, type(cause).__name__, " - gave up" if gave_up else "")
-            outcomes.append({"id": fs["id"], "entity": fs["entity"], "attempt": attempt,
-                             "status": "gave_up" if gave_up else "pending", "error": type(cause).__name__})
+            outcomes.append({**outcome, "status": status, "error": type(cause).__name__})
             continue
         with connection(url, cfg.db_schema) as conn:
             update_failed_snapshot(conn, fs["id"], attempts=attempt, status="recovered",
                                    recovered_run_id=counters["run_id"], next_attempt_at=None)
         logger.info("failed snapshot %s (%s) recovered by run %s", fs["id"], fs["entity"], counters["run_id"])
-        outcomes.append({"id": fs["id"], "entity": fs["entity"], "attempt": attempt, "status": "recovered",
-                         "error": None})
+        outcomes.append({**outcome, "status": "recovered"})
     try:
         create_table_artifact(outcomes or [{"id": None, "status": "nothing due"}], key="retry-failed-snapshots",
                               description="Outcome of each failed snapshot retried in this run")

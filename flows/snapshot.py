@@ -21,6 +21,7 @@ from flows import progress as progress_hooks
 from flows import runtime
 from flows.config import get_config
 from flows.entities import Entity
+from flows.locks import run_locked
 from flows.retrying import TASK_RETRIES, retry_delays, transient_only
 from shoptet.snapshots import Job
 
@@ -183,17 +184,30 @@ def import_snapshot(
     allow_mass_delete: bool = False,
     reuse_job_id: str | None = None,
     record_failure: bool = True,
+    lock_wait: float | None = 0,
 ) -> dict[str, Any]:
-    """Import one entity through a Shoptet snapshot.
+    """Import one entity through a Shoptet snapshot, holding the entity's job lock.
 
     Without ``changed_since`` the snapshot is full and makes the mirror equal to the shop (rows it no
     longer holds are deleted); with it, the snapshot is filtered and only upserts. ``reuse_job_id``
     (used by ``retry_failed_snapshots``) skips the request and downloads that job's result again.
+    ``lock_wait``: seconds to wait for the lock (None: forever); a held lock ends the run in the
+    state named ``LockHeld``.
     """
     entity = Entity(entity)
     cfg = get_config()
     url = runtime.database_url(cfg)
     runtime.ensure_schema(url, cfg.db_schema)
+    return run_locked(
+        lambda: _import_snapshot(entity, cfg, url, changed_since, allow_mass_delete, reuse_job_id, record_failure),
+        entity.value, url=url, schema=cfg.db_schema, wait=lock_wait,
+    )  # fmt: skip
+
+
+def _import_snapshot(
+    entity: Entity, cfg: Any, url: str, changed_since: datetime | None, allow_mass_delete: bool,
+    reuse_job_id: str | None, record_failure: bool,
+) -> dict[str, Any]:  # fmt: skip
     full = changed_since is None
     params = snapshot_params(entity, changed_since)
     delays = retry_delays()
@@ -241,13 +255,18 @@ def import_snapshot(
 
 @flow(name="import-file", flow_run_name="import-{entity.value}-file")
 def import_file(
-    entity: Entity, path: Path, full: bool = False, allow_mass_delete: bool = False
+    entity: Entity, path: Path, full: bool = False, allow_mass_delete: bool = False, lock_wait: float | None = 0
 ) -> dict[str, Any]:
-    """Apply a local snapshot file through the same loader (no API needed)."""
+    """Apply a local snapshot file through the same loader (no API needed), under the entity's lock."""
     entity = Entity(entity)
     cfg = get_config()
     url = runtime.database_url(cfg)
     runtime.ensure_schema(url, cfg.db_schema)
+    return run_locked(lambda: _import_file(entity, cfg, url, Path(path), full, allow_mass_delete),
+                      entity.value, url=url, schema=cfg.db_schema, wait=lock_wait)
+
+
+def _import_file(entity: Entity, cfg: Any, url: str, path: Path, full: bool, allow_mass_delete: bool) -> dict:
     with connection(url, cfg.db_schema) as conn:
         run_id = start_run(conn, entity.value, source="file", full=full, filters={"file": Path(path).name},
                            flow_run_id=_flow_run_id())

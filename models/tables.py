@@ -211,7 +211,11 @@ class ProductVariant(SQLModel, table=True):
 
 
 class CustomerMetric(SQLModel, table=True):
-    """One row per customer identity: lower(trim(email)) when known, else the customer GUID."""
+    """One row per customer identity: lower(trim(email)) when known, else the customer GUID.
+
+    Written only by ``db.metrics`` (see its docstring). ``previous_segment`` is the segment before the
+    last run, so ``segment <> previous_segment`` lists who moved; NULL for customers new in that run.
+    """
 
     __tablename__ = "customer_metrics"
 
@@ -230,6 +234,7 @@ class CustomerMetric(SQLModel, table=True):
     f_score: Optional[int] = _col(sa.SmallInteger)
     m_score: Optional[int] = _col(sa.SmallInteger)
     segment: Optional[str] = _text()
+    previous_segment: Optional[str] = _text()
     updated_at: Optional[datetime] = _now()
 
 
@@ -308,6 +313,19 @@ class SyncState(SQLModel, table=True):
     watermark: Optional[datetime] = _ts()
     details: Optional[Any] = _col(JSONB)
     updated_at: Optional[datetime] = _now()
+
+
+class JobLock(SQLModel, table=True):
+    """Who holds each job lock (Prefect 3.9 does not expose concurrency-limit holders)."""
+
+    __tablename__ = "job_locks"
+
+    name: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    flow_run_id: Optional[str] = _text()
+    host: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    pid: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    backend_pid: Optional[int] = _col(sa.Integer)
+    since: Optional[datetime] = _now()
 
 
 metadata = SQLModel.metadata

@@ -1,0 +1,247 @@
+"""Job locks that never fail open: Prefect global concurrency limits plus a PostgreSQL advisory lock.
+
+Locks guard what is written, so jobs writing the same tables exclude each other: one limit (limit 1)
+per table group. Prefect runs the body *unlocked* when a limit is missing, and also when it is inactive
+even with ``strict=True``; so before acquiring we check that the limit exists, is active and has limit
+1, and repair it (or fail with a clear message). While the job runs it also holds an advisory lock of
+the same name (see ``db/locks.py``), which is what actually keeps two writers apart if Prefect loses
+track of a slot.
+
+Lease: 10 minutes, renewed by Prefect at 75 %. ``raise_on_lease_renewal_failure=False``: a long import
+must not be killed by one renewal hiccup (Prefect's own retries are 3 within seconds), and while the
+advisory lock is held a second writer cannot start even if the lease lapsed. A crashed holder's slot
+comes back after the lease on a real server; on an ephemeral server or after a server restart it never
+does, which is what ``hub locks release`` is for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
+
+from db import locks as dblocks
+from db.connection import connection
+
+log = logging.getLogger(__name__)
+
+# The fixed acquisition order when a job needs several (the retry flow takes its own lock, then an
+# entity's): every job takes locks in this order, so no two jobs can wait on each other in a cycle.
+GROUPS = ("retry-failed-snapshots", "orders", "customers", "products", "customer-metrics", "db-maintenance")
+PREFIX = "hub-"
+LEASE_SECONDS = 600
+EX_TEMPFAIL = 75  # sysexits.h: "try again later" — the CLI's exit code when a lock is held
+
+
+def limit_name(group: str) -> str:
+    if group not in GROUPS:
+        raise ValueError(f"unknown lock group {group!r}; known: {', '.join(GROUPS)}")
+    return PREFIX + group
+
+
+class LockError(RuntimeError):
+    """A lock could not be checked, repaired or taken; the job did not run."""
+
+
+class LockHeld(LockError):
+    exit_code = EX_TEMPFAIL
+
+    def __init__(self, name: str, holder: dblocks.Holder | None, waited: float | None) -> None:
+        self.name, self.holder = name, holder
+        who = holder.describe() if holder else "holder unknown (not recorded: it may have crashed — see `hub locks`)"
+        after = f" after waiting {waited:g} s" if waited else ""
+        super().__init__(f"lock {name} is held by {who}{after}; try again later or pass --wait SECONDS")
+
+
+@dataclass
+class LimitStatus:
+    name: str
+    exists: bool
+    active: bool | None = None
+    limit: int | None = None
+    active_slots: int | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.exists and bool(self.active) and self.limit == 1
+
+
+def limit_status(name: str) -> LimitStatus:
+    with get_client(sync_client=True) as client:
+        try:
+            gcl = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return LimitStatus(name, False)
+    return LimitStatus(name, True, gcl.active, gcl.limit, gcl.active_slots)
+
+
+def ensure_limit(name: str) -> str:
+    """Create the limit, or repair it to active with limit 1. Returns what was done."""
+    status = limit_status(name)
+    if status.healthy:
+        return "ok"
+    with get_client(sync_client=True) as client:
+        if not status.exists:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1, active=True))
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 409:  # created meanwhile by another process: fine
+                    raise
+                return "ok"
+            return "created"
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1, active=True))
+    return "repaired"
+
+
+def ensure_limits() -> dict[str, str]:
+    """`hub bootstrap`: every lock's limit exists, is active and has limit 1 (idempotent)."""
+    return {limit_name(g): ensure_limit(limit_name(g)) for g in GROUPS}
+
+
+def _checked(name: str, repair: bool) -> None:
+    status = limit_status(name)
+    if status.healthy:
+        return
+    problem = "missing" if not status.exists else f"inactive or limit {status.limit}"
+    if not repair:
+        raise LockError(f"concurrency limit {name} is {problem}; run `hub bootstrap` to repair it. "
+                        "The job did not run (it never runs unlocked).")
+    log.warning("concurrency limit %s was %s; repairing it", name, problem)
+    ensure_limit(name)
+    if not limit_status(name).healthy:
+        raise LockError(f"concurrency limit {name} is {problem} and could not be repaired; the job did not run")
+
+
+@contextmanager
+def job_lock(
+    *groups: str,
+    url: str,
+    schema: str,
+    wait: float | None = 0,
+    repair: bool = True,
+    flow_run_id: str | None = None,
+) -> Iterator[list[dblocks.Holder]]:
+    """Hold the locks of ``groups`` (Prefect slot + advisory lock each) for the block.
+
+    ``wait``: 0 fails at once when a lock is held, N waits up to N seconds, None waits forever.
+    Raises LockHeld (exit code 75 in the CLI) or LockError; never runs the block unlocked.
+    """
+    names = [limit_name(g) for g in sorted(set(groups), key=GROUPS.index)]
+    holders: list[dblocks.Holder] = []
+    deadline = None if wait is None else time.monotonic() + wait
+    with ExitStack() as stack:
+        for name in names:
+            _checked(name, repair)
+            try:
+                stack.enter_context(
+                    concurrency(
+                        name,
+                        occupy=1,
+                        timeout_seconds=wait if wait else None,
+                        max_retries=0 if wait == 0 else None,
+                        lease_duration=LEASE_SECONDS,
+                        strict=True,
+                        raise_on_lease_renewal_failure=False,
+                    )
+                )
+            except (TimeoutError, ConcurrencySlotAcquisitionError) as exc:
+                # With max_retries=0 the server's 423 Locked arrives wrapped; anything else is a real error.
+                if not isinstance(exc, TimeoutError) and not _is_locked(exc):
+                    raise LockError(f"could not acquire {name}: {exc}") from exc
+                raise LockHeld(name, _recorded_holder(url, schema, name), wait) from None
+
+            def busy(holder: dblocks.Holder | None, _name: str = name) -> None:
+                raise LockHeld(_name, holder, wait)
+
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            holders.append(
+                stack.enter_context(
+                    dblocks.advisory_lock(url, schema, name, wait_seconds=left, flow_run_id=flow_run_id,
+                                          on_busy=busy)
+                )
+            )
+        yield holders
+
+
+def _is_locked(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+
+
+def _recorded_holder(url: str, schema: str, name: str) -> dblocks.Holder | None:
+    with connection(url, schema, autocommit=True) as conn:
+        return dblocks.read_holder(conn, name)
+
+
+def lock_table(url: str, schema: str) -> list[dict[str, Any]]:
+    """`hub locks`: each lock with its limit's state and the recorded holder."""
+    with connection(url, schema, autocommit=True) as conn:
+        holders = dblocks.read_holders(conn)
+        rows = []
+        for g in GROUPS:
+            name = limit_name(g)
+            st = limit_status(name)
+            h = holders.get(name)
+            rows.append({
+                "lock": name, "exists": st.exists, "active": st.active, "limit": st.limit,
+                "slots_in_use": st.active_slots, "holder": h.describe() if h else None,
+                "holder_alive": dblocks.holder_alive(conn, h) if h else None,
+            })  # fmt: skip
+    return rows
+
+
+def release(url: str, schema: str, group_or_name: str) -> str:
+    """Free a slot left by a crashed holder; refuses while the recorded holder is alive."""
+    name = group_or_name if group_or_name.startswith(PREFIX) else limit_name(group_or_name)
+    with connection(url, schema, autocommit=True) as conn:
+        holder = dblocks.read_holder(conn, name)
+        if holder is not None and dblocks.holder_alive(conn, holder):
+            raise LockHeld(name, holder, None)
+        backend = dblocks.advisory_lock_backend(conn, name)
+        if backend is not None:
+            raise LockError(f"lock {name}: a session (backend pid {backend}) still holds its advisory lock; "
+                            "its job is running")
+        with get_client(sync_client=True) as client:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+        dblocks.forget_holder(conn, name)
+    return name
+
+
+def _flow_run_id() -> str | None:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+@contextmanager
+def locked(*groups: str, url: str, schema: str, wait: float | None = 0) -> Iterator[None]:
+    """``job_lock`` for a flow body: the holder is recorded with the current flow run's id."""
+    with job_lock(*groups, url=url, schema=schema, wait=wait, flow_run_id=_flow_run_id()):
+        yield
+
+
+def run_locked(fn: Callable[[], Any], *groups: str, url: str, schema: str, wait: float | None = 0) -> Any:
+    """Run a flow's body under its locks; a held lock ends the run in a Failed state named ``LockHeld``.
+
+    Returning that state (rather than raising) gives scheduled runs a clearly named final state; a
+    caller of the flow function still gets the LockHeld exception raised.
+    """
+    from prefect.states import Failed
+
+    try:
+        with locked(*groups, url=url, schema=schema, wait=wait):
+            return fn()
+    except LockHeld as exc:
+        log.warning("%s", exc)
+        return Failed(name="LockHeld", message=str(exc), data=exc)
