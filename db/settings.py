@@ -1,0 +1,434 @@
+"""Runtime business rules from the ``settings`` table, behind a per-process TTL cache.
+
+Reads are served from a ``cachetools.TTLCache`` (not thread-safe, hence the lock) that also remembers
+absent keys. A cold key is loaded by one thread while the others wait for it (no stampede). Staleness is
+bounded three ways: a write drops the key locally at once; the trigger from migration 0002 NOTIFYs every
+other process at commit (``db.settings_listener``); and the TTL caps whatever a lost notification leaves.
+
+    svc = get_settings_service(url, schema)
+    svc.get("cancelled_statuses")             # [-4] until someone sets it (db.settings_rules)
+    svc.get("vip_min_orders", 5, type_=int)   # any key; coerced/validated by pydantic
+    svc.set("cancelled_statuses", [-4, 7])    # every process sees it within milliseconds
+
+Counters (``stats()``) are per process: each process has its own cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Annotated, Any, get_args, get_origin
+
+import orjson
+import psycopg
+from cachetools import TTLCache
+from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
+
+from db import settings_store as store
+from db.connection import connect
+from db.settings_listener import Listener
+from db.settings_rules import RULES, adapter
+from db.settings_store import Change, SettingRow
+
+__all__ = [
+    "SettingRow",
+    "SettingValueError",
+    "SettingsService",
+    "SettingsStats",
+    "close_settings_services",
+    "get_settings_service",
+]
+
+DEFAULT_TTL = 3600.0
+_UNSET: Any = object()
+
+
+class SettingValueError(ValueError):
+    """A stored or proposed value does not fit the setting's type."""
+
+
+class _Entry:
+    """A cached value and how to hand out a private copy of it (a caller may mutate what it gets)."""
+
+    __slots__ = ("copy", "value")
+
+    def __init__(self, value: Any, copy: Callable[[Any], Any] | None = None) -> None:
+        self.value, self.copy = value, copy  # copy None: an immutable scalar, shared as is
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> _Entry:
+        value = orjson.loads(raw)
+        if isinstance(value, list):
+            flat = not any(isinstance(v, (list, dict)) for v in value)
+            return cls(value, list.copy if flat else partial(_reparse, raw))
+        if isinstance(value, dict):
+            flat = not any(isinstance(v, (list, dict)) for v in value.values())
+            return cls(value, dict.copy if flat else partial(_reparse, raw))
+        return cls(value)
+
+    def get(self) -> Any:
+        return self.value if self.copy is None else self.copy(self.value)
+
+
+def _reparse(raw: bytes, _value: Any) -> Any:
+    """A deep copy of a nested value: parsing its JSON again beats copy.deepcopy."""
+    return orjson.loads(raw)
+
+
+_ABSENT = _Entry(None)  # negative cache entry: the key has no row
+
+
+class _Load:
+    """One in-flight DB read of a key; later readers of the same key wait on it."""
+
+    __slots__ = ("done", "entry", "error", "stale")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.entry: _Entry | None = None
+        self.error: BaseException | None = None
+        self.stale = False  # invalidated while loading: hand the result out, but do not cache it
+
+
+@dataclass(frozen=True)
+class SettingsStats:
+    hits: int
+    misses: int
+    loads: int  # DB reads started (misses that waited for another thread's read are not loads)
+    load_errors: int
+    invalidations: int  # single keys dropped (own writes and notifications)
+    clears: int  # whole-cache drops (listener (re)connects, TRUNCATE, clear())
+    notifications: int
+    connects: int  # listener sessions established; connects - 1 = reconnects
+    size: int
+    listening: bool
+
+    @property
+    def hit_rate(self) -> float:
+        reads = self.hits + self.misses
+        return self.hits / reads if reads else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "hit_rate": round(self.hit_rate, 6)}
+
+
+class SettingsService:
+    """Typed, cached access to the ``settings`` table of one schema. Thread-safe; one per process."""
+
+    def __init__(
+        self,
+        url: str,
+        schema: str = "public",
+        *,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        maxsize: int = 1024,
+        listen: bool = True,
+        poll_interval: float = 0.25,
+        reconnect_backoff: tuple[float, float] = (0.05, 5.0),
+    ) -> None:
+        self.url, self.schema = url, schema
+        self._lock = threading.Lock()
+        self._cache: TTLCache[str, _Entry] = TTLCache(maxsize=maxsize, ttl=ttl, timer=clock)
+        self._loading: dict[str, _Load] = {}
+        self._db_lock = threading.Lock()
+        self._db: psycopg.Connection | None = None
+        self._closed = False
+        self._hits = self._misses = self._loads = self._load_errors = 0
+        self._invalidations = self._clears = self._notifications = self._connects = 0
+        self._listener: Listener | None = None
+        if listen:
+            self._listener = Listener(
+                url, schema, on_connect=self._on_listener_connect, on_change=self._on_change,
+                poll_interval=poll_interval, backoff=reconnect_backoff,
+            )  # fmt: skip
+            self._listener.start()
+
+    # --- reads ----------------------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = _UNSET, type_: Any = None) -> Any:
+        """The value of ``key``, validated/coerced to ``type_`` (default: the known rule's type, if any).
+
+        Missing key: ``default`` if given, else the known rule's default, else None.
+        """
+        if self._closed:
+            raise RuntimeError("this SettingsService is closed; get a new one with get_settings_service()")
+        with self._lock:  # the hit path, inlined: it is what every flow pays per read
+            try:
+                entry = self._cache[key]  # not .get(): Cache.get looks the key up twice
+                self._hits += 1
+            except KeyError:
+                entry = None
+        if entry is None:
+            entry = self._load(key)
+        if entry is _ABSENT:
+            if default is not _UNSET:
+                return default
+            rule = RULES.get(key)
+            return rule.fresh_default() if rule is not None else None
+        value = entry.value if entry.copy is None else entry.copy(entry.value)
+        if type_ is None:
+            rule = RULES.get(key)
+            if rule is None:
+                return value
+            type_ = rule.type_
+        try:
+            return adapter(type_).validate_python(value)
+        except ValidationError as exc:
+            raise SettingValueError(
+                f"setting {key!r} holds {_short(value)}, which is not a valid {_type_name(type_)}: "
+                f"{_first_error(exc)}. Fix it with `hub settings set {key} <JSON>`."
+            ) from None
+
+    def list(self) -> list[SettingRow]:
+        """Every stored row, straight from the database (an admin view; not cached)."""
+        with self._conn() as conn:
+            return store.list_rows(conn, self.schema)
+
+    # --- writes ---------------------------------------------------------------------------------------
+
+    def set(self, key: str, value: Any) -> int:
+        """Store ``value`` (JSON-serializable; validated for known keys); returns the row's new version."""
+        _check_key(key)
+        rule = RULES.get(key)
+        if rule is not None:  # refuse a bad rule at write time, not in the next flow run
+            ta = adapter(rule.type_)
+            try:
+                value = ta.dump_python(ta.validate_python(value), mode="json")
+            except ValidationError as exc:
+                raise SettingValueError(
+                    f"{_short(value)} is not a valid {_type_name(rule.type_)} for {key!r}: "
+                    f"{_first_error(exc)}"
+                ) from None
+        try:
+            text = json.dumps(to_jsonable_python(value), allow_nan=False, ensure_ascii=False)
+        except (ValueError, TypeError) as exc:  # NaN/inf, or an object with no JSON form
+            raise SettingValueError(f"setting {key!r}: the value is not storable as JSON ({exc})") from None
+        with self._conn() as conn, conn.transaction():
+            version = store.upsert(conn, self.schema, key, text)
+        # After commit: other processes hear the trigger's NOTIFY; this one must not wait for it.
+        self.invalidate(key)
+        return version
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True if it existed. Known keys fall back to their default."""
+        with self._conn() as conn, conn.transaction():
+            existed = store.delete(conn, self.schema, key)
+        self.invalidate(key)
+        return existed
+
+    # --- invalidation ---------------------------------------------------------------------------------
+
+    def invalidate(self, key: str) -> None:
+        with self._lock:
+            self._cache.pop(key, None)
+            if (load := self._loading.get(key)) is not None:
+                load.stale = True
+            self._invalidations += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            for load in self._loading.values():
+                load.stale = True
+            self._clears += 1
+
+    def _on_listener_connect(self) -> None:
+        # Runs after LISTEN: whatever changed while we were not listening is dropped now.
+        with self._lock:
+            self._connects += 1
+        self.clear()
+
+    def _on_change(self, change: Change) -> None:
+        with self._lock:
+            self._notifications += 1
+        if not change.concerns(self.schema):
+            return  # another hub's schema in the same database
+        if change.key is None:
+            self.clear()
+        else:
+            self.invalidate(change.key)
+
+    # --- introspection and lifecycle ------------------------------------------------------------------
+
+    def stats(self) -> SettingsStats:
+        with self._lock:
+            self._cache.expire()
+            return SettingsStats(
+                hits=self._hits, misses=self._misses, loads=self._loads, load_errors=self._load_errors,
+                invalidations=self._invalidations, clears=self._clears, notifications=self._notifications,
+                connects=self._connects, size=len(self._cache),
+                listening=self._listener is not None and self._listener.backend_pid is not None,
+            )  # fmt: skip
+
+    @property
+    def listener_pid(self) -> int | None:
+        return self._listener.backend_pid if self._listener is not None else None
+
+    def wait_listening(self, timeout: float = 10.0) -> bool:
+        """Block until the listener is connected (only then do other processes' writes reach this cache)."""
+        return self._listener is not None and self._listener.wait_connected(timeout)
+
+    def close(self) -> None:
+        """Stop the listener and close the connections. Idempotent."""
+        self._closed = True
+        if self._listener is not None:
+            self._listener.stop()
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+        _forget(self)
+
+    def __enter__(self) -> SettingsService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals ------------------------------------------------------------------------------------
+
+    def _load(self, key: str) -> _Entry:
+        """A miss: load ``key`` once, however many threads ask for it meanwhile."""
+        with self._lock:
+            try:
+                entry = self._cache[key]  # filled since the caller looked?
+                self._hits += 1
+                return entry
+            except KeyError:
+                pass
+            self._misses += 1
+            load = self._loading.get(key)
+            owner = load is None
+            if load is None:
+                load = self._loading[key] = _Load()
+                self._loads += 1
+        if not owner:
+            load.done.wait()
+            if load.error is not None:
+                raise load.error
+            assert load.entry is not None
+            return load.entry
+        try:
+            raw = self._fetch(key)
+            entry = _ABSENT if raw is None else _Entry.from_json(raw)
+        except BaseException as exc:
+            with self._lock:
+                del self._loading[key]
+                self._load_errors += 1
+            load.error = exc  # not cached: the next reader tries again
+            load.done.set()
+            raise
+        with self._lock:
+            del self._loading[key]
+            if not load.stale:
+                self._cache[key] = entry
+        load.entry = entry
+        load.done.set()
+        return entry
+
+    def _fetch(self, key: str) -> bytes | None:
+        try:
+            with self._conn() as conn:
+                return store.fetch_json(conn, self.schema, key)
+        except psycopg.OperationalError:
+            # One retry on a fresh connection: the idle one may have been closed by the server.
+            with self._conn() as conn:
+                return store.fetch_json(conn, self.schema, key)
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection]:
+        """The service's one query connection (autocommit, so it never idles inside a transaction)."""
+        with self._db_lock:
+            if self._db is None or self._db.closed:
+                self._db = connect(self.url, self.schema, autocommit=True)
+            try:
+                yield self._db
+            except psycopg.OperationalError:
+                self._db.close()
+                self._db = None
+                raise
+
+
+# --- the process-wide services used by flows ------------------------------------------------------------
+
+_registry: dict[tuple[str, str], SettingsService] = {}
+_registry_lock = threading.Lock()
+_inherited: list[SettingsService] = []
+
+
+def get_settings_service(url: str, schema: str = "public") -> SettingsService:
+    """The process's service for (url, schema), created (and its listener started) on first use."""
+    with _registry_lock:
+        svc = _registry.get((url, schema))
+        if svc is None:
+            svc = _registry[(url, schema)] = SettingsService(url, schema)
+        return svc
+
+
+def close_settings_services() -> None:
+    with _registry_lock:
+        services = list(_registry.values())
+        _registry.clear()
+    for svc in services:
+        svc.close()
+
+
+def _forget(svc: SettingsService) -> None:
+    with _registry_lock:
+        if _registry.get((svc.url, svc.schema)) is svc:
+            del _registry[(svc.url, svc.schema)]
+
+
+def _after_fork_in_child() -> None:
+    # A forked child has no listener thread and shares the parent's sockets. Start afresh, and keep the
+    # inherited objects referenced: finalizing them would send a Terminate on the parent's connections.
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    _inherited.extend(_registry.values())
+    _registry.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# --- messages -------------------------------------------------------------------------------------------
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not key.strip():
+        raise SettingValueError("a setting key must be a non-empty string")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = orjson.dumps(value).decode() if _jsonable(value) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _type_name(type_: Any) -> str:
+    if get_origin(type_) is Annotated:  # the constraints are in the error message already
+        type_ = get_args(type_)[0]
+    if isinstance(type_, type) and not get_args(type_):
+        return type_.__name__
+    return repr(type_).replace("typing.", "")
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{err['msg']}" + (f" at {where}" if where else "")
