@@ -32,6 +32,7 @@ from prefect.exceptions import ObjectNotFound
 
 from db import locks as dblocks
 from db.connection import connection
+from flows.runtime import current_flow_run_id
 
 log = logging.getLogger(__name__)
 
@@ -217,17 +218,10 @@ def release(url: str, schema: str, group_or_name: str) -> str:
     return name
 
 
-def _flow_run_id() -> str | None:
-    from prefect.context import FlowRunContext
-
-    ctx = FlowRunContext.get()
-    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
-
-
 @contextmanager
 def locked(*groups: str, url: str, schema: str, wait: float | None = 0) -> Iterator[None]:
     """``job_lock`` for a flow body: the holder is recorded with the current flow run's id."""
-    with job_lock(*groups, url=url, schema=schema, wait=wait, flow_run_id=_flow_run_id()):
+    with job_lock(*groups, url=url, schema=schema, wait=wait, flow_run_id=current_flow_run_id()):
         yield
 
 

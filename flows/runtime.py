@@ -77,3 +77,11 @@ def override(
         yield
     finally:
         _database_url, _client_factory, _webhook_url = saved
+
+
+def current_flow_run_id() -> str | None:
+    """The id of the Prefect flow run we are in, if any (recorded with runs and lock holders)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None

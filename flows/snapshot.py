@@ -12,11 +12,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.context import get_run_context
 
 from db.connection import connection
 from db.loader import ApplyResult, apply_snapshot_file
 from db.runs import fail_run, record_failed_snapshot, start_run
+from db.settings import get_settings_service
 from flows import progress as progress_hooks
 from flows import runtime
 from flows.config import get_config
@@ -96,6 +96,8 @@ def apply_snapshot(
 ) -> dict[str, Any]:
     cfg = get_config()
     url = runtime.database_url(cfg)
+    # An operator's runtime rule (hub settings set reject_threshold 0.02) wins over the env default.
+    threshold = get_settings_service(url, cfg.db_schema).get("reject_threshold", cfg.reject_threshold)
     reporter = _ProgressReporter(f"Applying {Entity(entity).value} snapshot (run {run_id})")
     result = apply_snapshot_file(
         url,
@@ -107,7 +109,7 @@ def apply_snapshot(
         as_of=as_of,
         allow_mass_delete=allow_mass_delete,
         keep_raw=cfg.keep_raw_json,
-        reject_threshold=cfg.reject_threshold,
+        reject_threshold=threshold,
         progress=reporter,
     )
     reporter.done()
@@ -155,14 +157,6 @@ def counters_table(counters: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [{"counter": k, "value": counters.get(k, 0)} for k in keys]
     rows.append({"counter": "seconds", "value": round(counters.get("seconds", 0.0), 2)})
     return rows
-
-
-def _flow_run_id() -> str | None:
-    try:
-        ctx = get_run_context()
-        return str(ctx.flow_run.id) if getattr(ctx, "flow_run", None) else None
-    except Exception:  # noqa: BLE001
-        return None
 
 
 # --- flows --------------------------------------------------------------------------------------------
@@ -221,7 +215,7 @@ def _import_snapshot(
             job_id = request_snapshot.with_options(**opts)(entity, params)
         with connection(url, cfg.db_schema) as conn:
             run_id = start_run(conn, entity.value, source="api", full=full, filters=_jsonable(params),
-                               job_id=job_id, flow_run_id=_flow_run_id())
+                               job_id=job_id, flow_run_id=runtime.current_flow_run_id())
         stage = "wait"
         job = wait_for_job.with_options(**opts)(job_id)
         stage = "download"
@@ -269,7 +263,7 @@ def import_file(
 def _import_file(entity: Entity, cfg: Any, url: str, path: Path, full: bool, allow_mass_delete: bool) -> dict:
     with connection(url, cfg.db_schema) as conn:
         run_id = start_run(conn, entity.value, source="file", full=full, filters={"file": Path(path).name},
-                           flow_run_id=_flow_run_id())
+                           flow_run_id=runtime.current_flow_run_id())
     try:
         counters = apply_snapshot.with_options(retries=0)(
             entity, Path(path), run_id, full, allow_mass_delete=allow_mass_delete

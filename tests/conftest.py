@@ -64,6 +64,9 @@ def db_url(pg_server_url: str, template_db: str):
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
                                                                         sql.Identifier(template_db)))
     yield with_database(pg_server_url, name)
+    from db.settings import close_settings_services
+
+    close_settings_services()  # their listeners would keep reconnecting to the dropped database
     with _admin(pg_server_url) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 

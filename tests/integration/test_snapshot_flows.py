@@ -158,3 +158,14 @@ def test_gives_up_after_three_retry_attempts(hub, db_url):
     (status, attempts, msg) = q(db_url, "SELECT status, attempts, error_message FROM failed_snapshots")[0]
     assert (status, attempts) == ("gave_up", 3) and msg
     assert retry_failed_snapshots(now=now + timedelta(days=1)) == []
+
+
+def test_reject_threshold_setting_wins_over_env(hub, db_url):
+    from db.settings import get_settings_service
+
+    get_settings_service(db_url, "public").set("reject_threshold", 0.001)
+    hub.state.faults.malformed_line_at = 3
+    with pytest.raises(SnapshotFailed, match="TooManyRejectsError"):
+        import_snapshot(Entity.orders)
+    get_settings_service(db_url, "public").set("reject_threshold", 0.05)
+    assert import_snapshot(Entity.orders)["rejected"] == 1
