@@ -2,7 +2,8 @@
 
 The whole apply is one transaction on the shop tables, built batch by batch (a few MB of lines each):
 
-1. read lines, parse (orjson) and map them to rows; a line that cannot be mapped is a reject;
+1. read lines and cut them into chunks; parse (orjson), map and format them as COPY rows, in worker
+   processes for big files (``db/chunks.py``); a line that cannot be mapped is a reject;
 2. look the batch's keys up in the table and classify each line: new, newer-or-equal and changed,
    unchanged (same content hash), or older than the stored row (skipped: never roll data back);
 3. create any missing ``order_items`` partition for the batch's quarters, in a short separate
@@ -39,11 +40,12 @@ from typing import BinaryIO
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg.adapt import Dumper
 
 from db import partitions
 from db.connection import connect
-from db.mapping import ENTITIES, EntitySpec, Mapped, RowError, content_hash, quarter_of, validate
+from db.chunk_workers import ChunkWorkers
+from db.chunks import Chunk, Line, exact_line, process_chunk
+from db.mapping import ENTITIES, EntitySpec, RowError
 from db.runs import record_rejects
 
 log = logging.getLogger(__name__)
@@ -94,26 +96,6 @@ class ApplyResult:
 
     def counters(self) -> dict:
         return asdict(self)
-
-
-class _JsonText(bytes):
-    """A snapshot line going to the ``raw`` column as it was read: no decode, no re-encode."""
-
-
-class _JsonTextDumper(Dumper):
-    # Text format: COPY still escapes it; skipping str round trips saves ~4 s of CPU per GB of JSON.
-    oid = psycopg.adapters.types["json"].oid
-
-    def dump(self, obj: _JsonText) -> bytes:
-        return obj
-
-
-@dataclass(slots=True)
-class _Line:
-    line_no: int
-    text: bytes
-    mapped: Mapped
-    hash: str
 
 
 def open_lines(path: Path) -> BinaryIO:
@@ -176,7 +158,6 @@ class _Writer:
     ) -> None:  # fmt: skip
         self.main, self.side, self.spec, self.result, self.rejects = main, side, spec, result, rejects
         self.keep_raw, self.full = keep_raw, full
-        main.adapters.register_dumper(_JsonText, _JsonTextDumper)
         self.partitioned = spec.child_table == partitions.PARENT
         self.known_partitions = partitions.existing_partitions(side) if self.partitioned else set()
         self.direct = spec.child_upsert_key is None  # new rows may be COPYed straight into the tables
@@ -185,16 +166,15 @@ class _Writer:
         cols = sql.SQL(", ").join(map(ident, names))
         t = ident(spec.table)
         for stmt in (
-            sql.SQL("CREATE TEMP TABLE stage_parent ON COMMIT DROP AS SELECT {}, content_hash, raw FROM {} "
-                    "WITH NO DATA").format(cols, t),
+            sql.SQL("CREATE TEMP TABLE stage_parent ON COMMIT DROP AS SELECT {}, content_hash, raw, run_id "
+                    "FROM {} WITH NO DATA").format(cols, t),
             sql.SQL("CREATE TEMP TABLE stage_written (key text, inserted bool) ON COMMIT DROP"),
             sql.SQL("CREATE TEMP TABLE seen_keys (key text) ON COMMIT DROP"),
         ):  # fmt: skip
             main.execute(stmt)
         parent_cols = sql.SQL("{}, content_hash, raw, run_id").format(cols)
         self.copy_parent = sql.SQL("COPY {} ({}) FROM STDIN").format(t, parent_cols)
-        self.copy_stage_parent = sql.SQL("COPY stage_parent ({}, content_hash, raw) FROM STDIN").format(cols)
-        self.run = sql.Literal(result.run_id)
+        self.copy_stage_parent = sql.SQL("COPY stage_parent ({}) FROM STDIN").format(parent_cols)
         if spec.child_table:
             ccols = sql.SQL(", ").join(map(ident, spec.child_column_names))
             main.execute(
@@ -211,7 +191,7 @@ class _Writer:
 
     # --- one batch ---------------------------------------------------------------------------------
 
-    def write(self, batch: list[_Line]) -> None:
+    def write(self, batch: list[Line]) -> None:
         if not batch:
             return
         try:
@@ -224,15 +204,15 @@ class _Writer:
         for k, v in counts.items():
             setattr(self.result, k, getattr(self.result, k) + v)
 
-    def _write(self, batch: list[_Line], *, direct: bool) -> dict[str, int]:
+    def _write(self, batch: list[Line], *, direct: bool) -> dict[str, int]:
         counts = dict.fromkeys(("inserted", "updated", "unchanged", "skipped_older", "child_rows"), 0)
-        stored = {r[0]: (r[1], r[2]) for r in self.main.execute(self.lookup, ([x.mapped.key for x in batch],))}
+        stored = {r[0]: (r[1], r[2]) for r in self.main.execute(self.lookup, ([x.key for x in batch],))}
         new, changed = [], []
         for x in batch:
-            s = stored.get(x.mapped.key)
+            s = stored.get(x.key)
             if s is None:
                 new.append(x)
-            elif s[0] is not None and (x.mapped.changed is None or x.mapped.changed < s[0]):
+            elif s[0] is not None and (x.changed is None or x.changed < s[0]):
                 counts["skipped_older"] += 1
             elif s[1] == x.hash:
                 counts["unchanged"] += 1
@@ -254,18 +234,16 @@ class _Writer:
         if self.full:
             with self.main.cursor().copy("COPY seen_keys (key) FROM STDIN") as cp:
                 for x in batch:
-                    cp.write_row((x.mapped.key,))
+                    cp.write_row((x.key,))
         return counts
 
-    def _write_line_by_line(self, batch: list[_Line]) -> dict[str, int]:
+    def _write_line_by_line(self, batch: list[Line]) -> dict[str, int]:
         total = dict.fromkeys(("inserted", "updated", "unchanged", "skipped_older", "child_rows"), 0)
         for x in batch:
             try:
-                m = x.mapped
-                m.row = validate(m.row, self.spec.columns)
-                m.children = [validate(c, self.spec.child_columns) for c in m.children]
+                exact = exact_line(x, self.spec.name, self.keep_raw, self.result.run_id)
                 with self.main.transaction():
-                    counts = self._write([x], direct=False)
+                    counts = self._write([exact], direct=False)
             except RowError as exc:
                 self.rejects.add(x.line_no, x.text, str(exc))
                 continue
@@ -279,8 +257,8 @@ class _Writer:
 
     # --- statements -----------------------------------------------------------------------------------
 
-    def _ensure_partitions(self, *groups: list[_Line]) -> None:
-        needed = {quarter_of(x.mapped.created) for g in groups for x in g if x.mapped.created is not None}
+    def _ensure_partitions(self, *groups: list[Line]) -> None:
+        needed = {x.quarter for g in groups for x in g if x.quarter is not None}
         missing = [partitions.Quarter(y, q) for y, q in sorted(needed)
                    if partitions.Quarter(y, q).name not in self.known_partitions]
         if missing:
@@ -288,24 +266,19 @@ class _Writer:
             self.result.partitions_created.extend(created)
             self.known_partitions.update(q.name for q in missing)
 
-    def _copy_new(self, lines: list[_Line]) -> int:
-        keep_raw, run_id = self.keep_raw, self.result.run_id
-        kids = 0
-        with self.main.cursor() as cur:
-            with cur.copy(self.copy_parent) as cp:
-                for x in lines:
-                    cp.write_row((*x.mapped.row, x.hash, _JsonText(x.text) if keep_raw else None, run_id))
-            if self.spec.child_table:
-                with cur.copy(self.copy_child) as cp:
-                    for x in lines:
-                        for c in x.mapped.children:
-                            cp.write_row(c)
-                        kids += len(x.mapped.children)
-        return kids
+    def _copy_rows(self, cur: psycopg.Cursor, statement: sql.Composed, rows: Iterator[bytes]) -> None:
+        with cur.copy(statement) as cp:
+            cp.write(b"".join(rows))
 
-    def _upsert(self, lines: list[_Line]) -> tuple[int, int, int]:
+    def _copy_new(self, lines: list[Line]) -> int:
+        with self.main.cursor() as cur:
+            self._copy_rows(cur, self.copy_parent, (x.parent for x in lines))
+            if self.spec.child_table:
+                self._copy_rows(cur, self.copy_child, (x.children for x in lines))
+        return sum(x.n_children for x in lines)
+
+    def _upsert(self, lines: list[Line]) -> tuple[int, int, int]:
         """Stage, then upsert under the changeTime guard; children of written rows are replaced."""
-        keep_raw = self.keep_raw
         # TRUNCATE makes new files (slow for one line); DELETE leaves dead rows (temp tables are never
         # autovacuumed, so big batches would bloat them).
         small = len(lines) < 64
@@ -314,15 +287,10 @@ class _Writer:
                 cur.execute("DELETE FROM stage_parent; DELETE FROM stage_written")
             else:
                 cur.execute("TRUNCATE stage_parent, stage_written")
-            with cur.copy(self.copy_stage_parent) as cp:
-                for x in lines:
-                    cp.write_row((*x.mapped.row, x.hash, _JsonText(x.text) if keep_raw else None))
+            self._copy_rows(cur, self.copy_stage_parent, (x.parent for x in lines))
             if self.spec.child_table:
                 cur.execute("DELETE FROM stage_child" if small else "TRUNCATE stage_child")
-                with cur.copy(self.copy_stage_child) as cp:
-                    for x in lines:
-                        for c in x.mapped.children:
-                            cp.write_row(c)
+                self._copy_rows(cur, self.copy_stage_child, (x.children for x in lines))
             cur.execute(self.upsert)
             ins, upd = cur.execute(
                 "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM stage_written"
@@ -342,12 +310,12 @@ class _Writer:
         return sql.SQL(
             """WITH up AS (
                  INSERT INTO {t} ({cols}, content_hash, raw, run_id, synced_at)
-                 SELECT {cols}, content_hash, raw, {run}, now() FROM stage_parent
+                 SELECT {cols}, content_hash, raw, run_id, now() FROM stage_parent
                  ON CONFLICT ({key}) DO UPDATE SET {updates}
                  WHERE {t}.changed_at IS NULL OR EXCLUDED.changed_at >= {t}.changed_at
                  RETURNING {t}.{key}, (xmax = 0) AS inserted)
                INSERT INTO stage_written SELECT * FROM up"""
-        ).format(t=t, key=key, cols=sql.SQL(", ").join(map(ident, names)), updates=updates, run=self.run)
+        ).format(t=t, key=key, cols=sql.SQL(", ").join(map(ident, names)), updates=updates)
 
     def _replace_children(self, cur: psycopg.Cursor) -> int:
         ident = sql.Identifier
@@ -417,67 +385,42 @@ class _Writer:
             )
 
 
-@dataclass
-class _Batch:
-    lines: list[_Line]
-    rejects: list[tuple[int, bytes, str]]  # (line no, line, reason)
-    read: int  # lines read so far (for progress)
-    position: int  # compressed bytes read so far
-
-
-def _batches(path: Path, spec: EntitySpec, batch_bytes: int) -> Iterator[_Batch]:
-    """Read, parse and map the file into batches of about ``batch_bytes`` of JSON."""
-    mapper = spec.mapper
-    batch = _Batch([], [], 0, 0)
-    keys: set[str] = set()
+def _raw_chunks(path: Path, entity: str, keep_raw: bool, run_id: int, chunk_bytes: int) -> Iterator[tuple]:
+    """Cut the file into chunks of about ``chunk_bytes`` of non-blank lines (the args of process_chunk)."""
+    lines: list[tuple[int, bytes]] = []
     size = 0
     with open_lines(path) as f:
         for line_no, line in enumerate(f, 1):
             line = line.strip()
             if not line:  # blank lines (a trailing newline, say) are not records
                 continue
-            batch.read += 1
-            try:
-                obj = orjson.loads(line)
-                if type(obj) is not dict:
-                    raise RowError(f"expected a JSON object, got {type(obj).__name__}")
-                mapped = mapper(obj)
-            except orjson.JSONDecodeError as exc:
-                batch.rejects.append((line_no, line, f"invalid JSON: {exc}"))
-                continue
-            except RowError as exc:
-                batch.rejects.append((line_no, line, str(exc)))
-                continue
-            if mapped.key in keys or size >= batch_bytes:
-                # A repeated key starts a new batch: it is then classified against its earlier line.
-                batch.position = _compressed_position(f)
-                yield batch
-                batch, keys, size = _Batch([], [], batch.read, 0), set(), 0
-            batch.lines.append(_Line(line_no, line, mapped, content_hash(line)))
-            keys.add(mapped.key)
+            lines.append((line_no, line))
             size += len(line)
-        batch.position = _compressed_position(f)
-    yield batch
+            if size >= chunk_bytes:
+                yield (entity, lines, keep_raw, run_id, _compressed_position(f))
+                lines, size = [], 0
+        yield (entity, lines, keep_raw, run_id, _compressed_position(f))
 
 
 _DONE = object()
 
 
-def _prefetch(batches: Iterator[_Batch], depth: int = 2) -> Iterator[_Batch]:
-    """Map the next batches in a thread while this one is written.
+def _in_thread(chunks: Iterator[tuple], depth: int = 2) -> Iterator[Chunk]:
+    """Map the next chunks in a thread while this one is written (small files: no process start-up).
 
-    Parsing is Python work and writing is mostly waiting for PostgreSQL (which releases the GIL), so on
-    two cores the two overlap. At most ``depth`` batches wait in the queue: memory stays bounded.
+    Mapping is Python work and writing is mostly waiting for PostgreSQL (which releases the GIL), so
+    the two overlap. At most ``depth`` chunks wait in the queue: memory stays bounded.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for b in batches:
+            for args in chunks:
+                chunk = process_chunk(args)
                 while not stop.is_set():
                     try:
-                        q.put(b, timeout=0.1)
+                        q.put(chunk, timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -502,6 +445,33 @@ def _prefetch(batches: Iterator[_Batch], depth: int = 2) -> Iterator[_Batch]:
         thread.join(timeout=10)
 
 
+def _in_processes(chunks: Iterator[tuple], workers: int) -> Iterator[Chunk]:
+    """Map chunks in ``workers`` processes, in file order, with a bounded number in flight."""
+    with ChunkWorkers(workers) as pool:
+        yield from pool.map(process_chunk, chunks)
+
+
+def _write_batches(chunk: Chunk) -> Iterator[list[Line]]:
+    """A chunk's lines, split where a key repeats: a repeat is then classified against its earlier line."""
+    batch: list[Line] = []
+    keys: set[str] = set()
+    for x in chunk.lines:
+        if x.key in keys:
+            yield batch
+            batch, keys = [], set()
+        batch.append(x)
+        keys.add(x.key)
+    yield batch
+
+
+def default_workers(path: Path) -> int:
+    """Worker processes for a file: none for small files (start-up costs more than it saves)."""
+    cores = os.cpu_count() or 1
+    if cores < 2 or os.path.getsize(path) < 16 << 20:
+        return 0
+    return min(cores, 4)
+
+
 def apply_snapshot_file(
     url: str,
     entity: str,
@@ -515,12 +485,13 @@ def apply_snapshot_file(
     keep_raw: bool = True,
     reject_threshold: float = 0.01,
     batch_bytes: int = 2 << 20,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> ApplyResult:
     """Apply one snapshot file; see the module docstring. Raises ApplyError subclasses on refusal.
 
     ``as_of`` is when the snapshot was taken (the job's creation time); without it, the newest
-    changeTime in the file stands in.
+    changeTime in the file stands in. ``workers``: processes that parse and map (None: by file size).
     """
     spec = ENTITIES[entity]
     started = time.perf_counter()
@@ -536,17 +507,20 @@ def apply_snapshot_file(
             ).fetchone()[0] if full else 0  # fmt: skip
             writer = _Writer(main, side, spec, result, rejects, keep_raw=keep_raw, full=full)
             newest: datetime | None = None
-            for batch in _prefetch(_batches(path, spec, batch_bytes)):
-                for line_no, line, reason in batch.rejects:
+            workers = default_workers(path) if workers is None else workers
+            raw = _raw_chunks(path, entity, keep_raw, run_id, batch_bytes)
+            chunks = _in_processes(raw, workers) if workers > 0 else _in_thread(raw)
+            for chunk in chunks:
+                for line_no, line, reason in chunk.rejects:
                     rejects.add(line_no, line, reason)
-                writer.write(batch.lines)
-                for x in batch.lines:
-                    changed = x.mapped.changed
-                    if changed is not None and (newest is None or changed > newest):
-                        newest = changed
-                result.lines = batch.read
+                for batch in _write_batches(chunk):
+                    writer.write(batch)
+                for x in chunk.lines:
+                    if x.changed is not None and (newest is None or x.changed > newest):
+                        newest = x.changed
+                result.lines += chunk.read
                 if progress:
-                    progress(batch.read, batch.position, total)
+                    progress(result.lines, chunk.end_position, total)
             rejects.flush()
             result.rejected = rejects.count
             if result.lines and result.rejected / result.lines > reject_threshold:

@@ -51,7 +51,7 @@ def try_advisory_lock(conn: psycopg.Connection, name: str) -> bool:
 def advisory_lock_backend(conn: psycopg.Connection, name: str) -> int | None:
     """The backend pid holding the named advisory lock, if any session holds it."""
     row = conn.execute(
-        f"""SELECT l.pid FROM pg_locks l
+        """SELECT l.pid FROM pg_locks l
             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s::oid
               AND l.objid = (hashtext(current_schema() || ':' || %s))::oid AND l.objsubid = 2
               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",

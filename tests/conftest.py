@@ -57,18 +57,31 @@ def template_db(pg_server_url: str):
 
 
 @pytest.fixture
-def db_url(pg_server_url: str, template_db: str):
-    """A fresh, migrated database for one test."""
-    name = f"hub_t_{uuid.uuid4().hex[:12]}"
-    with _admin(pg_server_url) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                        sql.Identifier(template_db)))
-    yield with_database(pg_server_url, name)
+def make_db(pg_server_url: str, template_db: str):
+    """A factory of fresh, migrated databases, all dropped after the test."""
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"hub_t_{uuid.uuid4().hex[:12]}"
+        with _admin(pg_server_url) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
+                                                                            sql.Identifier(template_db)))
+        names.append(name)
+        return with_database(pg_server_url, name)
+
+    yield make
     from db.settings import close_settings_services
 
-    close_settings_services()  # their listeners would keep reconnecting to the dropped database
+    close_settings_services()  # their listeners would keep reconnecting to the dropped databases
     with _admin(pg_server_url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def db_url(make_db) -> str:
+    """A fresh, migrated database for one test."""
+    return make_db()
 
 
 @pytest.fixture

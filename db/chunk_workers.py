@@ -1,0 +1,132 @@
+"""Worker processes that run ``db.chunks.process_chunk``, fed and read in file order.
+
+Plain subprocesses (``python -m db.chunk_workers``) talking length-prefixed pickles over pipes, rather
+than multiprocessing: its ``fork`` copies a process full of Prefect's threads (a lock held at fork time
+stays held in the child), and its ``spawn`` re-runs the caller's ``__main__``, which breaks any script
+that calls a flow without an ``if __name__ == "__main__"`` guard.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+_HEADER = struct.Struct("!Q")
+
+
+def _send(stream: BinaryIO, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _receive(stream: BinaryIO) -> Any:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed; the message carries its traceback."""
+
+
+class ChunkWorkers:
+    """``n`` worker processes; ``map`` yields results in input order with at most 2 per worker in flight."""
+
+    def __init__(self, n: int) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self.procs = [
+            subprocess.Popen([sys.executable, "-m", "db.chunk_workers"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, env=env)
+            for _ in range(n)
+        ]  # fmt: skip
+        self.inboxes: list[queue.Queue] = [queue.Queue() for _ in range(n)]
+        # One feeder thread per worker: writing the next input must never wait on us reading an output.
+        self.feeders = [threading.Thread(target=self._feed, args=(i,), daemon=True) for i in range(n)]
+        for t in self.feeders:
+            t.start()
+
+    def _feed(self, i: int) -> None:
+        stdin = self.procs[i].stdin
+        try:
+            while (item := self.inboxes[i].get()) is not None:
+                _send(stdin, item)
+        except (BrokenPipeError, OSError):
+            pass  # the worker died; reading its output reports why
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def map(self, function: Any, items: Iterator[Any]) -> Iterator[Any]:
+        n = len(self.procs)
+        pending: deque[int] = deque()
+        for k, item in enumerate(items):
+            self.inboxes[k % n].put((function, item))
+            pending.append(k % n)
+            if len(pending) >= 2 * n:
+                yield self._result(pending.popleft())
+        while pending:
+            yield self._result(pending.popleft())
+
+    def _result(self, i: int) -> Any:
+        try:
+            ok, value = _receive(self.procs[i].stdout)
+        except EOFError:
+            raise WorkerError(f"chunk worker {i} exited with code {self.procs[i].wait()}") from None
+        if not ok:
+            raise WorkerError(value)
+        return value
+
+    def close(self) -> None:
+        for box in self.inboxes:
+            box.put(None)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            if p.stdout:
+                p.stdout.close()
+
+    def __enter__(self) -> ChunkWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            for p in self.procs:
+                p.kill()
+        self.close()
+
+
+def _serve() -> None:
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            function, item = _receive(stdin)
+        except EOFError:
+            return
+        try:
+            _send(stdout, (True, function(item)))
+        except Exception:  # noqa: BLE001 - reported to the parent, which raises it
+            _send(stdout, (False, traceback.format_exc()))
+
+
+if __name__ == "__main__":
+    _serve()
