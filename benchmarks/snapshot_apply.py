@@ -202,7 +202,7 @@ def main() -> None:
         for label, p in (("~1M", path), (f"~{args.rss_items // 1_000_000}M", big)):
             rss[label] = peak_rss_mb(fresh_db(server, "hub_bench_rss"), p)
         a, b = rss.values()
-        print(f"loader peak RSS: " + ", ".join(f"{k} items {v:.0f} MB" for k, v in rss.items())
+        print("loader peak RSS: " + ", ".join(f"{k} items {v:.0f} MB" for k, v in rss.items())
               + f" (difference {100 * (b - a) / a:+.1f} %)")
 
     raw_type = json_vs_jsonb(fresh_db(server, "hub_bench"), path)

@@ -42,9 +42,9 @@ import psycopg
 from psycopg import sql
 
 from db import partitions
-from db.connection import connect
 from db.chunk_workers import ChunkWorkers
 from db.chunks import Chunk, Line, exact_line, process_chunk
+from db.connection import connect
 from db.mapping import ENTITIES, EntitySpec, RowError
 from db.runs import record_rejects
 

@@ -14,8 +14,8 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from operator import itemgetter
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import orjson

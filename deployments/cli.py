@@ -7,17 +7,27 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 
+from deployments.cli_fetch import fetch_changes_cmd, fetch_orders_cmd
+from deployments.cli_metrics import metrics as metrics_cmd
+from deployments.cli_settings import settings_app
 from flows.entities import Entity
 
 app = typer.Typer(help="Shoptet Commerce Hub: mirror a Shoptet e-shop into PostgreSQL.", no_args_is_help=True)
 db_app = typer.Typer(help="Database: URL and migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(settings_app, name="settings")
+app.command("metrics")(metrics_cmd)
 console = Console(stderr=True)
+
+
+WAIT_OPTION = typer.Option(
+    0.0, "--wait", metavar="SECONDS",
+    help="Wait up to SECONDS for the job's lock; without it a held lock exits at once with code 75.",
+)  # fmt: skip
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -72,13 +82,15 @@ def db_downgrade(revision: str = typer.Argument("-1")) -> None:
 @app.command()
 def sync(
     entity: Entity,
-    since: Optional[str] = typer.Option(
+    since: str | None = typer.Option(
         None, help="Only entities changed since this ISO 8601 time (UTC if no offset); omit for a full snapshot."
     ),
     allow_mass_delete: bool = typer.Option(False, help="Let a full snapshot delete over half of the rows."),
+    wait: float = WAIT_OPTION,
 ) -> None:
     """Import ENTITY from the shop through a Shoptet snapshot."""
     _quiet_prefect()
+    from flows.locks import LockHeld
     from flows.snapshot import SnapshotFailed, counters_table, import_snapshot
 
     changed_since = None
@@ -90,7 +102,10 @@ def sync(
         if changed_since.tzinfo is None:
             changed_since = changed_since.replace(tzinfo=UTC)
     try:
-        counters = import_snapshot(entity, changed_since=changed_since, allow_mass_delete=allow_mass_delete)
+        counters = import_snapshot(entity, changed_since=changed_since, allow_mass_delete=allow_mass_delete,
+                                   lock_wait=wait)
+    except LockHeld as exc:
+        _fail(str(exc), exc.exit_code)
     except SnapshotFailed as exc:
         _fail(f"{exc} (recorded as failed snapshot {exc.failed_snapshot_id}; `hub retry-failed` retries it)")
     _print_counters(entity.value, counters_table(counters))
@@ -102,14 +117,18 @@ def import_file_cmd(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
     full: bool = typer.Option(False, help="The file is a full snapshot: delete rows it does not hold."),
     allow_mass_delete: bool = typer.Option(False, help="With --full: allow deleting over half of the rows."),
+    wait: float = WAIT_OPTION,
 ) -> None:
     """Apply a local snapshot FILE (gzip or plain JSON Lines) through the same loader."""
     _quiet_prefect()
     from db.loader import ApplyError
+    from flows.locks import LockHeld
     from flows.snapshot import counters_table, import_file
 
     try:
-        counters = import_file(entity, file, full=full, allow_mass_delete=allow_mass_delete)
+        counters = import_file(entity, file, full=full, allow_mass_delete=allow_mass_delete, lock_wait=wait)
+    except LockHeld as exc:
+        _fail(str(exc), exc.exit_code)
     except ApplyError as exc:
         _fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - the CLI reports every failure with its reason
@@ -118,18 +137,26 @@ def import_file_cmd(
 
 
 @app.command("retry-failed")
-def retry_failed() -> None:
+def retry_failed(wait: float = WAIT_OPTION) -> None:
     """Retry due failed snapshots (3 attempts each, then gave_up)."""
     _quiet_prefect()
     from flows.failed import retry_failed_snapshots
+    from flows.locks import LockHeld
 
-    outcomes = retry_failed_snapshots()
+    try:
+        outcomes = retry_failed_snapshots(lock_wait=wait)
+    except LockHeld as exc:
+        _fail(str(exc), exc.exit_code)
     if not outcomes:
         console.print("no failed snapshots due")
     for o in outcomes:
         console.print(f"failed snapshot {o['id']} ({o['entity']}): attempt {o['attempt']} → {o['status']}")
     if any(o["status"] != "recovered" for o in outcomes):
         raise typer.Exit(1)
+
+
+app.command("fetch-orders")(fetch_orders_cmd)
+app.command("fetch-changes")(fetch_changes_cmd)
 
 
 def _print_counters(entity: str, rows: list[dict]) -> None:
@@ -141,6 +168,67 @@ def _print_counters(entity: str, rows: list[dict]) -> None:
     for r in rows:
         table.add_row(r["counter"], str(r["value"]))
     Console().print(table)
+
+
+# --- bootstrap and locks -----------------------------------------------------------------------------
+
+locks_app = typer.Typer(help="Job locks: list them, free a slot left by a crashed holder.", invoke_without_command=True)
+app.add_typer(locks_app, name="locks")
+
+
+@app.command()
+def bootstrap() -> None:
+    """Run migrations and create or repair every job lock's concurrency limit (idempotent)."""
+    from flows import runtime
+    from flows.config import get_config
+    from flows.locks import ensure_limits
+
+    cfg = get_config()
+    url = runtime.database_url(cfg)
+    runtime.ensure_schema(url, cfg.db_schema)
+    for name, action in ensure_limits().items():
+        console.print(f"{name}: {action}")
+
+
+@locks_app.callback()
+def locks_list(ctx: typer.Context) -> None:
+    """List each lock: exists, active, slots in use, holder."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from flows import runtime
+    from flows.config import get_config
+    from flows.locks import lock_table
+
+    cfg = get_config()
+    url = runtime.database_url(cfg)
+    runtime.ensure_schema(url, cfg.db_schema)
+    table = Table(title="job locks")
+    rows = lock_table(url, cfg.db_schema)
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*("" if v is None else str(v) for v in r.values()))
+    Console(width=140).print(table)
+
+
+@locks_app.command("release")
+def locks_release(name: str = typer.Argument(..., help="Lock group (orders, …) or limit name (hub-orders).")) -> None:
+    """Free a slot left by a crashed holder; refuses while the recorded holder is alive."""
+    from flows import runtime
+    from flows.config import get_config
+    from flows.locks import LockError, LockHeld, release
+
+    cfg = get_config()
+    url = runtime.database_url(cfg)
+    try:
+        released = release(url, cfg.db_schema, name)
+    except LockHeld as exc:
+        _fail(f"refusing to release: {exc}", exc.exit_code)
+    except (LockError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"released {released}")
 
 
 # --- sandbox and generated data -----------------------------------------------------------------------

@@ -59,8 +59,8 @@ from db.sync_state import (
 from flows import runtime
 from flows.config import get_config
 from flows.entities import Entity
-from flows.retrying import TASK_RETRIES, retry_delays, transient_only
 from flows.locks import run_locked
+from flows.retrying import TASK_RETRIES, retry_delays, transient_only
 from flows.snapshot import ORDER_INCLUDE, apply_snapshot, counters_table
 from shoptet.client import CHANGE_KEY, ShoptetClient
 from shoptet.errors import NotFoundError

@@ -49,7 +49,8 @@ def test_import_file_over_threshold_exits_non_zero_with_reason(env, tmp_path):
 
 
 def test_import_file_mass_delete_refused_then_allowed(env, tmp_path):
-    runner.invoke(app, ["import-file", "orders", str(write_jsonl(tmp_path / "a.gz", [order(str(i)) for i in range(6)]))])
+    full = write_jsonl(tmp_path / "a.gz", [order(str(i)) for i in range(6)])
+    runner.invoke(app, ["import-file", "orders", str(full)])
     small = write_jsonl(tmp_path / "b.gz", [order("1")])
     res = runner.invoke(app, ["import-file", "orders", str(small), "--full"])
     assert res.exit_code == 1 and "--allow-mass-delete" in res.output
@@ -81,7 +82,8 @@ def test_db_url_masks_the_password(monkeypatch):
 def test_generate_writes_a_deterministic_gzip_snapshot(tmp_path):
     a, b = tmp_path / "a.gz", tmp_path / "b.gz"
     for out in (a, b):
-        assert runner.invoke(app, ["generate", "orders", "--count", "20", "--out", str(out), "--seed", "5"]).exit_code == 0
+        res = runner.invoke(app, ["generate", "orders", "--count", "20", "--out", str(out), "--seed", "5"])
+        assert res.exit_code == 0
     assert a.read_bytes() == b.read_bytes()
     assert len(gzip.decompress(a.read_bytes()).splitlines()) == 20
 

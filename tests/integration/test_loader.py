@@ -107,7 +107,8 @@ def test_full_snapshot_deletes_absent_rows_and_their_items(db_url, conn, tmp_pat
 
 
 def test_full_snapshot_keeps_rows_changed_after_it_was_taken(db_url, conn, tmp_path):
-    apply(db_url, "orders", write_jsonl(tmp_path / "a.gz", [order("A"), order("B", changed="2026-11-20T10:00:00+0100")]))
+    both = [order("A"), order("B", changed="2026-11-20T10:00:00+0100")]
+    apply(db_url, "orders", write_jsonl(tmp_path / "a.gz", both))
     r = apply(db_url, "orders", write_jsonl(tmp_path / "b.gz", [order("A")]), full=True, allow_mass_delete=True,
               as_of=datetime(2026, 11, 1, tzinfo=UTC))
     assert r.deleted == 0

@@ -1,0 +1,147 @@
+"""Customer metrics flow: read the business settings → recompute → publish segments and movement.
+
+Also a plain function for notebooks: ``recalculate_customer_metrics(full=True)``. The SQL and the
+algorithm are in ``db.metrics``; the rules and their settings keys in ``db.metrics_rules``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from db import metrics as db_metrics
+from db.metrics_rules import (
+    DEFAULT_CANCELLED_STATUSES,
+    DEFAULT_SEGMENT_RULES,
+    SETTING_CANCELLED,
+    SETTING_SEGMENTS,
+    SegmentRule,
+    parse_cancelled_statuses,
+    parse_segment_rules,
+    rules_as_json,
+)
+from flows import runtime
+from flows.config import get_config
+from flows.locks import run_locked
+from flows.retrying import TASK_RETRIES, retry_delays, transient_only
+
+log = logging.getLogger(__name__)
+
+SEGMENT_COLUMNS = ("segment", "customers", "previous", "moved_in", "moved_out", "new", "removed")
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - called outside a run
+        return log
+
+
+def business_settings(url: str, schema: str) -> tuple[tuple[int, ...], tuple[SegmentRule, ...]]:
+    """``cancelled_statuses`` and ``rfm_segments`` from the settings service, else the defaults.
+
+    The service (``db.settings``, TTL-cached) is optional: without it the defaults apply. A malformed
+    value raises ``MetricsSettingsError`` rather than silently computing with other rules.
+    """
+    try:
+        from db.settings import get_settings_service
+    except ImportError:
+        return DEFAULT_CANCELLED_STATUSES, DEFAULT_SEGMENT_RULES
+    svc = get_settings_service(url, schema)
+    return (
+        parse_cancelled_statuses(svc.get(SETTING_CANCELLED, None)),
+        parse_segment_rules(svc.get(SETTING_SEGMENTS, None)),
+    )
+
+
+@task(name="recalculate-metrics", retries=TASK_RETRIES, retry_jitter_factor=0.5, retry_condition_fn=transient_only)
+def recalculate_metrics(
+    full: bool, as_of: datetime | None, cancelled_statuses: list[int], segment_rules: list[dict[str, Any]]
+) -> dict[str, Any]:
+    cfg = get_config()
+    rules = parse_segment_rules(segment_rules)
+    result = db_metrics.recalculate(
+        runtime.database_url(cfg), schema=cfg.db_schema, full=full, as_of=as_of,
+        cancelled_statuses=cancelled_statuses, segment_rules=rules,
+    )  # fmt: skip
+    out = result.as_dict()
+    out["segments"] = result.segment_rows([r.segment for r in rules])
+    out["movement"] = result.movement_rows()
+    return out
+
+
+@flow(name="recalculate-customer-metrics")
+def recalculate_customer_metrics(
+    full: bool = False,
+    as_of: datetime | None = None,
+    cancelled_statuses: list[int] | None = None,
+    segment_rules: list[dict[str, Any]] | None = None,
+    lock_wait: float | None = 0,
+) -> dict[str, Any]:
+    """Recompute customer metrics and RFM segments (incrementally unless ``full``), under its job lock.
+
+    ``cancelled_statuses`` / ``segment_rules`` (settings format, see ``db.metrics_rules``) override the
+    ``settings`` table for this run; None reads it. ``as_of`` (default now) is the "today" of recency.
+    Returns the counters, ``segments`` (customers per segment and movement) and ``movement`` (from → to).
+    """
+    cfg = get_config()
+    url = runtime.database_url(cfg)
+    runtime.ensure_schema(url, cfg.db_schema)
+    return run_locked(lambda: _recalculate(cfg, url, full, as_of, cancelled_statuses, segment_rules),
+                      "customer-metrics", url=url, schema=cfg.db_schema, wait=lock_wait)
+
+
+def _recalculate(
+    cfg: Any, url: str, full: bool, as_of: datetime | None, cancelled_statuses: list[int] | None,
+    segment_rules: list[dict[str, Any]] | None,
+) -> dict[str, Any]:  # fmt: skip
+    if cancelled_statuses is None or segment_rules is None:
+        stored_cancelled, stored_rules = business_settings(url, cfg.db_schema)
+        cancelled_statuses = list(stored_cancelled) if cancelled_statuses is None else cancelled_statuses
+        segment_rules = rules_as_json(stored_rules) if segment_rules is None else segment_rules
+    parse_cancelled_statuses(cancelled_statuses)  # fail before the task with the settings message
+    parse_segment_rules(segment_rules)
+    out = recalculate_metrics.with_options(retry_delay_seconds=retry_delays())(
+        full, as_of, list(cancelled_statuses), segment_rules
+    )
+    _logger().info(
+        "customer metrics %s (%s): %d customers, %d recomputed, %d removed, %d moved between segments, "
+        "%d unattributed orders (revenue %s), %.2f s", out["mode"], out["reason"], out["customers"],
+        out["recomputed"], out["removed"], out["moved"], out["unattributed_orders"], out["unattributed_revenue"],
+        out["seconds"],
+    )  # fmt: skip
+    _artifacts(out)
+    return out
+
+
+def summary_rows(out: dict[str, Any]) -> list[dict[str, Any]]:
+    keys = ("mode", "reason", "customers", "recomputed", "inserted", "updated", "removed", "moved", "rescored",
+            "unattributed_orders", "unattributed_revenue", "seconds")  # fmt: skip
+    return [{"counter": k, "value": out[k]} for k in keys]
+
+
+def segments_with_total(out: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = list(out["segments"])
+    total = {c: sum(r[c] for r in rows) for c in SEGMENT_COLUMNS[1:]}
+    return rows + [{"segment": "total", **total}]
+
+
+def _artifacts(out: dict[str, Any]) -> None:
+    try:
+        create_table_artifact(
+            segments_with_total(out), key="customer-metrics-segments",
+            description=f"Customers per RFM segment and movement since the last run ({out['mode']} run, "
+                        f"as of {out['as_of']})",
+        )  # fmt: skip
+        create_table_artifact(
+            out["movement"] or [{"from": "-", "to": "-", "customers": 0}], key="customer-metrics-movement",
+            description="Customers who changed segment since the last run, per (from, to)",
+        )  # fmt: skip
+        create_table_artifact(summary_rows(out), key="customer-metrics-summary",
+                              description="Counters of the last customer metrics run (counts only)")
+    except Exception:  # noqa: BLE001 - outside a Prefect run (a notebook calling .fn)
+        pass
