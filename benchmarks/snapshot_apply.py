@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
 import psycopg
 from psycopg import sql
 
@@ -61,7 +62,9 @@ def snapshot_file(data_dir: Path, items: int) -> Path:
     path = data_dir / f"orders-{orders}.jsonl.gz"
     if not path.exists():
         t = time.perf_counter()
-        write_snapshot("orders", orders, path, seed=42)
+        partial = path.with_name(path.name + ".partial")  # an interrupted run must not leave a short file
+        write_snapshot("orders", orders, partial, seed=42)
+        partial.rename(path)
         print(f"generated {path} ({orders:,} orders) in {time.perf_counter() - t:.0f} s", flush=True)
     return path
 
@@ -72,7 +75,7 @@ def file_stats(path: Path) -> tuple[int, int, int]:
         for line in f:
             lines += 1
             raw_bytes += len(line)
-            items += line.count(b'"itemType"')
+            items += len(orjson.loads(line)["items"])  # (not a text count: completion[] repeats item fields)
     return lines, raw_bytes, items
 
 
@@ -91,7 +94,7 @@ def raw_copy_seconds(url: str, work: Path) -> float:
         for table in ("orders", "order_items"):
             out = work / f"{table}.copy"
             with open(out, "wb") as f, c.cursor().copy(
-                sql.SQL("COPY {} TO STDOUT").format(sql.Identifier(table))
+                sql.SQL("COPY (SELECT * FROM {}) TO STDOUT").format(sql.Identifier(table))
             ) as cp:
                 for chunk in cp:
                     f.write(chunk)
@@ -127,15 +130,16 @@ url = {url!r}
 with connect(url) as c:
     run_id = start_run(c, "orders", source="file", full=False)
 apply_snapshot_file(url, "orders", Path({str(path)!r}), run_id=run_id, keep_raw=True)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+    main_kb, worker_kb = map(int, out.stdout.strip().splitlines()[-1].split())
+    return main_kb / 1024, worker_kb / 1024
 
 
 def json_vs_jsonb(url: str, path: Path, limit: int = 40_000) -> dict[str, float]:
     with gzip.open(path, "rb") as f:
-        lines = [f.readline().strip().decode() for _ in range(limit)]
+        lines = [line.strip().decode() for _, line in zip(range(limit), f, strict=False)]
     mb = sum(map(len, lines)) / 1e6
     out = {}
     with connect(url, autocommit=True) as c:
@@ -199,11 +203,13 @@ def main() -> None:
     rss = {}
     if not args.skip_rss:
         big = snapshot_file(args.data_dir, args.rss_items)
+        workers_rss = {}
         for label, p in (("~1M", path), (f"~{args.rss_items // 1_000_000}M", big)):
-            rss[label] = peak_rss_mb(fresh_db(server, "hub_bench_rss"), p)
+            rss[label], workers_rss[label] = peak_rss_mb(fresh_db(server, "hub_bench_rss"), p)
         a, b = rss.values()
-        print("loader peak RSS: " + ", ".join(f"{k} items {v:.0f} MB" for k, v in rss.items())
-              + f" (difference {100 * (b - a) / a:+.1f} %)")
+        print("loader peak RSS (main process): " + ", ".join(f"{k} items {v:.0f} MB" for k, v in rss.items())
+              + f" (difference {100 * (b - a) / a:+.1f} %); each parse worker process peaked at "
+              + ", ".join(f"{v:.0f} MB" for v in workers_rss.values()))
 
     raw_type = json_vs_jsonb(fresh_db(server, "hub_bench"), path)
     print("raw column COPY MB/s: " + ", ".join(f"{k} {v:.0f}" for k, v in raw_type.items()))

@@ -80,7 +80,7 @@ class ChunkWorkers:
         for k, item in enumerate(items):
             self.inboxes[k % n].put((function, item))
             pending.append(k % n)
-            if len(pending) >= 2 * n:
+            if len(pending) >= n + 1:  # one queued behind each busy worker at most: bounded memory
                 yield self._result(pending.popleft())
         while pending:
             yield self._result(pending.popleft())

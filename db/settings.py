@@ -57,10 +57,13 @@ class SettingValueError(ValueError):
 class _Entry:
     """A cached value and how to hand out a private copy of it (a caller may mutate what it gets)."""
 
-    __slots__ = ("copy", "value")
+    __slots__ = ("checked", "copy", "value")
 
     def __init__(self, value: Any, copy: Callable[[Any], Any] | None = None) -> None:
         self.value, self.copy = value, copy  # copy None: an immutable scalar, shared as is
+        # Validated forms by type: a hit on a typed key then skips pydantic (only flat or scalar values,
+        # whose copy function copies what it is given; nested ones are re-parsed from JSON instead).
+        self.checked: dict[Any, Any] = {}
 
     @classmethod
     def from_json(cls, raw: bytes) -> _Entry:
@@ -173,14 +176,21 @@ class SettingsService:
                 return default
             rule = RULES.get(key)
             return rule.fresh_default() if rule is not None else None
-        value = entry.value if entry.copy is None else entry.copy(entry.value)
         if type_ is None:
             rule = RULES.get(key)
             if rule is None:
-                return value
+                return entry.value if entry.copy is None else entry.copy(entry.value)
             type_ = rule.type_
+        checked = entry.checked.get(type_, _UNSET)
+        if checked is not _UNSET:
+            return checked if entry.copy is None else entry.copy(checked)
+        value = entry.value if entry.copy is None else entry.copy(entry.value)
         try:
-            return adapter(type_).validate_python(value)
+            result = adapter(type_).validate_python(value)
+            if entry.copy in (None, list.copy, dict.copy):
+                entry.checked[type_] = result
+                return result if entry.copy is None else entry.copy(result)
+            return result
         except ValidationError as exc:
             raise SettingValueError(
                 f"setting {key!r} holds {_short(value)}, which is not a valid {_type_name(type_)}: "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -14,6 +13,7 @@ from rich.console import Console
 from deployments.cli_fetch import fetch_changes_cmd, fetch_orders_cmd
 from deployments.cli_metrics import metrics as metrics_cmd
 from deployments.cli_settings import settings_app
+from deployments.options import fail, parse_when
 from flows.entities import Entity
 
 app = typer.Typer(help="Shoptet Commerce Hub: mirror a Shoptet e-shop into PostgreSQL.", no_args_is_help=True)
@@ -30,9 +30,6 @@ WAIT_OPTION = typer.Option(
 )  # fmt: skip
 
 
-def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def _quiet_prefect() -> None:
@@ -93,21 +90,14 @@ def sync(
     from flows.locks import LockHeld
     from flows.snapshot import SnapshotFailed, counters_table, import_snapshot
 
-    changed_since = None
-    if since:
-        try:
-            changed_since = datetime.fromisoformat(since)
-        except ValueError:
-            _fail(f"--since {since!r} is not an ISO 8601 date-time (e.g. 2026-11-01T00:00:00+01:00)")
-        if changed_since.tzinfo is None:
-            changed_since = changed_since.replace(tzinfo=UTC)
+    changed_since = parse_when(since, "--since")
     try:
         counters = import_snapshot(entity, changed_since=changed_since, allow_mass_delete=allow_mass_delete,
                                    lock_wait=wait)
     except LockHeld as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     except SnapshotFailed as exc:
-        _fail(f"{exc} (recorded as failed snapshot {exc.failed_snapshot_id}; `hub retry-failed` retries it)")
+        fail(f"{exc} (recorded as failed snapshot {exc.failed_snapshot_id}; `hub retry-failed` retries it)")
     _print_counters(entity.value, counters_table(counters))
 
 
@@ -128,11 +118,11 @@ def import_file_cmd(
     try:
         counters = import_file(entity, file, full=full, allow_mass_delete=allow_mass_delete, lock_wait=wait)
     except LockHeld as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     except ApplyError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - the CLI reports every failure with its reason
-        _fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}")
     _print_counters(entity.value, counters_table(counters))
 
 
@@ -146,7 +136,7 @@ def retry_failed(wait: float = WAIT_OPTION) -> None:
     try:
         outcomes = retry_failed_snapshots(lock_wait=wait)
     except LockHeld as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     if not outcomes:
         console.print("no failed snapshots due")
     for o in outcomes:
@@ -225,9 +215,9 @@ def locks_release(name: str = typer.Argument(..., help="Lock group (orders, …)
     try:
         released = release(url, cfg.db_schema, name)
     except LockHeld as exc:
-        _fail(f"refusing to release: {exc}", exc.exit_code)
+        fail(f"refusing to release: {exc}", exc.exit_code)
     except (LockError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"released {released}")
 
 

@@ -7,13 +7,13 @@ commands, after the CLI has quietened it.
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from deployments.options import fail, parse_when
 from flows.entities import Entity
 
 console = Console(stderr=True)
@@ -48,39 +48,24 @@ def _run(entity: Entity, lookback_hours: float, since: str | None, wait: float) 
     from flows.fetch import FetchFailed, fetch_changes, fetch_new_orders
     from flows.locks import LockHeld
 
-    start = _parse_since(since)
+    start = parse_when(since, "--since")
     try:
         if entity is Entity.orders:
             result = fetch_new_orders(lookback_hours=lookback_hours, since=start, lock_wait=wait)
         else:
             result = fetch_changes(entity, lookback_hours=lookback_hours, since=start, lock_wait=wait)
     except LockHeld as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     except FetchFailed as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - the CLI reports every failure with its reason
-        _fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}")
     _print(entity.value, result)
     if result.get("deletes_may_be_missed"):
         console.print(
             f"[bold yellow]warning:[/] the previous fetch is older than the change log's 30 days; changes "
             f"may have been missed. Run `hub sync {entity.value}` (a full snapshot)."
         )
-
-
-def _parse_since(since: str | None) -> datetime | None:
-    if not since:
-        return None
-    try:
-        start = datetime.fromisoformat(since)
-    except ValueError:
-        _fail(f"--since {since!r} is not an ISO 8601 date-time (e.g. 2026-11-01T00:00:00+01:00)")
-    return start if start.tzinfo else start.replace(tzinfo=UTC)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def _print(entity: str, result: dict[str, Any]) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+from deployments.options import fail, parse_when
 
 EX_TEMPFAIL = 75  # sysexits.h "try again later", as for the other jobs' locks
 
@@ -36,22 +38,15 @@ def metrics(
     from flows.locks import LockHeld
     from flows.metrics import recalculate_customer_metrics, segments_with_total
 
-    when = None
-    if as_of:
-        try:
-            when = datetime.fromisoformat(as_of)
-        except ValueError:
-            _fail(f"--as-of {as_of!r} is not an ISO 8601 date-time (e.g. 2026-11-01T00:00:00+01:00)")
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
+    when = parse_when(as_of, "--as-of")
     try:
         out = recalculate_customer_metrics(full=full, as_of=when, lock_wait=wait)
     except LockHeld as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     except MetricsBusyError as exc:
-        _fail(str(exc), EX_TEMPFAIL)
+        fail(str(exc), EX_TEMPFAIL)
     except MetricsSettingsError as exc:
-        _fail(f"{exc} (fix it with `hub settings set …`)")
+        fail(f"{exc} (fix it with `hub settings set …`)")
     print_result(out, segments_with_total(out))
 
 
@@ -75,6 +70,3 @@ def print_result(out: dict[str, Any], segments: list[dict[str, Any]]) -> None:
     )
 
 
-def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)

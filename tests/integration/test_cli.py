@@ -6,7 +6,6 @@ import gzip
 
 import psycopg
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from db.connection import libpq_url
@@ -19,17 +18,13 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def harness():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def harness(prefect_harness):
+    yield
 
 
 @pytest.fixture
-def env(db_url, monkeypatch):
-    monkeypatch.setenv("HUB_DATABASE_URL", db_url)
-    get_config.cache_clear()
-    yield db_url
-    get_config.cache_clear()
+def env(hub_env):
+    return hub_env
 
 
 def test_import_file_applies_and_reports(env, tmp_path):

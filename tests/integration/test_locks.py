@@ -10,13 +10,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
-from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from db import locks as dblocks
 from db.connection import libpq_url
 from deployments.cli import app
-from flows.config import get_config
 from flows.locks import LockError, LockHeld, ensure_limits, job_lock, limit_name, limit_status, lock_table, release
 from tests.factories import order, write_jsonl
 
@@ -25,18 +23,14 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def harness():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def harness(prefect_harness):
+    yield
 
 
 @pytest.fixture
-def env(db_url, monkeypatch):
-    monkeypatch.setenv("HUB_DATABASE_URL", db_url)
-    get_config.cache_clear()
+def env(hub_env):
     ensure_limits()
-    yield db_url
-    get_config.cache_clear()
+    return hub_env
 
 
 @pytest.fixture

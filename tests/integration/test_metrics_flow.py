@@ -9,7 +9,6 @@ import psycopg
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.testing.utilities import prefect_test_harness
 from psycopg.types.json import Jsonb
 from typer.testing import CliRunner
 
@@ -17,7 +16,6 @@ from db.connection import libpq_url
 from db.metrics import LOCK_NAMESPACE
 from db.metrics_rules import MetricsSettingsError
 from deployments.cli import app
-from flows.config import get_config
 from flows.metrics import recalculate_customer_metrics
 from tests.integration.test_metrics import T0, add_orders, ten_customers
 
@@ -26,22 +24,13 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def harness():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def harness(prefect_harness):
+    yield
 
 
 @pytest.fixture
-def env(db_url, monkeypatch):
-    monkeypatch.setenv("HUB_DATABASE_URL", db_url)
-    get_config.cache_clear()
-    yield db_url
-    get_config.cache_clear()
-    try:
-        from db.settings import close_settings_services
-    except ImportError:
-        return
-    close_settings_services()  # its listener must not outlive the test's database
+def env(hub_env):
+    return hub_env
 
 
 @pytest.fixture

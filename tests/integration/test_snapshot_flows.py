@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from db.connection import libpq_url
 from flows import retrying, runtime
@@ -14,24 +13,13 @@ from flows.entities import Entity
 from flows.failed import retry_failed_snapshots
 from flows.snapshot import SnapshotFailed, import_snapshot
 from shoptet.client import ShoptetClient
-from shoptet.sandbox import REFERENCE, ManualClock
-from shoptet.sandbox.server import SandboxServer
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", autouse=True)
-def harness():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
-@pytest.fixture
-def sandbox():
-    clock = ManualClock(REFERENCE + timedelta(days=1))
-    with SandboxServer(orders=300, seed=7, clock=clock, job_seconds=30, reference=REFERENCE) as sb:
-        sb.state.limits.enabled = False  # the bucket drains only as the manual clock moves
-        yield sb
+def harness(prefect_harness):
+    yield
 
 
 @pytest.fixture

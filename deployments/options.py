@@ -1,0 +1,26 @@
+"""Small shared pieces of the CLI."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def parse_when(value: str | None, flag: str) -> datetime | None:
+    """An ISO 8601 option value as an aware datetime (UTC when it has no offset)."""
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{flag} {value!r} is not an ISO 8601 date-time (e.g. 2026-11-01T00:00:00+01:00)")
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
