@@ -484,7 +484,7 @@ def apply_snapshot_file(
     allow_mass_delete: bool = False,
     keep_raw: bool = True,
     reject_threshold: float = 0.01,
-    batch_bytes: int = 2 << 20,
+    batch_bytes: int = 1 << 20,
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> ApplyResult:
