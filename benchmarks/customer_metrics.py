@@ -24,20 +24,18 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
-import psycopg
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from db.connection import connect, libpq_url, with_database  # noqa: E402
+from benchmarks.common import fresh_db, server_url  # noqa: E402
+from db.connection import connect  # noqa: E402
 from db.metrics import recalculate  # noqa: E402
 from db.metrics_scores import ORDERINGS  # noqa: E402
-from db.migrate import upgrade  # noqa: E402
 
 INDEXES = {  # built after the bulk insert (faster, and their build time is a figure of its own)
     "ix_orders_customer_key":
@@ -84,23 +82,6 @@ UPDATE orders o SET status_id = CASE WHEN n.n %% 2 = 0 THEN -4 ELSE -2 END,
                     price_with_vat = o.price_with_vat + 1, synced_at = now()
 FROM numbered n WHERE o.code = n.code AND n.n > 200
 """
-
-
-def server_url(arg: str | None) -> str:
-    if arg:
-        return arg
-    from db.embedded import embedded_server_url
-
-    return embedded_server_url(Path(tempfile.gettempdir()) / "shoptet-hub-bench-pg")
-
-
-def fresh_db(server: str, name: str) -> str:
-    with psycopg.connect(libpq_url(with_database(server, "postgres")), autocommit=True) as c:
-        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = with_database(server, name)
-    upgrade(url)
-    return url
 
 
 def timed(fn, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN201

@@ -31,30 +31,13 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import fresh_db, server_url  # noqa: E402
 from db.connection import connect, libpq_url, with_database  # noqa: E402
 from db.loader import apply_snapshot_file  # noqa: E402
-from db.migrate import upgrade  # noqa: E402
 from db.runs import start_run  # noqa: E402
 from shoptet.sandbox.generator import write_snapshot  # noqa: E402
 
 ITEMS_PER_ORDER_ESTIMATE = 4.6  # the generator's mean, checked after generation
-
-
-def server_url(arg: str | None) -> str:
-    if arg:
-        return arg
-    from db.embedded import embedded_server_url
-
-    return embedded_server_url(Path(tempfile.gettempdir()) / "shoptet-hub-bench-pg")
-
-
-def fresh_db(server: str, name: str) -> str:
-    with psycopg.connect(libpq_url(with_database(server, "postgres")), autocommit=True) as c:
-        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = with_database(server, name)
-    upgrade(url)
-    return url
 
 
 def snapshot_file(data_dir: Path, items: int) -> Path:
