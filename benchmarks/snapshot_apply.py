@@ -83,9 +83,9 @@ def raw_copy_seconds(url: str, work: Path) -> float:
                     f.write(chunk)
             files[table] = out
             c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"raw_{table}")))
-            # LIKE copies columns and types only: no indexes, no partitioning.
-            c.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(sql.Identifier(f"raw_{table}"),
-                                                                   sql.Identifier(table)))
+            # Columns, types and how the raw column is stored and compressed; no indexes, no partitioning.
+            c.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING STORAGE INCLUDING COMPRESSION)").format(
+                sql.Identifier(f"raw_{table}"), sql.Identifier(table)))
         t = time.perf_counter()
         for table, path in files.items():
             with open(path, "rb") as f, c.cursor().copy(

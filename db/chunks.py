@@ -1,13 +1,16 @@
-"""Chunks of snapshot lines → COPY-ready rows. Runs in worker processes (or in a thread for small files).
+"""Blocks of snapshot lines → COPY-ready rows. Runs in worker processes (or in a thread for small files).
 
-Parsing and mapping JSON is the loader's Python-bound part; PostgreSQL and the writer need little CPU
-of their own. So on a multi-core machine worker processes turn chunks of raw lines into rows already
-formatted in COPY's text format (psycopg's own C formatter), and the writer only classifies lines
-and streams their bytes. This module imports no database connection code, so workers start fast.
+Parsing and mapping JSON is the loader's Python-bound part. So worker processes take a block of whole
+lines (bytes, as read), split it, decode each line (msgspec straight into the wanted fields for orders,
+``db/mapping_fast.py``; orjson + ``db/mapping.py`` otherwise), and format the rows in COPY's text format
+with psycopg's own C formatter, back to back in one buffer per table. The writer classifies lines by
+key and, on a first import, streams those buffers to COPY whole. This module imports no database
+connection code, so workers start fast.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,6 +20,7 @@ from psycopg._copy_base import format_row_text  # psycopg's C COPY formatter (th
 from psycopg.adapt import Dumper, Transformer
 
 from db.mapping import ENTITIES, EntitySpec, Mapped, RowError, content_hash, quarter_of, validate
+from db.mapping_fast import NotFast, order_rows_fast
 
 
 class JsonText(bytes):
@@ -36,77 +40,168 @@ psycopg.adapters.register_dumper(JsonText, _JsonTextDumper)
 
 @dataclass(slots=True)
 class Line:
-    """One mapped line, its rows already in COPY text format."""
+    """One mapped line, its rows already in COPY text format (views into the chunk's buffers)."""
 
     line_no: int
     key: str
     changed: datetime | None
     quarter: tuple[int, int] | None
     hash: str
-    parent: bytes  # one COPY row: the entity's columns, content_hash, raw, run_id
-    children: bytes  # zero or more COPY rows of the child table
+    parent: bytes | memoryview  # one COPY row: the entity's columns, content_hash, raw, run_id
+    children: bytes | memoryview  # zero or more COPY rows of the child table
     n_children: int
-    text: bytes  # the line as read (for rejects and the line-by-line fallback)
+    text: bytes | memoryview  # the line as read (for rejects and the line-by-line fallback)
 
 
 @dataclass(slots=True)
 class Chunk:
-    lines: list[Line]
-    rejects: list[tuple[int, bytes, str]]  # (line no, line, reason)
+    """What a worker sends back for one block of lines: flat buffers plus one list entry per line.
+
+    Flat buffers and lists of plain values pickle an order of magnitude faster than one object per
+    line, and the block itself stays with the reader (it sent it), so line text never travels back.
+    """
+
+    parents: bytes  # the good lines' parent rows, back to back
+    children: bytes
+    line_nos: list[int]
+    keys: list[str]
+    changed: list[datetime | None]
+    quarters: list[tuple[int, int] | None]
+    hashes: list[str]
+    spans: list[int]  # per good line: start, end in the block
+    parent_ends: list[int]
+    child_ends: list[int]
+    n_children: list[int]
+    rejects: list[tuple[int, int, int, str]]  # (line no, start, end in the block, reason)
     read: int  # non-blank lines in this chunk
+    newlines: int  # line ends in the block: the next block's first line number follows from it
     end_position: int  # compressed bytes read when the chunk was cut (for progress)
+    # Set by the reader once the chunk is back; line numbers above count from 0 within the block.
+    block: bytes = b""
+    first_line_no: int = 1
+
+    def lines(self) -> list[Line]:
+        block, parents, children = memoryview(self.block), memoryview(self.parents), memoryview(self.children)
+        out = []
+        p0 = c0 = 0
+        spans = self.spans
+        base = self.first_line_no
+        for i, (p1, c1) in enumerate(zip(self.parent_ends, self.child_ends, strict=True)):
+            out.append(Line(base + self.line_nos[i], self.keys[i], self.changed[i], self.quarters[i], self.hashes[i],
+                            parents[p0:p1], children[c0:c1], self.n_children[i],
+                            block[spans[2 * i]:spans[2 * i + 1]]))  # fmt: skip
+            p0, c0 = p1, c1
+        return out
+
+    def rejected_lines(self) -> list[tuple[int, bytes, str]]:
+        return [(self.first_line_no + n, self.block[a:b], reason) for n, a, b, reason in self.rejects]
 
 
-def format_line(
-    spec: EntitySpec, m: Mapped, line_no: int, text: bytes, digest: str, keep_raw: bool, run_id: int,
-    tx: Transformer,
-) -> Line:  # fmt: skip
-    parent = bytearray()
-    format_row_text((*m.row, digest, JsonText(text) if keep_raw else None, run_id), tx, parent)
-    children = bytearray()
+def _format(spec: EntitySpec, m: Mapped, text: bytes, digest: str, keep_raw: bool, run_id: int, tx: Transformer,
+            parents: bytearray, children: bytearray) -> None:  # fmt: skip
+    format_row_text((*m.row, digest, JsonText(text) if keep_raw else None, run_id), tx, parents)
     for c in m.children:
         format_row_text(c, tx, children)
-    quarter = quarter_of(m.created) if m.created is not None else None
-    return Line(line_no, m.key, m.changed, quarter, digest, bytes(parent), bytes(children), len(m.children), text)
 
 
-def process_chunk(args: tuple[str, list[tuple[int, bytes]], bool, int, int]) -> Chunk:
-    """Parse, map and format one chunk of (line no, line) pairs; a line that cannot be mapped is a reject."""
-    entity, raw_lines, keep_raw, run_id, end_position = args
-    spec = ENTITIES[entity]
-    mapper = spec.mapper
-    tx = Transformer()
-    lines: list[Line] = []
-    rejects: list[tuple[int, bytes, str]] = []
-    for line_no, text in raw_lines:
+_FAST = {"orders": order_rows_fast}  # decoders for the big entity; the rest map from dicts
+
+
+def _map_line(spec: EntitySpec, text: bytes, exact: bool) -> Mapped:
+    fast = None if exact else _FAST.get(spec.name)
+    if fast is not None:
         try:
-            obj = orjson.loads(text)
-            if type(obj) is not dict:
-                raise RowError(f"expected a JSON object, got {type(obj).__name__}")
-            mapped = mapper(obj)
-            lines.append(format_line(spec, mapped, line_no, text, content_hash(text), keep_raw, run_id, tx))
-        except orjson.JSONDecodeError as exc:
-            rejects.append((line_no, text, f"invalid JSON: {exc}"))
-        except RowError as exc:
-            rejects.append((line_no, text, str(exc)))
-        except (TypeError, ValueError, psycopg.DataError, psycopg.ProgrammingError) as exc:
-            # A value psycopg cannot format (a JSON object where text goes, say): the exact path decides.
+            return fast(text)
+        except NotFast:
+            pass  # an undocumented shape: order_rows below handles it or names what is wrong
+    obj = orjson.loads(text)
+    if type(obj) is not dict:
+        raise RowError(f"expected a JSON object, got {type(obj).__name__}")
+    m = spec.mapper(obj)
+    if exact:
+        m.row = validate(m.row, spec.columns)
+        m.children = [validate(c, spec.child_columns) for c in m.children]
+    return m
+
+
+def _lines(block: bytes, first_line_no: int) -> Iterator[tuple[int, int, int]]:
+    """(line no, start, end) of each non-blank line of the block, surrounding whitespace excluded."""
+    start = 0
+    line_no = first_line_no
+    n = len(block)
+    while start < n:
+        end = block.find(b"\n", start)
+        if end < 0:
+            end = n
+        a, b = start, end
+        while a < b and block[a] in _SPACE:
+            a += 1
+        while b > a and block[b - 1] in _SPACE:
+            b -= 1
+        if a < b:
+            yield line_no, a, b
+        line_no += 1
+        start = end + 1
+
+
+_SPACE = frozenset(b" \t\r\n\x0b\x0c")
+
+
+def process_chunk(args: tuple[str, bytes, bool, int, int]) -> Chunk:
+    """Parse, map and format one block of lines; a line that cannot be mapped is a reject."""
+    entity, block, keep_raw, run_id, end_position = args
+    spec = ENTITIES[entity]
+    tx = Transformer()
+    parents, children = bytearray(), bytearray()
+    c = Chunk(b"", b"", [], [], [], [], [], [], [], [], [], [], 0, block.count(b"\n"), end_position)
+    for line_no, a, b in _lines(block, 0):
+        c.read += 1
+        text = block[a:b]
+        p_len, c_len = len(parents), len(children)
+        digest = content_hash(text)
+        try:
             try:
-                m = mapper(orjson.loads(text))
-                m.row = validate(m.row, spec.columns)
-                m.children = [validate(c, spec.child_columns) for c in m.children]
-                lines.append(format_line(spec, m, line_no, text, content_hash(text), keep_raw, run_id, tx))
-            except RowError as exact:
-                rejects.append((line_no, text, str(exact)))
-            except Exception:  # noqa: BLE001 - anything else about this value: reject the line, say why
-                rejects.append((line_no, text, f"unconvertible value: {type(exc).__name__}: {exc}"))
-    return Chunk(lines, rejects, len(raw_lines), end_position)
+                m = _map_line(spec, text, exact=False)
+                _format(spec, m, text, digest, keep_raw, run_id, tx, parents, children)
+            except (TypeError, ValueError, psycopg.DataError, psycopg.ProgrammingError) as exc:
+                if isinstance(exc, RowError | orjson.JSONDecodeError):
+                    raise
+                # A value psycopg cannot format (a JSON object where text goes, say): the exact path decides.
+                del parents[p_len:], children[c_len:]
+                m = _map_line(spec, text, exact=True)
+                _format(spec, m, text, digest, keep_raw, run_id, tx, parents, children)
+        except orjson.JSONDecodeError as exc:
+            del parents[p_len:], children[c_len:]
+            c.rejects.append((line_no, a, b, f"invalid JSON: {exc}"))
+            continue
+        except RowError as exc:
+            del parents[p_len:], children[c_len:]
+            c.rejects.append((line_no, a, b, str(exc)))
+            continue
+        except Exception as exc:  # noqa: BLE001 - anything else about this value: reject the line, say why
+            del parents[p_len:], children[c_len:]
+            c.rejects.append((line_no, a, b, f"unconvertible value: {type(exc).__name__}: {exc}"))
+            continue
+        c.line_nos.append(line_no)
+        c.keys.append(m.key)
+        c.changed.append(m.changed)
+        c.quarters.append(quarter_of(m.created) if m.created is not None else None)
+        c.hashes.append(digest)
+        c.spans += (a, b)
+        c.parent_ends.append(len(parents))
+        c.child_ends.append(len(children))
+        c.n_children.append(len(m.children))
+    c.parents, c.children = bytes(parents), bytes(children)
+    return c
 
 
 def exact_line(line: Line, entity: str, keep_raw: bool, run_id: int) -> Line:
     """The line re-mapped with every value validated (raises RowError naming the field)."""
     spec = ENTITIES[entity]
-    m = spec.mapper(orjson.loads(line.text))
-    m.row = validate(m.row, spec.columns)
-    m.children = [validate(c, spec.child_columns) for c in m.children]
-    return format_line(spec, m, line.line_no, line.text, line.hash, keep_raw, run_id, Transformer())
+    text = bytes(line.text)
+    m = _map_line(spec, text, exact=True)
+    parents, children = bytearray(), bytearray()
+    _format(spec, m, text, line.hash, keep_raw, run_id, Transformer(), parents, children)
+    quarter = quarter_of(m.created) if m.created is not None else None
+    return Line(line.line_no, m.key, m.changed, quarter, line.hash, bytes(parents), bytes(children),
+                len(m.children), text)  # fmt: skip

@@ -2,7 +2,7 @@
 
 The whole apply is one transaction on the shop tables, built batch by batch (a few MB of lines each):
 
-1. read lines and cut them into chunks; parse (orjson), map and format them as COPY rows, in worker
+1. read the file in blocks of whole lines; parse, map and format them as COPY rows, in worker
    processes for big files (``db/chunks.py``); a line that cannot be mapped is a reject;
 2. look the batch's keys up in the table and classify each line: new, newer-or-equal and changed,
    unchanged (same content hash), or older than the stored row (skipped: never roll data back);
@@ -17,20 +17,20 @@ At the end: the reject threshold (over it, everything rolls back; the rejects, w
 connection, stay), the full-snapshot deletes and their mass-delete guard, the run's counters, commit.
 
 COPYing new rows straight into the tables instead of staging everything first halves the rows
-PostgreSQL writes on a first import (docs/benchmarks.md has the figures). Rows of one batch are
+PostgreSQL writes on a first import, and a first import into an empty table builds its secondary
+indexes at the end (``db/deferred_indexes.py``); docs/benchmarks.md has the figures. Rows of one batch are
 compared with the table, so a key repeated later in the same file is classified against its own
 earlier line, which is already in the table inside this transaction.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import logging
 import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -39,9 +39,10 @@ from typing import BinaryIO
 
 import orjson
 import psycopg
+from isal import igzip_threaded
 from psycopg import sql
 
-from db import partitions
+from db import deferred_indexes, partitions
 from db.chunk_workers import ChunkWorkers
 from db.chunks import Chunk, Line, exact_line, process_chunk
 from db.connection import connect
@@ -51,6 +52,7 @@ from db.runs import record_rejects
 log = logging.getLogger(__name__)
 
 REJECT_LINE_CHARS = 2000
+BIG_FILE = 16 << 20  # bytes: worker processes and deferred indexes pay off from here
 Progress = Callable[[int, int, int], None]  # (lines read, compressed bytes read, total bytes)
 # What a refused value looks like from PostgreSQL (bad number, bad boolean, out of range, …) or from
 # psycopg (a JSON object where text was expected): redo the batch line by line.
@@ -98,21 +100,39 @@ class ApplyResult:
         return asdict(self)
 
 
-def open_lines(path: Path) -> BinaryIO:
-    """gzip or plain by the magic bytes, not by the file name."""
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        return io.BufferedReader(gzip.open(path, "rb"), buffer_size=1 << 20)
-    return open(path, "rb", buffering=1 << 20)
+class _Source:
+    """The file's decompressed bytes, read in blocks; gzip or plain by the magic bytes, not the name.
 
+    gzip is inflated by ISA-L in a background thread (it releases the GIL): about twice as fast as
+    the standard library's zlib, and off the thread that feeds PostgreSQL.
+    """
 
-def _compressed_position(f: BinaryIO) -> int:
-    inner = getattr(getattr(f, "raw", None), "fileobj", None)
-    try:
-        return (inner or f).tell()
-    except (OSError, ValueError):
-        return 0
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        gz = self.file.read(2) == b"\x1f\x8b"
+        self.file.seek(0)
+        self.stream: BinaryIO = igzip_threaded.open(self.file, "rb", threads=1) if gz else self.file
+
+    def read(self, n: int) -> bytes:
+        return self.stream.read(n)
+
+    def position(self) -> int:
+        """Compressed bytes read so far (for progress)."""
+        try:
+            return self.file.tell()
+        except (OSError, ValueError):
+            return 0
+
+    def close(self) -> None:
+        if self.stream is not self.file:
+            self.stream.close()
+        self.file.close()
+
+    def __enter__(self) -> _Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _Rejects:
@@ -125,7 +145,8 @@ class _Rejects:
         self.keys: set[str] = set()  # rejected lines whose key could be read: a full snapshot keeps them
         self.unknown_keys = 0
 
-    def add(self, line_no: int, line: bytes, reason: str) -> None:
+    def add(self, line_no: int, line: bytes | memoryview, reason: str) -> None:
+        line = bytes(line)
         self.count += 1
         key = self._key(line)
         if key is None:
@@ -187,9 +208,43 @@ class _Writer:
         self.lookup = sql.SQL("SELECT {k}, changed_at, content_hash FROM {t} WHERE {k} = ANY(%s)").format(
             k=ident(spec.key), t=t
         )
+        self.any_stored = sql.SQL("SELECT EXISTS (SELECT 1 FROM {t} WHERE {k} = ANY(%s))").format(
+            k=ident(spec.key), t=t
+        )
         self.upsert = self._upsert_sql()
 
-    # --- one batch ---------------------------------------------------------------------------------
+    # --- one chunk, one batch ----------------------------------------------------------------------
+
+    def write_chunk(self, chunk: Chunk) -> None:
+        """A chunk of keys the table does not hold yet (a first import) goes to COPY whole, as the
+        worker formatted it: no per-line objects, no re-joining. Anything else goes batch by batch."""
+        keys = chunk.keys
+        if self.direct and keys and len(set(keys)) == len(keys):
+            try:
+                with self.main.transaction():
+                    if not self.main.execute(self.any_stored, (keys,)).fetchone()[0]:
+                        self._copy_chunk(chunk)
+                        self.result.inserted += len(keys)
+                        self.result.child_rows += sum(chunk.n_children)
+                        return
+            except _BATCH_RETRYABLE:
+                pass  # a value PostgreSQL refuses: the batch path below finds the line and names it
+        for batch in _write_batches(chunk.lines()):
+            self.write(batch)
+
+    def _copy_chunk(self, chunk: Chunk) -> None:
+        if self.partitioned:
+            self._ensure_quarters({q for q in chunk.quarters if q is not None})
+        with self.main.cursor() as cur:
+            with cur.copy(self.copy_parent) as cp:
+                cp.write(chunk.parents)
+            if self.spec.child_table:
+                with cur.copy(self.copy_child) as cp:
+                    cp.write(chunk.children)
+            if self.full:
+                with cur.copy("COPY seen_keys (key) FROM STDIN") as cp:
+                    for key in chunk.keys:
+                        cp.write_row((key,))
 
     def write(self, batch: list[Line]) -> None:
         if not batch:
@@ -258,7 +313,9 @@ class _Writer:
     # --- statements -----------------------------------------------------------------------------------
 
     def _ensure_partitions(self, *groups: list[Line]) -> None:
-        needed = {x.quarter for g in groups for x in g if x.quarter is not None}
+        self._ensure_quarters({x.quarter for g in groups for x in g if x.quarter is not None})
+
+    def _ensure_quarters(self, needed: set[tuple[int, int]]) -> None:
         missing = [partitions.Quarter(y, q) for y, q in sorted(needed)
                    if partitions.Quarter(y, q).name not in self.known_partitions]
         if missing:
@@ -386,20 +443,27 @@ class _Writer:
 
 
 def _raw_chunks(path: Path, entity: str, keep_raw: bool, run_id: int, chunk_bytes: int) -> Iterator[tuple]:
-    """Cut the file into chunks of about ``chunk_bytes`` of non-blank lines (the args of process_chunk)."""
-    lines: list[tuple[int, bytes]] = []
-    size = 0
-    with open_lines(path) as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:  # blank lines (a trailing newline, say) are not records
+    """Cut the file into blocks of whole lines of about ``chunk_bytes`` (the args of process_chunk).
+
+    Blocks, not lists of lines: the reader only looks for the last newline, and one bytes object per
+    block is all that is pickled to a worker. Workers split, count and strip the lines; the line
+    numbers are made absolute when the chunks come back, in order (:func:`_numbered`).
+    """
+    rest = b""
+    with _Source(path) as f:
+        while True:
+            data = f.read(chunk_bytes)
+            if not data:
+                break
+            cut = data.rfind(b"\n")
+            if cut < 0:  # no line end in this read yet: keep reading
+                rest += data
                 continue
-            lines.append((line_no, line))
-            size += len(line)
-            if size >= chunk_bytes:
-                yield (entity, lines, keep_raw, run_id, _compressed_position(f))
-                lines, size = [], 0
-        yield (entity, lines, keep_raw, run_id, _compressed_position(f))
+            block = rest + data[: cut + 1]
+            rest = data[cut + 1 :]
+            yield (entity, block, keep_raw, run_id, f.position())
+        if rest:
+            yield (entity, rest, keep_raw, run_id, f.position())
 
 
 _DONE = object()
@@ -418,6 +482,7 @@ def _in_thread(chunks: Iterator[tuple], depth: int = 2) -> Iterator[Chunk]:
         try:
             for args in chunks:
                 chunk = process_chunk(args)
+                chunk.block = args[1]
                 while not stop.is_set():
                     try:
                         q.put(chunk, timeout=0.1)
@@ -447,15 +512,32 @@ def _in_thread(chunks: Iterator[tuple], depth: int = 2) -> Iterator[Chunk]:
 
 def _in_processes(chunks: Iterator[tuple], workers: int) -> Iterator[Chunk]:
     """Map chunks in ``workers`` processes, in file order, with a bounded number in flight."""
+    blocks: deque[bytes] = deque()  # the blocks in flight; a chunk comes back without its block
+
+    def sent() -> Iterator[tuple]:
+        for args in chunks:
+            blocks.append(args[1])
+            yield args
+
     with ChunkWorkers(workers) as pool:
-        yield from pool.map(process_chunk, chunks)
+        for chunk in pool.map(process_chunk, sent()):
+            chunk.block = blocks.popleft()
+            yield chunk
 
 
-def _write_batches(chunk: Chunk) -> Iterator[list[Line]]:
+def _numbered(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    line_no = 1
+    for chunk in chunks:
+        chunk.first_line_no = line_no
+        line_no += chunk.newlines
+        yield chunk
+
+
+def _write_batches(lines: list[Line]) -> Iterator[list[Line]]:
     """A chunk's lines, split where a key repeats: a repeat is then classified against its earlier line."""
     batch: list[Line] = []
     keys: set[str] = set()
-    for x in chunk.lines:
+    for x in lines:
         if x.key in keys:
             yield batch
             batch, keys = [], set()
@@ -467,7 +549,7 @@ def _write_batches(chunk: Chunk) -> Iterator[list[Line]]:
 def default_workers(path: Path) -> int:
     """Worker processes for a file: none for small files (start-up costs more than it saves)."""
     cores = os.cpu_count() or 1
-    if cores < 2 or os.path.getsize(path) < 16 << 20:
+    if cores < 2 or os.path.getsize(path) < BIG_FILE:
         return 0
     return min(cores, 4)
 
@@ -486,12 +568,15 @@ def apply_snapshot_file(
     reject_threshold: float = 0.01,
     batch_bytes: int = 1 << 20,
     workers: int | None = None,
+    defer_indexes: bool | None = None,
     progress: Progress | None = None,
 ) -> ApplyResult:
     """Apply one snapshot file; see the module docstring. Raises ApplyError subclasses on refusal.
 
     ``as_of`` is when the snapshot was taken (the job's creation time); without it, the newest
     changeTime in the file stands in. ``workers``: processes that parse and map (None: by file size).
+    ``defer_indexes``: on a first import into an empty table, build its secondary indexes after the
+    load (``db/deferred_indexes.py``; None: for files over 16 MB).
     """
     spec = ENTITIES[entity]
     started = time.perf_counter()
@@ -505,19 +590,21 @@ def apply_snapshot_file(
             stored_before = main.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.table))
             ).fetchone()[0] if full else 0  # fmt: skip
+            if defer_indexes is None:
+                defer_indexes = total >= BIG_FILE
+            deferred = deferred_indexes.drop_if_empty(main, schema, spec.table) if defer_indexes else []
             writer = _Writer(main, side, spec, result, rejects, keep_raw=keep_raw, full=full)
             newest: datetime | None = None
             workers = default_workers(path) if workers is None else workers
             raw = _raw_chunks(path, entity, keep_raw, run_id, batch_bytes)
-            chunks = _in_processes(raw, workers) if workers > 0 else _in_thread(raw)
+            chunks = _numbered(_in_processes(raw, workers) if workers > 0 else _in_thread(raw))
             for chunk in chunks:
-                for line_no, line, reason in chunk.rejects:
+                for line_no, line, reason in chunk.rejected_lines():
                     rejects.add(line_no, line, reason)
-                for batch in _write_batches(chunk):
-                    writer.write(batch)
-                for x in chunk.lines:
-                    if x.changed is not None and (newest is None or x.changed > newest):
-                        newest = x.changed
+                writer.write_chunk(chunk)
+                latest = max((t for t in chunk.changed if t is not None), default=None)
+                if latest is not None and (newest is None or latest > newest):
+                    newest = latest
                 result.lines += chunk.read
                 if progress:
                     progress(result.lines, chunk.end_position, total)
@@ -525,6 +612,7 @@ def apply_snapshot_file(
             result.rejected = rejects.count
             if result.lines and result.rejected / result.lines > reject_threshold:
                 raise TooManyRejectsError(result.rejected, result.lines, reject_threshold)
+            deferred_indexes.rebuild(main, deferred)
             if full:
                 writer.delete_absent(as_of or newest, stored_before, allow_mass_delete)
             main.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 
@@ -254,3 +255,22 @@ def test_worker_processes_give_the_same_result_as_in_process(make_db, tmp_path):
     assert [x[0] for x in rejects] == [11, 21]
     assert dict((c, e) for c, e, _ in rows)["5"] == "dup@x.cz"
 
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_line_numbers_hold_across_blocks_with_blank_lines_and_crlf(db_url, conn, tmp_path, workers):
+    """Blocks are cut at line ends; numbering, blank lines and CRLF must not depend on where."""
+    lines = []
+    for i in range(400):
+        lines.append(orjson.dumps(order(str(i))) if i not in (150, 333) else b'{"code": "bad", broken')
+        if i % 50 == 0:
+            lines.append(b"   ")
+    data = b"\r\n".join(lines)  # and no line end after the last line
+    f = tmp_path / "crlf.jsonl"
+    f.write_bytes(data)
+    r = apply(db_url, "orders", f, workers=workers, batch_bytes=16 << 10, reject_threshold=0.05)
+    assert (r.lines, r.inserted, r.rejected) == (400, 398, 2)
+    expected = [n for n, line in enumerate(lines, 1) if line.startswith(b'{"code": "bad"')]
+    got = [n for (n,) in conn.execute("SELECT line_no FROM snapshot_rejects ORDER BY line_no")]
+    assert got == expected
+    assert conn.execute("SELECT count(*) FROM orders WHERE code = '399'").fetchone()[0] == 1
