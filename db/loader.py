@@ -469,23 +469,22 @@ def _raw_chunks(path: Path, entity: str, keep_raw: bool, run_id: int, chunk_byte
 _DONE = object()
 
 
-def _in_thread(chunks: Iterator[tuple], depth: int = 2) -> Iterator[Chunk]:
-    """Map the next chunks in a thread while this one is written (small files: no process start-up).
+def _prefetched(items: Iterator[Chunk], depth: int = 2) -> Iterator[Chunk]:
+    """Run ``items`` in a thread, at most ``depth`` ahead of the consumer (bounded memory).
 
-    Mapping is Python work and writing is mostly waiting for PostgreSQL (which releases the GIL), so
-    the two overlap. At most ``depth`` chunks wait in the queue: memory stays bounded.
+    What produces a chunk (mapping it, or receiving and unpickling a worker's result) is Python work,
+    and writing one is mostly waiting for PostgreSQL, which releases the GIL: the two overlap, so the
+    server is not left idle while the next chunk is made ready.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for args in chunks:
-                chunk = process_chunk(args)
-                chunk.block = args[1]
+            for item in items:
                 while not stop.is_set():
                     try:
-                        q.put(chunk, timeout=0.1)
+                        q.put(item, timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -494,6 +493,10 @@ def _in_thread(chunks: Iterator[tuple], depth: int = 2) -> Iterator[Chunk]:
             q.put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
             q.put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator's own clean-up (stopping worker processes) runs here
 
     thread = threading.Thread(target=produce, name="snapshot-reader", daemon=True)
     thread.start()
@@ -508,6 +511,14 @@ def _in_thread(chunks: Iterator[tuple], depth: int = 2) -> Iterator[Chunk]:
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+def _in_thread(chunks: Iterator[tuple]) -> Iterator[Chunk]:
+    """Map chunks in a thread while the previous one is written (small files: no process start-up)."""
+    for args in chunks:
+        chunk = process_chunk(args)
+        chunk.block = args[1]
+        yield chunk
 
 
 def _in_processes(chunks: Iterator[tuple], workers: int) -> Iterator[Chunk]:
@@ -597,7 +608,7 @@ def apply_snapshot_file(
             newest: datetime | None = None
             workers = default_workers(path) if workers is None else workers
             raw = _raw_chunks(path, entity, keep_raw, run_id, batch_bytes)
-            chunks = _numbered(_in_processes(raw, workers) if workers > 0 else _in_thread(raw))
+            chunks = _numbered(_prefetched(_in_processes(raw, workers) if workers > 0 else _in_thread(raw)))
             for chunk in chunks:
                 for line_no, line, reason in chunk.rejected_lines():
                     rejects.add(line_no, line, reason)
