@@ -13,37 +13,27 @@ from deployments.cli import app
 from flows.config import get_config
 from tests.factories import order, write_jsonl
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def harness(prefect_harness):
-    yield
-
-
-@pytest.fixture
-def env(hub_env):
-    return hub_env
-
-
-def test_import_file_applies_and_reports(env, tmp_path):
+def test_import_file_applies_and_reports(hub_env, tmp_path):
     f = write_jsonl(tmp_path / "o.jsonl.gz", [order(str(i)) for i in range(5)])
     res = runner.invoke(app, ["import-file", "orders", str(f)])
     assert res.exit_code == 0, res.output
     assert "inserted" in res.output
-    with psycopg.connect(libpq_url(env)) as c:
+    with psycopg.connect(libpq_url(hub_env)) as c:
         assert c.execute("SELECT count(*) FROM orders").fetchone()[0] == 5
 
 
-def test_import_file_over_threshold_exits_non_zero_with_reason(env, tmp_path):
+def test_import_file_over_threshold_exits_non_zero_with_reason(hub_env, tmp_path):
     f = write_jsonl(tmp_path / "bad.jsonl.gz", [order("1"), b"nope", b"{"])
     res = runner.invoke(app, ["import-file", "orders", str(f)])
     assert res.exit_code == 1
     assert "2 of 3 lines rejected" in res.output
 
 
-def test_import_file_mass_delete_refused_then_allowed(env, tmp_path):
+def test_import_file_mass_delete_refused_then_allowed(hub_env, tmp_path):
     full = write_jsonl(tmp_path / "a.gz", [order(str(i)) for i in range(6)])
     runner.invoke(app, ["import-file", "orders", str(full)])
     small = write_jsonl(tmp_path / "b.gz", [order("1")])

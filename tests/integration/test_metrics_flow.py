@@ -19,23 +19,13 @@ from deployments.cli import app
 from flows.metrics import recalculate_customer_metrics
 from tests.integration.test_metrics import T0, add_orders, ten_customers
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def harness(prefect_harness):
-    yield
-
-
 @pytest.fixture
-def env(hub_env):
-    return hub_env
-
-
-@pytest.fixture
-def conn(env):
-    with psycopg.connect(libpq_url(env), autocommit=True) as c:
+def conn(hub_env):
+    with psycopg.connect(libpq_url(hub_env), autocommit=True) as c:
         yield c
 
 
@@ -54,7 +44,7 @@ def artifact_rows(key: str) -> list[dict]:
     return json.loads(data) if isinstance(data, str) else data
 
 
-def test_flow_uses_stored_settings_and_publishes_counts_only(env, conn):
+def test_flow_uses_stored_settings_and_publishes_counts_only(hub_env, conn):
     ten_customers(conn)
     add_orders(conn, {"code": "x", "created_at": T0, "email": "c01@x.cz", "status_id": 7},
                {"code": "y", "created_at": T0, "email": None, "customer_guid": None})  # fmt: skip
@@ -75,20 +65,20 @@ def test_flow_uses_stored_settings_and_publishes_counts_only(env, conn):
     assert "@" not in published  # no e-mails (or any other identity) in artifacts
 
 
-def test_flow_parameters_override_settings(env, conn):
+def test_flow_parameters_override_settings(hub_env, conn):
     ten_customers(conn)
     set_setting(conn, "rfm_segments", [{"segment": "Never used", "r": [1, 5], "fm": [1, 5]}])
     out = recalculate_customer_metrics(segment_rules=[{"segment": "Everyone", "r": [1, 5], "fm": [1, 5]}])
     assert [r["segment"] for r in out["segments"]] == ["Everyone"]
 
 
-def test_malformed_setting_stops_the_flow_with_a_fix(env, conn):
+def test_malformed_setting_stops_the_flow_with_a_fix(hub_env, conn):
     set_setting(conn, "rfm_segments", {"Champions": "5"})
     with pytest.raises(MetricsSettingsError, match="rfm_segments"):
         recalculate_customer_metrics()
 
 
-def test_cli_prints_segments_and_movement(env, conn):
+def test_cli_prints_segments_and_movement(hub_env, conn):
     ten_customers(conn)
     res = runner.invoke(app, ["metrics", "--as-of", "2026-02-01T00:00:00+01:00"])
     assert res.exit_code == 0, res.output
@@ -101,7 +91,7 @@ def test_cli_prints_segments_and_movement(env, conn):
     assert res.exit_code == 0 and "full run" in res.output
 
 
-def test_cli_exit_codes(env, conn):
+def test_cli_exit_codes(hub_env, conn):
     assert runner.invoke(app, ["metrics", "--as-of", "yesterday"]).exit_code == 1
     conn.execute("SELECT pg_advisory_lock(%s, hashtext(current_schema()))", (LOCK_NAMESPACE,))
     res = runner.invoke(app, ["metrics"])
