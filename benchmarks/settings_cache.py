@@ -17,38 +17,19 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from db.connection import connect, libpq_url, with_database  # noqa: E402
-from db.migrate import upgrade  # noqa: E402
+from benchmarks.common import fresh_db, server_url  # noqa: E402
+from db.connection import connect, libpq_url  # noqa: E402
 from db.settings import SettingsService  # noqa: E402
 from db.settings_store import fetch_json  # noqa: E402
 
 DB_NAME = "hub_bench_settings"
-
-
-def server_url(arg: str | None) -> str:
-    if arg:
-        return arg
-    from db.embedded import embedded_server_url
-
-    return embedded_server_url(Path(tempfile.gettempdir()) / "shoptet-hub-bench-pg")
-
-
-def fresh_db(server: str) -> str:
-    with psycopg.connect(libpq_url(with_database(server, "postgres")), autocommit=True) as c:
-        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB_NAME)))
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
-    url = with_database(server, DB_NAME)
-    upgrade(url)
-    return url
 
 
 def pct(samples: list[int], q: float) -> float:
@@ -149,7 +130,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
 
-    url = fresh_db(server_url(args.server_url))
+    url = fresh_db(server_url(args.server_url), DB_NAME)
     with psycopg.connect(libpq_url(url)) as c:
         version = c.execute("SHOW server_version").fetchone()[0]
     print(f"PostgreSQL {version}, Python {sys.version.split()[0]}\n")

@@ -14,19 +14,11 @@ pytestmark = pytest.mark.integration
 runner = CliRunner()
 
 
-@pytest.fixture
-def env(db_url, monkeypatch):
-    monkeypatch.setenv("HUB_DATABASE_URL", db_url)
-    get_config.cache_clear()
-    yield db_url
-    get_config.cache_clear()
-
-
 def hub(*args: str):
     return runner.invoke(app, ["settings", *args])
 
 
-def test_set_get_round_trip(env):
+def test_set_get_round_trip(hub_env):
     assert hub("set", "cancelled_statuses", "[-4, 7]").exit_code == 0
     res = hub("get", "cancelled_statuses")
     assert res.exit_code == 0 and json.loads(res.stdout) == [-4, 7]
@@ -38,20 +30,20 @@ def test_set_get_round_trip(env):
     assert json.loads(hub("get", "s").stdout) == "42"
 
 
-def test_get_missing_exits_1_with_a_clear_message(env):
+def test_get_missing_exits_1_with_a_clear_message(hub_env):
     res = hub("get", "nope")
     assert res.exit_code == 1 and "setting 'nope' is not set" in res.output
     res = hub("get", "cancelled_statuses")
     assert res.exit_code == 1 and "flows use the default [-4]" in res.output
 
 
-def test_set_refuses_a_bad_value_for_a_known_rule(env):
+def test_set_refuses_a_bad_value_for_a_known_rule(hub_env):
     res = hub("set", "reject_threshold", "5")
     assert res.exit_code == 1 and "reject_threshold" in res.output
     assert hub("get", "reject_threshold").exit_code == 1
 
 
-def test_list_delete_and_stats(env):
+def test_list_delete_and_stats(hub_env):
     hub("set", "alpha", '{"x": 1}')
     hub("set", "alpha", '{"x": 2}')
     res = hub("list")
