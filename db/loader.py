@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 REJECT_LINE_CHARS = 2000
 BIG_FILE = 16 << 20  # bytes: worker processes and deferred indexes pay off from here
+# Bytes of JSON per chunk: each chunk costs a savepoint, a key check and two COPY statements (partition
+# routing is set up per statement); 2 MB chunks ran 10-15 % faster than 1 MB (docs/benchmarks.md).
+CHUNK_BYTES = 2 << 20
 Progress = Callable[[int, int, int], None]  # (lines read, compressed bytes read, total bytes)
 # What a refused value looks like from PostgreSQL (bad number, bad boolean, out of range, …) or from
 # psycopg (a JSON object where text was expected): redo the batch line by line.
@@ -459,7 +462,7 @@ def _raw_chunks(path: Path, entity: str, keep_raw: bool, run_id: int, chunk_byte
             if cut < 0:  # no line end in this read yet: keep reading
                 rest += data
                 continue
-            block = rest + data[: cut + 1]
+            block = rest + memoryview(data)[: cut + 1]  # one copy of the block, not two
             rest = data[cut + 1 :]
             yield (entity, block, keep_raw, run_id, f.position())
         if rest:
@@ -469,7 +472,7 @@ def _raw_chunks(path: Path, entity: str, keep_raw: bool, run_id: int, chunk_byte
 _DONE = object()
 
 
-def _prefetched(items: Iterator[Chunk], depth: int = 2) -> Iterator[Chunk]:
+def _prefetched(items: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
     """Run ``items`` in a thread, at most ``depth`` ahead of the consumer (bounded memory).
 
     What produces a chunk (mapping it, or receiving and unpickling a worker's result) is Python work,
@@ -577,7 +580,7 @@ def apply_snapshot_file(
     allow_mass_delete: bool = False,
     keep_raw: bool = True,
     reject_threshold: float = 0.01,
-    batch_bytes: int = 1 << 20,
+    batch_bytes: int = CHUNK_BYTES,
     workers: int | None = None,
     defer_indexes: bool | None = None,
     progress: Progress | None = None,
