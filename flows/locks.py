@@ -117,7 +117,10 @@ def _checked(name: str, repair: bool) -> None:
     if not repair:
         raise LockError(f"concurrency limit {name} is {problem}; run `hub bootstrap` to repair it. "
                         "The job did not run (it never runs unlocked).")
-    log.warning("concurrency limit %s was %s; repairing it", name, problem)
+    if status.exists:  # someone changed it: say so
+        log.warning("concurrency limit %s was %s; repairing it", name, problem)
+    else:  # a new Prefect server (every first run in ephemeral mode): nothing is wrong
+        log.info("concurrency limit %s does not exist yet; creating it", name)
     ensure_limit(name)
     if not limit_status(name).healthy:
         raise LockError(f"concurrency limit {name} is {problem} and could not be repaired; the job did not run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -72,7 +73,7 @@ def test_bootstrap_creates_then_reports_ok_then_repairs(env):
 
 
 @pytest.mark.parametrize("damage", ["delete", "deactivate"])
-def test_missing_or_inactive_limit_fails_loudly_or_is_repaired_never_unlocked(env, damage):
+def test_missing_or_inactive_limit_fails_loudly_or_is_repaired_never_unlocked(env, damage, caplog):
     name = limit_name("customers")
     with get_client(sync_client=True) as c:
         if damage == "delete":
@@ -84,9 +85,13 @@ def test_missing_or_inactive_limit_fails_loudly_or_is_repaired_never_unlocked(en
         with job_lock("customers", url=env, schema="public", repair=False):
             ran.append(True)
     assert ran == []
+    caplog.set_level(logging.INFO, logger="flows.locks")
     with job_lock("customers", url=env, schema="public", repair=True):
         assert _slots(name) == 1  # the body runs holding a real slot
     assert limit_status(name).healthy and _slots(name) == 0
+    # A limit someone deactivated is worth a warning; a missing one is a new Prefect server's normal state.
+    (record,) = [r for r in caplog.records if name in r.getMessage()]
+    assert record.levelno == (logging.INFO if damage == "delete" else logging.WARNING)
 
 
 def test_held_lock_exits_75_naming_the_holder(env, hold, tmp_path):
