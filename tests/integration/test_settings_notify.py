@@ -129,6 +129,8 @@ def test_two_hubs_in_one_database_do_not_cross_talk(make, empty_db_url):
     upgrade(empty_db_url, "shop_b")
     a, b = make(empty_db_url, schema="shop_a"), make(empty_db_url, schema="shop_b")
     b.set("k", "b")
+    # b hears its own write's NOTIFY too, asynchronously: let it arrive before taking the baseline.
+    wait_until(lambda: b.stats().notifications == 1, timeout=1.0)
     assert b.get("k") == "b"
     invalidations = b.stats().invalidations
     notes = b.stats().notifications
