@@ -522,7 +522,7 @@ def _prefetched(items: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
 
 
 def _in_thread(chunks: Iterator[tuple]) -> Iterator[Chunk]:
-    """Map chunks in a thread while the previous one is written (small files: no process start-up)."""
+    """Map chunks in this process (small files: no process start-up); ``_prefetched`` runs it in its thread."""
     for args in chunks:
         chunk = process_chunk(args)
         chunk.block = args[1]
