@@ -296,6 +296,8 @@ class SnapshotRun(SQLModel, table=True):
     deleted: Optional[int] = _col(sa.BigInteger)
     child_rows: Optional[int] = _col(sa.BigInteger)
     error: Optional[str] = _text()
+    # Detail polls of this run's job so far: Shoptet answers the 11th with 403, and task retries must not reset it.
+    job_detail_polls: int = Field(sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
 
 
 class FailedSnapshot(SQLModel, table=True):
@@ -324,11 +326,14 @@ class SnapshotReject(SQLModel, table=True):
     __tablename__ = "snapshot_rejects"
 
     id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
-    run_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, index=True))
+    run_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     line_no: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     reason: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
     line: Optional[str] = _text()  # first 2 000 characters
     created_at: Optional[datetime] = _now()
+
+    # One reject per line of a run: a retried apply does not write its rejects twice.
+    __table_args__ = (sa.Index("ux_snapshot_rejects_run_line", "run_id", "line_no", unique=True),)
 
 
 class SyncState(SQLModel, table=True):
@@ -351,6 +356,38 @@ class JobLock(SQLModel, table=True):
     pid: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
     backend_pid: Optional[int] = _col(sa.Integer)
     since: Optional[datetime] = _now()
+    lease_id: Optional[str] = _text()  # the Prefect lease of the slot: `hub locks release` revokes it
+    pid_started_at: Optional[datetime] = _ts()  # with pid: a reused pid is not the holder
+
+
+class HubInstance(SQLModel, table=True):
+    """The one row naming this hub instance (database + schema): its Prefect limits carry this id."""
+
+    __tablename__ = "hub_instance"
+
+    id: str = Field(
+        sa_column=sa.Column(
+            sa.Text, primary_key=True, server_default=sa.text("substr(md5(gen_random_uuid()::text), 1, 8)")
+        )
+    )
+    created_at: Optional[datetime] = _now()
+    singleton: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.true()))
+
+    __table_args__ = (
+        sa.UniqueConstraint("singleton", name="uq_hub_instance_singleton"),
+        sa.CheckConstraint("singleton", name="ck_hub_instance_singleton"),
+    )
+
+
+class Erasure(SQLModel, table=True):
+    """`hub forget`: one row per erasure; the subject only as the sha256 of the normalized e-mail."""
+
+    __tablename__ = "erasures"
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    subject_sha256: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    rows: Any = Field(sa_column=sa.Column(JSONB, nullable=False))
+    erased_at: Optional[datetime] = _now()
 
 
 metadata = SQLModel.metadata
