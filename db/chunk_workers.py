@@ -108,10 +108,15 @@ class ChunkWorkers:
     def __enter__(self) -> ChunkWorkers:
         return self
 
+    def kill(self) -> None:
+        """Stop every worker now (a reader blocked on one then gets EOF); ``close`` still reaps them."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+
     def __exit__(self, *exc: object) -> None:
         if exc[0] is not None:
-            for p in self.procs:
-                p.kill()
+            self.kill()
         self.close()
 
 

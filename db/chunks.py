@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import orjson
 import psycopg
 from psycopg._copy_base import format_row_text  # psycopg's C COPY formatter (the one write_row uses)
 from psycopg.adapt import Dumper, Transformer
 
+from db.dates import DateWindow
 from db.mapping import ENTITIES, EntitySpec, Mapped, RowError, content_hash, quarter_of, validate
 from db.mapping_fast import NotFast, order_rows_fast
 
@@ -147,9 +148,23 @@ def _lines(block: bytes, first_line_no: int) -> Iterator[tuple[int, int, int]]:
 _SPACE = frozenset(b" \t\r\n\x0b\x0c")
 
 
-def process_chunk(args: tuple[str, bytes, bool, int, int]) -> Chunk:
+def _dated(m: Mapped, window: DateWindow) -> tuple[datetime | None, tuple[int, int] | None]:
+    """The line's changeTime in UTC and creationTime's quarter, or RowError when one is outside ``window``.
+
+    In UTC: every value then shares one tzinfo, which pickle writes once per chunk instead of once
+    per line (a chunk pickles in 0.3 ms instead of 1.3 ms).
+    """
+    try:
+        changed = None if m.changed is None else window.check(m.changed, "changeTime")
+        quarter = None if m.created is None else quarter_of(window.check(m.created, "creationTime"))
+    except ValueError as exc:
+        raise RowError(str(exc)) from None
+    return changed, quarter
+
+
+def process_chunk(args: tuple[str, bytes, bool, int, int, DateWindow]) -> Chunk:
     """Parse, map and format one block of lines; a line that cannot be mapped is a reject."""
-    entity, block, keep_raw, run_id, end_position = args
+    entity, block, keep_raw, run_id, end_position, window = args
     spec = ENTITIES[entity]
     tx = Transformer()
     parents, children = bytearray(), bytearray()
@@ -162,6 +177,7 @@ def process_chunk(args: tuple[str, bytes, bool, int, int]) -> Chunk:
         try:
             try:
                 m = _map_line(spec, text, exact=False)
+                changed, quarter = _dated(m, window)
                 _format(spec, m, text, digest, keep_raw, run_id, tx, parents, children)
             except (TypeError, ValueError, psycopg.DataError, psycopg.ProgrammingError) as exc:
                 if isinstance(exc, RowError | orjson.JSONDecodeError):
@@ -169,6 +185,7 @@ def process_chunk(args: tuple[str, bytes, bool, int, int]) -> Chunk:
                 # A value psycopg cannot format (a JSON object where text goes, say): the exact path decides.
                 del parents[p_len:], children[c_len:]
                 m = _map_line(spec, text, exact=True)
+                changed, quarter = _dated(m, window)
                 _format(spec, m, text, digest, keep_raw, run_id, tx, parents, children)
         except orjson.JSONDecodeError as exc:
             del parents[p_len:], children[c_len:]
@@ -184,10 +201,8 @@ def process_chunk(args: tuple[str, bytes, bool, int, int]) -> Chunk:
             continue
         c.line_nos.append(line_no)
         c.keys.append(m.key)
-        # In UTC: every value then shares one tzinfo, which pickle writes once per chunk instead of once
-        # per line (a chunk pickles in 0.3 ms instead of 1.3 ms).
-        c.changed.append(m.changed.astimezone(UTC) if m.changed is not None else None)
-        c.quarters.append(quarter_of(m.created) if m.created is not None else None)
+        c.changed.append(changed)
+        c.quarters.append(quarter)
         c.hashes.append(digest)
         c.spans += (a, b)
         c.parent_ends.append(len(parents))
@@ -197,13 +212,13 @@ def process_chunk(args: tuple[str, bytes, bool, int, int]) -> Chunk:
     return c
 
 
-def exact_line(line: Line, entity: str, keep_raw: bool, run_id: int) -> Line:
+def exact_line(line: Line, entity: str, keep_raw: bool, run_id: int, window: DateWindow) -> Line:
     """The line re-mapped with every value validated (raises RowError naming the field)."""
     spec = ENTITIES[entity]
     text = bytes(line.text)
     m = _map_line(spec, text, exact=True)
+    changed, quarter = _dated(m, window)
     parents, children = bytearray(), bytearray()
     _format(spec, m, text, line.hash, keep_raw, run_id, Transformer(), parents, children)
-    quarter = quarter_of(m.created) if m.created is not None else None
-    return Line(line.line_no, m.key, m.changed, quarter, line.hash, bytes(parents), bytes(children),
+    return Line(line.line_no, m.key, changed, quarter, line.hash, bytes(parents), bytes(children),
                 len(m.children), text)  # fmt: skip

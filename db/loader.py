@@ -32,6 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +47,7 @@ from db import deferred_indexes, partitions
 from db.chunk_workers import ChunkWorkers
 from db.chunks import Chunk, Line, exact_line, process_chunk
 from db.connection import connect
+from db.dates import DateWindow
 from db.mapping import ENTITIES, EntitySpec, RowError
 from db.runs import record_rejects
 
@@ -58,9 +60,14 @@ BIG_FILE = 16 << 20  # bytes: worker processes and deferred indexes pay off from
 CHUNK_BYTES = 2 << 20
 GZIP_BLOCK = 256 << 10
 Progress = Callable[[int, int, int], None]  # (lines read, compressed bytes read, total bytes)
-# What a refused value looks like from PostgreSQL (bad number, bad boolean, out of range, …) or from
-# psycopg (a JSON object where text was expected): redo the batch line by line.
-_BATCH_RETRYABLE = (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.ProgrammingError)
+
+
+def _refused_value(exc: BaseException) -> bool:
+    """A value PostgreSQL refuses (SQLSTATE class 22 data exception, 23 integrity violation): the batch is
+    redone line by line and the bad line becomes a reject. Anything else — a missing GRANT, a dropped
+    column, a lost connection — is not the data's fault and fails the apply at once with the real error.
+    """
+    return isinstance(exc, psycopg.Error) and (exc.sqlstate or "")[:2] in ("22", "23")
 
 
 class ApplyError(Exception):
@@ -77,10 +84,12 @@ class TooManyRejectsError(ApplyError):
 
 
 class MassDeleteRefusedError(ApplyError):
-    def __init__(self, table: str, incoming: int, stored: int) -> None:
+    def __init__(self, table: str, would_delete: int, stored: int, share: float) -> None:
+        self.table, self.would_delete, self.stored, self.share = table, would_delete, stored, share
         super().__init__(
-            f"full snapshot holds {incoming} {table} but the mirror has {stored}: applying it would delete more "
-            "than half of them. Nothing was written. Re-run with --allow-mass-delete if that is intended."
+            f"full snapshot of {table} would delete {would_delete} of the {stored} stored {table} "
+            f"({would_delete / stored:.0%}, over the {share:.0%} limit): is it another shop's or another token's? "
+            "Nothing was written. Re-run with --allow-mass-delete if that is intended."
         )
 
 
@@ -162,7 +171,8 @@ class _Rejects:
         else:
             self.keys.add(key)
         text = line[: REJECT_LINE_CHARS * 4].decode("utf-8", "replace")[:REJECT_LINE_CHARS]
-        self.pending.append((line_no, reason[:1000], text))
+        # PostgreSQL text cannot hold NUL: keep the line readable instead of losing the reject.
+        self.pending.append((line_no, reason[:1000].replace("\x00", "\\u0000"), text.replace("\x00", "\\u0000")))
         if len(self.pending) >= 1000:
             self.flush()
 
@@ -183,10 +193,10 @@ class _Writer:
 
     def __init__(
         self, main: psycopg.Connection, side: psycopg.Connection, spec: EntitySpec, result: ApplyResult,
-        rejects: _Rejects, *, keep_raw: bool, full: bool,
+        rejects: _Rejects, *, keep_raw: bool, full: bool, window: DateWindow,
     ) -> None:  # fmt: skip
         self.main, self.side, self.spec, self.result, self.rejects = main, side, spec, result, rejects
-        self.keep_raw, self.full = keep_raw, full
+        self.keep_raw, self.full, self.window = keep_raw, full, window
         self.partitioned = spec.child_table == partitions.PARENT
         self.known_partitions = partitions.existing_partitions(side) if self.partitioned else set()
         self.direct = spec.child_upsert_key is None  # new rows may be COPYed straight into the tables
@@ -235,8 +245,10 @@ class _Writer:
                         self.result.inserted += len(keys)
                         self.result.child_rows += sum(chunk.n_children)
                         return
-            except _BATCH_RETRYABLE:
-                pass  # a value PostgreSQL refuses: the batch path below finds the line and names it
+            except psycopg.Error as exc:
+                if not _refused_value(exc):
+                    raise
+                # a value PostgreSQL refuses: the batch path below finds the line and names it
         for batch in _write_batches(chunk.lines()):
             self.write(batch)
 
@@ -260,7 +272,9 @@ class _Writer:
         try:
             with self.main.transaction():
                 counts = self._write(batch, direct=self.direct)
-        except _BATCH_RETRYABLE as exc:
+        except psycopg.Error as exc:
+            if not _refused_value(exc):
+                raise
             log.info("batch of %d lines refused by PostgreSQL (%s); redoing it line by line", len(batch),
                      type(exc).__name__)
             counts = self._write_line_by_line(batch)
@@ -304,13 +318,15 @@ class _Writer:
         total = dict.fromkeys(("inserted", "updated", "unchanged", "skipped_older", "child_rows"), 0)
         for x in batch:
             try:
-                exact = exact_line(x, self.spec.name, self.keep_raw, self.result.run_id)
+                exact = exact_line(x, self.spec.name, self.keep_raw, self.result.run_id, self.window)
                 with self.main.transaction():
                     counts = self._write([exact], direct=False)
             except RowError as exc:
                 self.rejects.add(x.line_no, x.text, str(exc))
                 continue
-            except _BATCH_RETRYABLE as exc:
+            except psycopg.Error as exc:
+                if not _refused_value(exc):
+                    raise
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 self.rejects.add(x.line_no, x.text, f"refused by PostgreSQL: {reason}")
                 continue
@@ -327,7 +343,7 @@ class _Writer:
         missing = [partitions.Quarter(y, q) for y, q in sorted(needed)
                    if partitions.Quarter(y, q).name not in self.known_partitions]
         if missing:
-            created = partitions.ensure_partitions(self.side, missing)
+            created = partitions.ensure_partitions(self.side, missing, window=self.window)
             self.result.partitions_created.extend(created)
             self.known_partitions.update(q.name for q in missing)
 
@@ -410,17 +426,17 @@ class _Writer:
 
     # --- end of file ------------------------------------------------------------------------------
 
-    def delete_absent(self, as_of: datetime | None, stored_before: int, allow_mass_delete: bool) -> None:
+    def delete_absent(self, as_of: datetime | None, stored_before: int, max_share: float | None) -> None:
         """A full snapshot makes the mirror equal to the shop: hard-delete stored rows it does not hold.
 
         Rows changed after the snapshot was taken (``as_of``) are kept: a newer sync wrote them.
         A rejected line whose key could not be read might be any row, so then nothing is deleted.
+        The guard counts the rows the snapshot would delete, not the rows it holds: a snapshot of
+        another shop holds as many rows as ours but shares no key with it. Over ``max_share`` of the
+        table (None: no limit) the apply is refused and rolled back whole.
         """
         ident = sql.Identifier
         t, key = ident(self.spec.table), ident(self.spec.key)
-        incoming = self.main.execute("SELECT count(DISTINCT key) FROM seen_keys").fetchone()[0]
-        if not allow_mass_delete and stored_before and incoming + len(self.rejects.keys) < stored_before / 2:
-            raise MassDeleteRefusedError(self.spec.table, incoming + len(self.rejects.keys), stored_before)
         if self.rejects.unknown_keys:
             self.result.deletes_skipped_reason = (
                 f"{self.rejects.unknown_keys} rejected line(s) without a readable key: deletes skipped this run"
@@ -441,7 +457,10 @@ class _Writer:
             ).format(t=t, key=key),
             (list(self.rejects.keys), as_of, as_of),
         )
-        self.result.deleted = self.main.execute("SELECT count(*) FROM stage_written").fetchone()[0]
+        deleted = self.main.execute("SELECT count(*) FROM stage_written").fetchone()[0]
+        if max_share is not None and stored_before and deleted > stored_before * max_share:
+            raise MassDeleteRefusedError(self.spec.table, deleted, stored_before, max_share)
+        self.result.deleted = deleted
         if self.spec.child_table and self.result.deleted:
             self.main.execute(
                 sql.SQL("DELETE FROM {ct} x USING stage_written d WHERE x.{ckey} = d.key").format(
@@ -450,7 +469,9 @@ class _Writer:
             )
 
 
-def _raw_chunks(path: Path, entity: str, keep_raw: bool, run_id: int, chunk_bytes: int) -> Iterator[tuple]:
+def _raw_chunks(
+    path: Path, entity: str, keep_raw: bool, run_id: int, chunk_bytes: int, window: DateWindow
+) -> Iterator[tuple]:
     """Cut the file into blocks of whole lines of about ``chunk_bytes`` (the args of process_chunk).
 
     Blocks, not lists of lines: the reader only looks for the last newline, and one bytes object per
@@ -469,68 +490,77 @@ def _raw_chunks(path: Path, entity: str, keep_raw: bool, run_id: int, chunk_byte
                 continue
             block = rest + memoryview(data)[: cut + 1]  # one copy of the block, not two
             rest = data[cut + 1 :]
-            yield (entity, block, keep_raw, run_id, f.position())
+            yield (entity, block, keep_raw, run_id, f.position(), window)
         if rest:
-            yield (entity, rest, keep_raw, run_id, f.position())
+            yield (entity, rest, keep_raw, run_id, f.position(), window)
 
 
 _DONE = object()
 
 
-def _prefetched(items: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
-    """Run ``items`` in a thread, at most ``depth`` ahead of the consumer (bounded memory).
+class _Prefetched:
+    """Runs ``items`` in a thread, at most ``depth`` ahead of the consumer (bounded memory).
 
     What produces a chunk (mapping it, or receiving and unpickling a worker's result) is Python work,
     and writing one is mostly waiting for PostgreSQL, which releases the GIL: the two overlap, so the
-    server is not left idle while the next chunk is made ready.
+    server is not left idle while the next chunk is made ready. ``close`` stops the thread; the thread
+    closes ``items`` on its way out, which closes the file the chain reads.
     """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def produce() -> None:
+    def __init__(self, items: Iterator[Chunk], depth: int = 1) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, args=(items,), name="snapshot-reader", daemon=True)
+        self.thread.start()
+
+    def _offer(self, item: object) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, items: Iterator[Chunk]) -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not self._offer(item):
                     return
-            q.put(_DONE)
+            self._offer(_DONE)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            q.put(exc)
+            self._offer(exc)
         finally:
             close = getattr(items, "close", None)
             if close is not None:
-                close()  # a generator's own clean-up (stopping worker processes) runs here
+                close()
 
-    thread = threading.Thread(target=produce, name="snapshot-reader", daemon=True)
-    thread.start()
-    try:
+    def __iter__(self) -> Iterator[Chunk]:
         while True:
-            item = q.get()
+            item = self.queue.get()
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
-        stop.set()
-        thread.join(timeout=10)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+        if self.thread.is_alive():  # not seen: the reader only waits on a worker, which is killed first
+            log.warning("snapshot reader thread did not stop within 30 s")
 
 
 def _in_thread(chunks: Iterator[tuple]) -> Iterator[Chunk]:
-    """Map chunks in this process (small files: no process start-up); ``_prefetched`` runs it in its thread."""
+    """Map chunks in this process (small files: no process start-up); ``_Prefetched`` runs it in its thread."""
     for args in chunks:
         chunk = process_chunk(args)
         chunk.block = args[1]
         yield chunk
 
 
-def _in_processes(chunks: Iterator[tuple], workers: int) -> Iterator[Chunk]:
-    """Map chunks in ``workers`` processes, in file order, with a bounded number in flight."""
+def _in_processes(chunks: Iterator[tuple], pool: ChunkWorkers) -> Iterator[Chunk]:
+    """Map chunks in the pool's processes, in file order, with a bounded number in flight."""
     blocks: deque[bytes] = deque()  # the blocks in flight; a chunk comes back without its block
 
     def sent() -> Iterator[tuple]:
@@ -538,10 +568,25 @@ def _in_processes(chunks: Iterator[tuple], workers: int) -> Iterator[Chunk]:
             blocks.append(args[1])
             yield args
 
-    with ChunkWorkers(workers) as pool:
-        for chunk in pool.map(process_chunk, sent()):
-            chunk.block = blocks.popleft()
-            yield chunk
+    for chunk in pool.map(process_chunk, sent()):
+        chunk.block = blocks.popleft()
+        yield chunk
+
+
+@contextmanager
+def _chunk_pipeline(path: Path, entity: str, *, keep_raw: bool, run_id: int, chunk_bytes: int, workers: int,
+                    window: DateWindow) -> Iterator[Iterator[Chunk]]:  # fmt: skip
+    """read → parse and map, in file order. On the way out, error or not, the worker processes are killed
+    (which wakes a reader waiting on one), the reader thread is joined and the file is closed: a failed
+    apply leaves nothing running, so a task retry does not stack a second set of workers."""
+    raw = _raw_chunks(path, entity, keep_raw, run_id, chunk_bytes, window)
+    with ExitStack() as stack:
+        pool = stack.enter_context(ChunkWorkers(workers)) if workers > 0 else None
+        prefetched = _Prefetched(_in_processes(raw, pool) if pool else _in_thread(raw))
+        stack.callback(prefetched.close)
+        if pool:
+            stack.callback(pool.kill)  # runs first (LIFO); after a complete read the workers are idle anyway
+        yield _numbered(iter(prefetched))
 
 
 def _numbered(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
@@ -583,8 +628,10 @@ def apply_snapshot_file(
     full: bool = False,
     as_of: datetime | None = None,
     allow_mass_delete: bool = False,
+    mass_delete_share: float = 0.5,
     keep_raw: bool = True,
     reject_threshold: float = 0.01,
+    window: DateWindow | None = None,
     batch_bytes: int = CHUNK_BYTES,
     workers: int | None = None,
     defer_indexes: bool | None = None,
@@ -595,9 +642,12 @@ def apply_snapshot_file(
     ``as_of`` is when the snapshot was taken (the job's creation time); without it, the newest
     changeTime in the file stands in. ``workers``: processes that parse and map (None: by file size).
     ``defer_indexes``: on a first import into an empty table, build its secondary indexes after the
-    load (``db/deferred_indexes.py``; None: for files over 16 MB).
+    load (``db/deferred_indexes.py``; None: for files over 16 MB). ``window``: the dates a line may
+    carry (``DateWindow.default()`` when None). A full snapshot that would delete more than
+    ``mass_delete_share`` of a table is refused unless ``allow_mass_delete``.
     """
     spec = ENTITIES[entity]
+    window = window or DateWindow.default()
     started = time.perf_counter()
     result = ApplyResult(run_id=run_id, entity=entity)
     total = os.path.getsize(path)
@@ -612,28 +662,28 @@ def apply_snapshot_file(
             if defer_indexes is None:
                 defer_indexes = total >= BIG_FILE
             deferred = deferred_indexes.drop_if_empty(main, schema, spec.table) if defer_indexes else []
-            writer = _Writer(main, side, spec, result, rejects, keep_raw=keep_raw, full=full)
+            writer = _Writer(main, side, spec, result, rejects, keep_raw=keep_raw, full=full, window=window)
             newest: datetime | None = None
             workers = default_workers(path) if workers is None else workers
-            raw = _raw_chunks(path, entity, keep_raw, run_id, batch_bytes)
-            chunks = _numbered(_prefetched(_in_processes(raw, workers) if workers > 0 else _in_thread(raw)))
-            for chunk in chunks:
-                for line_no, line, reason in chunk.rejected_lines():
-                    rejects.add(line_no, line, reason)
-                writer.write_chunk(chunk)
-                latest = max((t for t in chunk.changed if t is not None), default=None)
-                if latest is not None and (newest is None or latest > newest):
-                    newest = latest
-                result.lines += chunk.read
-                if progress:
-                    progress(result.lines, chunk.end_position, total)
+            with _chunk_pipeline(path, entity, keep_raw=keep_raw, run_id=run_id, chunk_bytes=batch_bytes,
+                                 workers=workers, window=window) as chunks:  # fmt: skip
+                for chunk in chunks:
+                    for line_no, line, reason in chunk.rejected_lines():
+                        rejects.add(line_no, line, reason)
+                    writer.write_chunk(chunk)
+                    latest = max((t for t in chunk.changed if t is not None), default=None)
+                    if latest is not None and (newest is None or latest > newest):
+                        newest = latest
+                    result.lines += chunk.read
+                    if progress:
+                        progress(result.lines, chunk.end_position, total)
             rejects.flush()
             result.rejected = rejects.count
             if result.lines and result.rejected / result.lines > reject_threshold:
                 raise TooManyRejectsError(result.rejected, result.lines, reject_threshold)
             deferred_indexes.rebuild(main, deferred)
             if full:
-                writer.delete_absent(as_of or newest, stored_before, allow_mass_delete)
+                writer.delete_absent(as_of or newest, stored_before, None if allow_mass_delete else mass_delete_share)
             main.execute(
                 """UPDATE snapshot_runs SET status = 'succeeded', finished_at = now(), lines = %s, inserted = %s,
                      updated = %s, unchanged = %s, rejected = %s, skipped_older = %s, deleted = %s,

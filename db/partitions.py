@@ -8,6 +8,7 @@ holding the parent delays us instead of queueing every other query behind our DD
 
 from __future__ import annotations
 
+import calendar
 import logging
 import time
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from datetime import UTC, datetime
 
 import psycopg
 from psycopg import sql
+
+from db.dates import DateWindow
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +42,18 @@ class Quarter:
     def end(self) -> datetime:
         return self.next().start
 
+    @property
+    def last_moment(self) -> datetime:
+        """The quarter's last microsecond (defined for 9999 Q4 too, unlike ``end``)."""
+        month = 3 * self.q
+        return datetime(self.year, month, calendar.monthrange(self.year, month)[1], 23, 59, 59, 999999, tzinfo=UTC)
+
     def next(self) -> Quarter:
         return Quarter(self.year + 1, 1) if self.q == 4 else Quarter(self.year, self.q + 1)
 
     @property
     def name(self) -> str:
-        return f"{PARENT}_{self.year}_q{self.q}"
+        return f"{PARENT}_{self.year:04d}_q{self.q}"  # 4 digits: models/autogenerate.py matches this
 
 
 def existing_partitions(conn: psycopg.Connection, parent: str = PARENT) -> set[str]:
@@ -76,10 +85,19 @@ def ensure_partitions(
     lock_timeout: str = "5s",
     attempts: int = 5,
     sleep=time.sleep,  # noqa: ANN001
+    window: DateWindow | None = None,
 ) -> list[str]:
-    """Create every missing quarter partition; return the names created. ``conn`` must be autocommit."""
+    """Create every missing quarter partition; return the names created. ``conn`` must be autocommit.
+
+    A quarter outside the accepted dates (``window``, by default ``DateWindow.default()``) is refused:
+    the loader rejects such lines, so a request for one is a bug, not data.
+    """
     if not conn.autocommit:
         raise ValueError("ensure_partitions needs an autocommit connection (one short transaction per step)")
+    window = window or DateWindow.default()
+    outside = [q.name for q in quarters if not (window.contains(q.start) or window.contains(q.last_moment))]
+    if outside:
+        raise ValueError(f"refusing to create partitions outside the accepted dates: {', '.join(outside)}")
     existing = existing_partitions(conn)
     created = []
     for quarter in quarters:

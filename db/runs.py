@@ -40,12 +40,19 @@ def fail_run(conn: psycopg.Connection, run_id: int, error: str, counters: dict[s
 
 
 def record_rejects(conn: psycopg.Connection, run_id: int, rejects: list[tuple[int, str, str]]) -> None:
-    """Rejects are written on their own connection as they occur, so a rolled-back apply keeps them."""
+    """Rejects are written on their own connection as they occur, so a rolled-back apply keeps them.
+
+    One row per (run, line): a retried apply of the same run finds its rejects already there.
+    """
     if not rejects:
         return
-    with conn.cursor() as cur, cur.copy("COPY snapshot_rejects (run_id, line_no, reason, line) FROM STDIN") as cp:
-        for line_no, reason, line in rejects:
-            cp.write_row((run_id, line_no, reason, line))
+    line_nos, reasons, lines = zip(*rejects, strict=True)
+    conn.execute(
+        """INSERT INTO snapshot_rejects (run_id, line_no, reason, line)
+           SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[])
+           ON CONFLICT (run_id, line_no) DO NOTHING""",
+        (run_id, list(line_nos), list(reasons), list(lines)),
+    )
     if not conn.autocommit:
         conn.commit()
 
