@@ -8,10 +8,13 @@ passes ``type_``. Add a rule here (e.g. ``rfm_segments``) rather than repeating 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
+
+from db.dates import DEFAULT_AHEAD_DAYS, DEFAULT_FROM
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,24 @@ RULES: dict[str, Rule] = {
             Annotated[float, Field(ge=0, le=1)],
             0.01,
             "Share of bad snapshot lines above which an apply is rolled back.",
+        ),
+        Rule(
+            "mass_delete_threshold",
+            Annotated[float, Field(ge=0, le=1)],
+            0.5,
+            "Share of a table a full snapshot may delete; over it the apply is refused (--allow-mass-delete).",
+        ),
+        Rule(
+            "dates_accepted_from",
+            date,
+            DEFAULT_FROM.isoformat(),
+            "Snapshot lines dated (creationTime, changeTime) before this day are rejected.",
+        ),
+        Rule(
+            "dates_accepted_ahead_days",
+            Annotated[int, Field(ge=0, le=36500)],
+            DEFAULT_AHEAD_DAYS,
+            "Snapshot lines dated more than this many days ahead of now are rejected.",
         ),
     )
 }

@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from db.connection import connection
+from db.dates import DateWindow
 from db.loader import ApplyResult, apply_snapshot_file
 from db.runs import fail_run, record_failed_snapshot, start_run
 from db.settings import get_settings_service
@@ -97,7 +98,9 @@ def apply_snapshot(
     cfg = get_config()
     url = runtime.database_url(cfg)
     # An operator's runtime rule (hub settings set reject_threshold 0.02) wins over the env default.
-    threshold = get_settings_service(url, cfg.db_schema).get("reject_threshold", cfg.reject_threshold)
+    rules = get_settings_service(url, cfg.db_schema)
+    threshold = rules.get("reject_threshold", cfg.reject_threshold)
+    window = DateWindow.of(rules.get("dates_accepted_from"), rules.get("dates_accepted_ahead_days"))
     reporter = _ProgressReporter(f"Applying {Entity(entity).value} snapshot (run {run_id})")
     result = apply_snapshot_file(
         url,
@@ -110,6 +113,8 @@ def apply_snapshot(
         allow_mass_delete=allow_mass_delete,
         keep_raw=cfg.keep_raw_json,
         reject_threshold=threshold,
+        mass_delete_share=rules.get("mass_delete_threshold"),
+        window=window,
         progress=reporter,
     )
     reporter.done()
