@@ -176,25 +176,25 @@ def bootstrap() -> None:
     cfg = get_config()
     url = runtime.database_url(cfg)
     runtime.ensure_schema(url, cfg.db_schema)
-    for name, action in ensure_limits().items():
+    for name, action in ensure_limits(url, cfg.db_schema).items():
         console.print(f"{name}: {action}")
 
 
 @locks_app.callback()
 def locks_list(ctx: typer.Context) -> None:
-    """List each lock: exists, active, slots in use, holder."""
+    """List this hub instance's locks: exists, active, slots in use, holder."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.table import Table
 
     from flows import runtime
     from flows.config import get_config
-    from flows.locks import lock_table
+    from flows.locks import instance, lock_table
 
     cfg = get_config()
     url = runtime.database_url(cfg)
     runtime.ensure_schema(url, cfg.db_schema)
-    table = Table(title="job locks")
+    table = Table(title=f"job locks of hub instance {instance(url, cfg.db_schema)}")
     rows = lock_table(url, cfg.db_schema)
     for col in rows[0]:
         table.add_column(col)
@@ -204,8 +204,10 @@ def locks_list(ctx: typer.Context) -> None:
 
 
 @locks_app.command("release")
-def locks_release(name: str = typer.Argument(..., help="Lock group (orders, …) or limit name (hub-orders).")) -> None:
-    """Free a slot left by a crashed holder; refuses while the recorded holder is alive."""
+def locks_release(
+    name: str = typer.Argument(..., help="Lock group (orders, …) or limit name (hub-<instance>-orders)."),
+) -> None:
+    """Free a slot left by a crashed holder (revoking its Prefect lease); refuses while the holder is alive."""
     from flows import runtime
     from flows.config import get_config
     from flows.locks import LockError, LockHeld, release

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_two_processes_twenty_runs_each_never_overlap(prefect_server, db_url, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(ROOT),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
-    boot = subprocess.run([sys.executable, "-c", "from flows.locks import ensure_limits; print(ensure_limits())"],
+    boot = subprocess.run([sys.executable, "-c", "import sys; from flows.locks import ensure_limits; "
+                           "print(ensure_limits(sys.argv[1], 'public'))", db_url],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert boot.returncode == 0, boot.stderr
     outs = [tmp_path / f"p{i}.jsonl" for i in range(2)]

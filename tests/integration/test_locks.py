@@ -16,7 +16,17 @@ from typer.testing import CliRunner
 from db import locks as dblocks
 from db.connection import libpq_url
 from deployments.cli import app
-from flows.locks import LockError, LockHeld, ensure_limits, job_lock, limit_name, limit_status, lock_table, release
+from flows.locks import (
+    LockError,
+    LockHeld,
+    ensure_limits,
+    instance,
+    job_lock,
+    limit_name,
+    limit_status,
+    lock_table,
+    release,
+)
 from tests.factories import order, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -30,8 +40,12 @@ def harness(prefect_harness):
 
 @pytest.fixture
 def env(hub_env):
-    ensure_limits()
+    ensure_limits(hub_env, "public")
     return hub_env
+
+
+def _name(env: str, group: str) -> str:
+    return limit_name(group, instance(env, "public"))
 
 
 @pytest.fixture
@@ -63,18 +77,18 @@ def _slots(name: str) -> int:
 
 def test_bootstrap_creates_then_reports_ok_then_repairs(env):
     with get_client(sync_client=True) as c:
-        c.delete_global_concurrency_limit_by_name(limit_name("products"))
-        c.update_global_concurrency_limit(limit_name("customers"), GlobalConcurrencyLimitUpdate(active=False, limit=3))
-    report = ensure_limits()
-    assert report[limit_name("products")] == "created"
-    assert report[limit_name("customers")] == "repaired"
-    assert set(ensure_limits().values()) == {"ok"}
-    assert all(limit_status(limit_name(g)).healthy for g in ("products", "customers"))
+        c.delete_global_concurrency_limit_by_name(_name(env, "products"))
+        c.update_global_concurrency_limit(_name(env, "customers"), GlobalConcurrencyLimitUpdate(active=False, limit=3))
+    report = ensure_limits(env, "public")
+    assert report[_name(env, "products")] == "created"
+    assert report[_name(env, "customers")] == "repaired"
+    assert set(ensure_limits(env, "public").values()) == {"ok"}
+    assert all(limit_status(_name(env, g)).healthy for g in ("products", "customers"))
 
 
 @pytest.mark.parametrize("damage", ["delete", "deactivate"])
 def test_missing_or_inactive_limit_fails_loudly_or_is_repaired_never_unlocked(env, damage, caplog):
-    name = limit_name("customers")
+    name = _name(env, "customers")
     with get_client(sync_client=True) as c:
         if damage == "delete":
             c.delete_global_concurrency_limit_by_name(name)
@@ -99,7 +113,7 @@ def test_held_lock_exits_75_naming_the_holder(env, hold, tmp_path):
     f = write_jsonl(tmp_path / "o.gz", [order("1")])
     res = runner.invoke(app, ["import-file", "orders", str(f)])
     assert res.exit_code == 75, res.output
-    assert "hub-orders is held by flow run run-under-test" in res.output and "pid" in res.output
+    assert f"{_name(env, 'orders')} is held by flow run run-under-test" in res.output and "pid" in res.output
 
     t = time.monotonic()
     res = runner.invoke(app, ["import-file", "orders", str(f), "--wait", "1.5"])
@@ -120,22 +134,22 @@ def test_wait_succeeds_once_the_holder_is_done(env, hold, tmp_path):
 def test_other_groups_do_not_exclude_each_other(env, hold):
     hold("orders")
     with job_lock("customers", "products", url=env, schema="public", wait=0) as holders:
-        assert [h.name for h in holders] == ["hub-customers", "hub-products"]
+        assert [h.name for h in holders] == [_name(env, "customers"), _name(env, "products")]
 
 
 def test_advisory_lock_keeps_writers_apart_when_prefect_lost_the_slot(env):
     # A writer whose Prefect slot was lost (lease expired, server restarted) still holds the advisory lock.
-    with dblocks.advisory_lock(env, "public", limit_name("orders"), wait_seconds=0, flow_run_id="old-writer"):
+    with dblocks.advisory_lock(env, "public", _name(env, "orders"), wait_seconds=0, flow_run_id="old-writer"):
         with pytest.raises(LockHeld, match="old-writer"):
             with job_lock("orders", url=env, schema="public", wait=0):
                 pytest.fail("ran while another writer held the advisory lock")
-    assert _slots(limit_name("orders")) == 0  # the Prefect slot taken meanwhile was given back
+    assert _slots(_name(env, "orders")) == 0  # the Prefect slot taken meanwhile was given back
 
 
 def test_locks_table_and_release(env, hold):
     stop = hold("customers", "live-run")
     rows = {r["lock"]: r for r in lock_table(env, "public")}
-    row = rows["hub-customers"]
+    row = rows[_name(env, "customers")]
     assert (row["exists"], row["active"], row["slots_in_use"], row["holder_alive"]) == (True, True, 1, True)
     assert "live-run" in row["holder"]
     with pytest.raises(LockHeld):
@@ -146,7 +160,7 @@ def test_locks_table_and_release(env, hold):
 
 
 def test_release_frees_a_slot_orphaned_by_a_crashed_holder(env):
-    name = limit_name("products")
+    name = _name(env, "products")
     # A holder that died without releasing: its slot stays taken (ephemeral server: never reclaimed).
     acquire_concurrency_slots_with_lease([name], 1, lease_duration=600, strict=True)
     with psycopg.connect(libpq_url(env), autocommit=True) as c:
