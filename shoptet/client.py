@@ -8,8 +8,10 @@ methods so callers need only one object.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -23,15 +25,18 @@ import orjson
 
 from shoptet import download, snapshots, webhooks
 from shoptet import errors as e
+from shoptet.oauth import AddonTokenSource
 from shoptet.ratelimit import (
     Clock,
     RetryPolicy,
     Sleep,
+    SlotProvider,
     backoff_delay,
     bucket_wait,
     parse_bucket_filling,
     parse_retry_after,
     shared_limiter,
+    token_fingerprint,
 )
 from shoptet.timefmt import format_datetime
 
@@ -98,23 +103,38 @@ class ShoptetClient:
         max_connections: int = 3,
         max_retries: int = 4,
         max_429_retries: int = 8,
+        max_retry_after: float = 3600.0,
         clock: Clock = time.time,
         sleep: Sleep = time.sleep,
         rng: random.Random | None = None,
         transport: httpx.BaseTransport | None = None,
+        token_source: AddonTokenSource | None = None,
+        slot_provider: SlotProvider | None = None,
     ) -> None:
-        if not token:
+        if token_source is not None:
+            token_kind = "access"  # add-on: short-lived API access tokens from the OAuth server
+            identity = f"addon:{token_source.fingerprint}"
+        elif not token:
             raise ValueError("Shoptet API token is empty: set HUB_SHOPTET_TOKEN")
+        else:
+            identity = token
         if token_kind not in _TOKEN_HEADERS:
             raise ValueError(f"token_kind must be 'private' or 'access', not {token_kind!r}")
         self.base_url = base_url.rstrip("/")
         self.token_kind: TokenKind = token_kind
         self.__token = token  # name-mangled and never in repr/logs/errors
-        self.policy = RetryPolicy(max_retries=max_retries, max_429_retries=max_429_retries)
+        self._token_source = token_source
+        self.policy = RetryPolicy(
+            max_retries=max_retries, max_429_retries=max_429_retries, max_retry_after=max_retry_after
+        )
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
-        self.limiter = shared_limiter(self.base_url, token, max_connections, clock)
+        #: Names the token (or the add-on installation) in lock keys and logs; not reversible.
+        self.token_fingerprint = token_fingerprint(self.base_url, identity)
+        self.limiter = shared_limiter(self.base_url, identity, max_connections, clock)
+        self.slot_provider = slot_provider
+        self._scope = threading.local()
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         # The token is added per request (not as a default header) so no other request can carry it.
         self._http = httpx.Client(
@@ -128,6 +148,7 @@ class ShoptetClient:
         # Result files are bearer links on another host: a separate client without any credentials.
         self._download_http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True)
         self._job_requested_at: dict[str, float] = {}
+        self._poll_counters: dict[str, snapshots.LocalPollCounter] = {}
         self._deprecation_warned: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -148,6 +169,36 @@ class ShoptetClient:
     def __reduce__(self) -> Any:
         raise TypeError("ShoptetClient is not picklable (it holds a secret and open connections)")
 
+    def use_slot_provider(self, provider: SlotProvider | None) -> ShoptetClient:
+        """Hold a cross-process connection slot (e.g. ``db.api_slots``) around every API call."""
+        self.slot_provider = provider
+        return self
+
+    @contextlib.contextmanager
+    def deadline(self, at: float | None) -> Iterator[None]:
+        """Calls made inside (by this thread) must be done by clock time ``at``: a ``Retry-After``
+        reaching past it raises ``RateLimitedError`` at once instead of sleeping past the deadline."""
+        saved = getattr(self._scope, "deadline", None)
+        self._scope.deadline = at if saved is None or at is None else min(at, saved)
+        try:
+            yield
+        finally:
+            self._scope.deadline = saved
+
+    def _auth_token(self) -> str:
+        return self._token_source.token() if self._token_source is not None else self.__token
+
+    def _scrub(self, text: str) -> str:
+        secrets = [self.__token, *(self._token_source.secrets() if self._token_source else ())]
+        for secret in secrets:
+            text = e.scrub(text, secret)
+        return text
+
+    def _cross_process_slot(self) -> contextlib.AbstractContextManager[None]:
+        if self.slot_provider is None:
+            return contextlib.nullcontext()
+        return self.slot_provider.slot(self.token_fingerprint)
+
     # --- core request ---------------------------------------------------------------------------
 
     def request(
@@ -157,24 +208,32 @@ class ShoptetClient:
         *,
         params: Params | None = None,
         json: Any = None,
+        max_transient_retries: int | None = None,
     ) -> ApiResponse:
-        """One logical API call with rate limiting and bounded retries; raises a ``ShoptetError``."""
+        """One logical API call with rate limiting and bounded retries; raises a ``ShoptetError``.
+
+        ``max_transient_retries`` overrides the policy's (0: the caller handles 5xx/timeouts itself,
+        e.g. a snapshot request that must not create a second job).
+        """
         if not path.startswith("/api/"):
             raise ValueError(f"API paths start with /api/: {path!r}")
         query = encode_params(params)
         content = orjson.dumps(json) if json is not None else None
-        headers = {_TOKEN_HEADERS[self.token_kind]: self.__token}
+        max_transient = self.policy.max_retries if max_transient_retries is None else max_transient_retries
         transient_retries = 0
         rate_retries = 0
+        refreshed = False
         while True:
             self.limiter.wait_turn(self.clock, self.sleep)
+            token = self._auth_token()
+            headers = {_TOKEN_HEADERS[self.token_kind]: token}
             try:
-                with self.limiter.slot():
+                with self.limiter.slot(), self._cross_process_slot():
                     response = self._http.request(
                         method, path, params=query, content=content, headers=headers
                     )
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                if transient_retries < self.policy.max_retries:
+                if transient_retries < max_transient:
                     self._backoff(transient_retries, f"{type(exc).__name__}", method, path)
                     transient_retries += 1
                     continue
@@ -189,12 +248,22 @@ class ShoptetClient:
             if response.is_success:
                 return self._parse_success(response, path)
             error = self._error_from(response, path)
+            if isinstance(error, e.AccessTokenExpiredError) and self._token_source and not refreshed:
+                # Expired before our own refresh margin (clock skew, revoked): one fresh token, once.
+                log.info("Shoptet %s %s: API access token expired; obtaining a new one", method, path)
+                self._token_source.invalidate(token)
+                refreshed = True
+                continue
             if isinstance(error, e.RateLimitedError):
                 if rate_retries < self.policy.max_429_retries:
                     self._wait_after_429(error, rate_retries, method, path)
                     rate_retries += 1
                     continue
-            elif error.transient and transient_retries < self.policy.max_retries:
+            elif isinstance(error, e.LockedError) and transient_retries < max_transient:
+                self._wait_after_423(transient_retries, max_transient, method, path)
+                transient_retries += 1
+                continue
+            elif error.transient and transient_retries < max_transient:
                 self._backoff(transient_retries, f"HTTP {response.status_code}", method, path)
                 transient_retries += 1
                 continue
@@ -219,13 +288,40 @@ class ShoptetClient:
         )
         self.sleep(delay)
 
+    def _wait_after_423(self, attempt: int, budget: int, method: str, path: str) -> None:
+        delay = self.policy.lock_wait + self.rng.uniform(0.0, 1.0)
+        log.warning(
+            "Shoptet %s %s: 423 locked (identical write within ~5 s), retry %d/%d in %.1fs",
+            method,
+            path,
+            attempt + 1,
+            budget,
+            delay,
+        )
+        self.sleep(delay)
+
     def _wait_after_429(self, error: e.RateLimitedError, attempt: int, method: str, path: str) -> None:
         wait = error.retry_after
         if not wait:  # missing, unparsable or in the past (clock skew): back off instead
             wait = backoff_delay(
                 attempt, self.rng, base=self.policy.backoff_base, cap=self.policy.backoff_cap
             )
-        wait = min(wait, self.policy.max_retry_after)
+        # Honour the whole wait (retrying early only earns another 429); if it reaches past what we may
+        # wait - the caller's deadline or max_retry_after - give up now instead of retrying early.
+        limit, why = self.policy.max_retry_after, f"max_retry_after ({self.policy.max_retry_after:.0f}s)"
+        deadline = getattr(self._scope, "deadline", None)
+        if deadline is not None and deadline - self.clock() < limit:
+            limit, why = max(0.0, deadline - self.clock()), "the time left before the deadline"
+        if wait > limit:
+            raise e.RateLimitedError(
+                f"{error.message}; Shoptet asks to wait {wait:.0f}s, more than {why}",
+                retry_after=wait,
+                status=error.status,
+                error_code=error.error_code,
+                instance=error.instance,
+                request_id=error.request_id,
+                path=error.path,
+            )
         log.warning(
             "Shoptet %s %s: 429 rate limited, retry %d/%d in %.1fs (request_id=%s)",
             method,
@@ -272,7 +368,7 @@ class ShoptetClient:
                 "Shoptet %s returned errors with HTTP %d: %s",
                 path,
                 response.status_code,
-                e.scrub(str(errors)[:500], self.__token),
+                self._scrub(str(errors)[:500]),
             )
         return ApiResponse(response.status_code, body.get("data"), errors, request_id, response.headers)
 
@@ -295,8 +391,8 @@ class ShoptetClient:
                 if len(items) > 1:
                     others = ", ".join(str(x.get("errorCode")) for x in items[1:4])
                     message += f" (+{len(items) - 1} more: {others})"
-        message = e.scrub(message, self.__token)
-        instance = e.scrub(str(instance), self.__token) if instance is not None else None
+        message = self._scrub(message)
+        instance = self._scrub(str(instance)) if instance is not None else None
         cls = e.error_class(status, code)
         kw: dict[str, Any] = dict(
             status=status, error_code=code, instance=instance, request_id=request_id, path=path
@@ -396,8 +492,14 @@ class ShoptetClient:
     def ensure_job_finished_webhook(self, url: str | None) -> dict[str, Any]:
         return webhooks.ensure_job_finished_webhook(self, url)
 
-    def request_snapshot(self, entity: str, params: Params | None = None) -> str:
-        return snapshots.request_snapshot(self, entity, params)
+    def request_snapshot(
+        self, entity: str, params: Params | None = None, *, reuse_since: float | None = None
+    ) -> str:
+        return snapshots.request_snapshot(self, entity, params, reuse_since=reuse_since)
+
+    def _poll_counter(self, job_id: str) -> snapshots.LocalPollCounter:
+        """This client's own detail-poll count of a job (used when the caller injects no counter)."""
+        return self._poll_counters.setdefault(job_id, snapshots.LocalPollCounter())
 
     def get_job(self, job_id: str) -> snapshots.Job:
         return snapshots.get_job(self, job_id)

@@ -13,9 +13,12 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,6 +36,12 @@ DEFAULT_MIN_FREE_BYTES = 256 * 1024**2
 CHUNK_SIZE = 1024**2
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_INFLATE_STEP = 16 * 1024**2  # bound memory on highly compressible input
+
+
+#: Names ``download_result`` gives its files: ``shoptet-<job>-<random>.part`` while downloading, then
+#: ``.jsonl.gz`` or ``.jsonl``. ``sweep_downloads`` deletes only names of this shape.
+DOWNLOAD_NAME = re.compile(r"^shoptet-[A-Za-z0-9]{1,32}-[A-Za-z0-9_]{1,64}(?:\.part|\.jsonl\.gz|\.jsonl)$")
+SWEEP_AGE_SECONDS = 86400.0
 
 
 class _MaskDownloadUrls(logging.Filter):
@@ -221,3 +230,43 @@ def _check_disk(dest: Path, min_free_bytes: int, incoming: int) -> None:
             f"{dest} has {free // 1024**2} MiB free; need {(incoming + min_free_bytes) // 1024**2} MiB "
             f"({incoming // 1024**2} MiB download + {min_free_bytes // 1024**2} MiB reserve)"
         )
+
+
+def sweep_downloads(
+    dest_dir: str | os.PathLike[str],
+    *,
+    older_than: float = SWEEP_AGE_SECONDS,
+    now: float | None = None,
+) -> tuple[int, int]:
+    """Delete our own download files older than ``older_than`` seconds; returns (files, bytes).
+
+    A run killed by SIGKILL or the OOM killer leaves its ``.part`` or verified file behind (its
+    ``finally`` never ran). Only regular files named like ``download_result``'s (``DOWNLOAD_NAME``) are
+    touched - never anything else an operator keeps in that folder - and only after a day, so a file a
+    running import still reads is safe. A missing folder sweeps nothing.
+    """
+    folder = Path(dest_dir)
+    cutoff = (time.time() if now is None else now) - older_than
+    files = size = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0, 0
+    for entry in entries:
+        if not DOWNLOAD_NAME.match(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode) or info.st_mtime >= cutoff:
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue  # another process swept it first
+        except OSError as exc:
+            log.warning("could not delete old download %s: %s", entry.name, exc)
+            continue
+        files += 1
+        size += info.st_size
+    if files:
+        log.info("swept %d old download file(s), %d bytes, from %s", files, size, folder)
+    return files, size

@@ -83,6 +83,31 @@ class AuthenticationError(ShoptetError):
     hint = "Check HUB_SHOPTET_TOKEN and the token kind (private API token vs. add-on access token)"
 
 
+class AccessTokenExpiredError(AuthenticationError):
+    """401 ``expired-token``: an add-on API access token outlived its 30 minutes."""
+
+    hint = (
+        "API access tokens of an add-on live 30 minutes: set HUB_SHOPTET_OAUTH_TOKEN and "
+        "HUB_SHOPTET_OAUTH_URL so the hub obtains fresh ones (HUB_SHOPTET_TOKEN_KIND=addon)"
+    )
+
+
+class AddonAuthorizationError(AuthenticationError):
+    """The e-shop's OAuth server refused the add-on's OAuth access token."""
+
+    hint = "Check HUB_SHOPTET_OAUTH_TOKEN (the add-on installation's OAuth access token) and HUB_SHOPTET_OAUTH_URL"
+
+
+class AddonTokenLimitError(AuthenticationError):
+    """``maximum_tokens_reached``: 5 API access tokens are already valid for this OAuth token."""
+
+    transient = True  # the oldest one expires within 30 minutes
+    hint = (
+        "At most 5 API access tokens may be valid at once per add-on installation; fewer processes "
+        "sharing the OAuth token, or wait for one to expire (30 min)"
+    )
+
+
 class PermissionDeniedError(ShoptetError):
     """403 ``invalid-token-no-rights`` (or any other 403 without a more specific class)."""
 
@@ -167,6 +192,13 @@ class TransportError(ShoptetError):
     transient = True
 
 
+class ConnectionSlotTimeoutError(ShoptetError):
+    """No connection slot of the token became free in time (other workers hold all 3)."""
+
+    transient = True
+    hint = "Other hub processes hold all 3 connection slots of this token; retry later or run fewer workers"
+
+
 class ProtocolError(ShoptetError):
     """A response that is not the documented JSON envelope (e.g. an HTML page from a proxy)."""
 
@@ -234,7 +266,7 @@ _BY_CODE: dict[str, type[ShoptetError]] = {
     "job-detail-try-counter-exceeded-limit": JobPollLimitError,
     "job-not-found": JobNotFoundError,
     "missing-access-token": AuthenticationError,
-    "expired-token": AuthenticationError,
+    "expired-token": AccessTokenExpiredError,
 }
 
 _BY_STATUS: dict[int, type[ShoptetError]] = {

@@ -6,25 +6,33 @@ carries ``X-RateLimit-Bucket-Filling: <n>/<max>``. The client therefore
 
 * holds one of ``max_connections`` (3) semaphore slots per HTTP call, shared by every thread and
   every client instance in the process that uses the same base URL + token (see ``shared_limiter``);
+  Shoptet's cap is per token, not per process, so flows also inject a ``SlotProvider`` backed by
+  PostgreSQL advisory locks (``db.api_slots``) that holds the cap across processes and machines;
 * after each response, when the bucket is above ``bucket_threshold`` (70 %) of its capacity, pauses
   all callers for ``(filling - threshold * capacity) / 10`` s, the time the bucket needs to drain back
   to the threshold (at most (200 - 140) / 10 = 6 s);
 * on 429 pauses all callers until ``Retry-After`` (HTTP-date + 1 s for its whole-second resolution,
-  or delta seconds; a past, missing or unparsable value falls back to the exponential backoff),
-  capped at ``max_retry_after``;
+  or delta seconds; a past, missing or unparsable value falls back to the exponential backoff). The
+  wait is honoured in full - retrying early only earns another 429 and burns the 429 budget - unless
+  it is longer than ``max_retry_after`` or than the time left before the caller's deadline
+  (``ShoptetClient.deadline``, e.g. the snapshot job's); then ``RateLimitedError`` is raised at once;
+* waits ``lock_wait`` (5 s, plus up to 1 s jitter) after a 423: Shoptet locks an identical write for
+  about 5 s (reference §2, §9.16), so an immediate retry would be locked again;
 * retries transient failures (5xx, 423, timeouts, connection errors) with exponential backoff and
   full jitter: ``uniform(0, min(backoff_cap, backoff_base * 2**attempt))``; never 400/401/403/404/
   409/413/422.
 
 Worst case for ONE logical request with the defaults (max_retries=4, max_429_retries=8,
-backoff_base=1 s, backoff_cap=30 s, max_retry_after=120 s, timeout=30 s):
+backoff_base=1 s, backoff_cap=30 s, max_retry_after=3600 s, timeout=30 s):
 
 * HTTP calls: 1 + max_retries + max_429_retries = 1 + 4 + 8 = **13** (the two retry budgets are
   counted separately; whichever runs out first raises).
-* Waiting (sleep) time: transient backoff <= 1 + 2 + 4 + 8 = 15 s; 429 waits <= 8 * 120 = 960 s;
-  bucket pacing <= 6 s before each of the 13 calls = 78 s; total <= **1053 s**, plus up to 13 x the
-  httpx timeout (30 s per connect/read/write phase) spent inside the calls themselves. Pauses are
-  shared, so a 429 seen by another thread sharing the token can delay this request further.
+* Waiting (sleep) time: transient backoff <= 1 + 2 + 4 + 8 = 15 s, or <= 6 + 6 + 6 + 8 = 26 s when
+  some of them are 423 waits (``worst_case_wait`` counts the latter); 429
+  waits <= 8 x max_retry_after, and never past the caller's deadline; bucket pacing <= 6 s before
+  each of the 13 calls = 78 s; plus up to 13 x the httpx timeout (30 s per connect/read/write phase)
+  spent inside the calls themselves. Pauses are shared, so a 429 seen by another thread sharing the
+  token can delay this request further.
 """
 
 from __future__ import annotations
@@ -34,9 +42,10 @@ import random
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -50,14 +59,20 @@ class RetryPolicy:
     max_429_retries: int = 8
     backoff_base: float = 1.0
     backoff_cap: float = 30.0
-    max_retry_after: float = 120.0
+    #: Longest Retry-After we sit out (also bounded by the caller's deadline); longer -> raise at once.
+    max_retry_after: float = 3600.0
     bucket_threshold: float = 0.7
+    #: Seconds to wait after a 423 (Shoptet locks an identical write for ~5 s).
+    lock_wait: float = 5.0
 
     def worst_case_calls(self) -> int:
         return 1 + self.max_retries + self.max_429_retries
 
     def worst_case_wait(self, bucket_capacity: float = 200.0) -> float:
-        backoff = sum(min(self.backoff_cap, self.backoff_base * 2**k) for k in range(self.max_retries))
+        backoff = sum(
+            max(min(self.backoff_cap, self.backoff_base * 2**k), self.lock_wait + 1.0)
+            for k in range(self.max_retries)
+        )
         pacing = bucket_wait(bucket_capacity, bucket_capacity, threshold=self.bucket_threshold)
         return backoff + self.max_429_retries * self.max_retry_after + self.worst_case_calls() * pacing
 
@@ -175,3 +190,20 @@ def shared_limiter(base_url: str, token: str, max_connections: int, clock: Clock
             limiter = RateLimiter(max_connections)
             _registry[key] = limiter
         return limiter
+
+
+class SlotProvider(Protocol):
+    """Something that hands out one of a token's connection slots across processes.
+
+    ``slot(key)`` blocks until one of the token's slots is free and holds it while inside; ``key`` is
+    ``token_fingerprint(...)``, never the token. ``db.api_slots.AdvisorySlots`` implements it with
+    PostgreSQL advisory locks; without one, the in-process ``RateLimiter`` is the only guard.
+    """
+
+    def slot(self, key: str) -> AbstractContextManager[None]: ...
+
+
+def token_fingerprint(base_url: str, token: str) -> str:
+    """A stable, non-reversible name for (API host, token): safe to store, log or hash into lock keys."""
+    digest = hashlib.sha256(f"shoptet-token\0{base_url.rstrip('/')}\0{token}".encode()).hexdigest()
+    return digest[:32]

@@ -48,12 +48,14 @@ from .render import (
     render_order,
     render_product,
 )
-from .state import SandboxState
+from .state import PathFault, SandboxState
 from .store import Record
 from .vocab import ORDER_STATUSES, STATUS_META
 from .webhooks import EVENTS, WebhookExists
 
 JSON_CT = "application/json; charset=utf-8"
+OAUTH_PATH = "/action/ApiOAuthServer/getAccessToken"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 RIGHT_GROUPS = (
     ("/api/orders", "orders"),
     ("/api/customers", "customers"),
@@ -103,16 +105,59 @@ def create_app(state: SandboxState) -> FastAPI:
         secs = max(1, math.ceil(seconds))
         return str(secs) if state.limits.retry_after_seconds else http_date(state.clock.time() + secs)
 
+    def path_fault_response(rid: str, rule: PathFault, extra: dict[str, str]) -> Response:
+        if rule.status == 429:
+            headers = {**extra, "Retry-After": rule.retry_after or retry_after(1)}
+            return _error_response(rid, 429, "too-many-requests", "Rate limit exceeded.", "access-token", headers)
+        if rule.status == 503:
+            msg = "Service is temporarily unavailable (maintenance)."
+            return _error_response(rid, 503, "service-unavailable", msg, "unknown", extra)
+        return _error_response(rid, rule.status, "unknown-error", "Internal server error.", "unknown", extra)
+
+    async def with_path_fault(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]], rule: PathFault | None,
+        extra: dict[str, str],
+    ) -> Response:
+        rid = _rid(request)
+        if rule is not None and not rule.after:
+            if rule.delay > 0:
+                await asyncio.sleep(rule.delay)
+            if rule.status:
+                return path_fault_response(rid, rule, extra)
+        response = await call_next(request)
+        if rule is not None and rule.after:
+            # the work is done (job queued, webhook stored); only the answer is lost
+            if rule.delay > 0:
+                await asyncio.sleep(rule.delay)
+            if rule.status:
+                return path_fault_response(rid, rule, extra)
+        return response
+
+    def identify(token: str, mode: str) -> tuple[str, set[str] | None] | str:
+        """(rate-limit identity, rights) of a known, valid token; else the 401 errorCode."""
+        if token in state.tokens:
+            return token, state.tokens[token]
+        issued = state.access_tokens.get(token) if mode == "access" else None
+        if issued is not None:
+            oauth, expires = issued
+            if state.clock.time() >= expires or oauth not in state.oauth_tokens:
+                return "expired-token"
+            return f"addon:{oauth}", state.oauth_tokens[oauth]  # limits per add-on installation
+        return "expired-token" if mode == "access" else "invalid-token"
+
     @app.middleware("http")
     async def gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         rid = state.request_id()
         request.state.request_id = rid
         path = request.url.path
         if not path.startswith("/api/"):
-            return await call_next(request)  # result files live on the e-shop host: no auth, no limits
+            # result files live on the e-shop host: no auth, no limits (targeted faults still apply)
+            return await with_path_fault(request, call_next, state.take_path_fault(request.method, path), {})
+
+        identity: str | None = None
 
         def deny(status: int, code: str, message: str, instance: str, **headers: str) -> Response:
-            filling = state.rate.header(token if token in state.tokens else None)
+            filling = state.rate.header(identity)
             extra = {
                 "X-RateLimit-Bucket-Filling": filling,
                 **{k.replace("_", "-"): v for k, v in headers.items()},
@@ -126,21 +171,23 @@ def create_app(state: SandboxState) -> FastAPI:
         if not token:
             msg = "Missing access token. Please add `Shoptet-Access-Token` header to your request."
             return deny(401, "missing-access-token", msg, "unknown")
-        if token not in state.tokens:
-            if mode == "access":
+        known = identify(token, mode)
+        if isinstance(known, str):
+            if known == "expired-token":
                 return deny(401, "expired-token", "Token is expired. Please ask for new one.", "unknown")
             return deny(401, "invalid-token", "Invalid access token.", "access-token")
-        if not state.rate.enter(token):  # nginx limit_conn: max 3 open requests per token
+        identity, rights = known
+        if not state.rate.enter(identity):  # nginx limit_conn: max 3 open requests per token
             msg = f"Too many concurrent connections for this token (max {state.limits.max_concurrent})."
             return deny(429, "too-many-requests", msg, "access-token")
         try:
-            wait = state.rate.wait_seconds(token)
+            wait = state.rate.wait_seconds(identity)
             if wait > 0:
                 msg = "Rate limit exceeded: the request bucket is full."
                 return deny(429, "too-many-requests", msg, "access-token", Retry_After=retry_after(wait))
             fault = state.take_fault()
             if fault is not None:
-                state.rate.charge(token, 0)
+                state.rate.charge(identity, 0)
                 if fault == 429:
                     msg = "Rate limit exceeded."
                     return deny(429, "too-many-requests", msg, "access-token", Retry_After=retry_after(1))
@@ -148,22 +195,51 @@ def create_app(state: SandboxState) -> FastAPI:
                     msg = "Service is temporarily unavailable (maintenance)."
                     return deny(503, "service-unavailable", msg, "unknown")
                 return deny(500, "unknown-error", "Internal server error.", "unknown")
-            rights = state.tokens.get(token)
             group = next((g for prefix, g in RIGHT_GROUPS if path.startswith(prefix)), None)
             if rights is not None and group is not None and group not in rights:
                 msg = f'Your access token "{_mask(token)}" has no defined rights for this resource.'
                 return deny(403, "invalid-token-no-rights", msg, "access-token")
+            if request.method in WRITE_METHODS and state.write_locked(
+                identity, request.method, path + "?" + request.url.query, await request.body()
+            ):
+                # reference §2, §9.16, §11.13: an identical write repeated within ~5 s is locked
+                msg = "The same request was sent a moment ago; the resource is locked, try again later."
+                return deny(423, "locked", msg, path)
             if state.faults.slow_seconds > 0:
                 await asyncio.sleep(state.faults.slow_seconds)
-            response = await call_next(request)
+            rule = state.take_path_fault(request.method, path)
+            response = await with_path_fault(
+                request, call_next, rule, {"X-RateLimit-Bucket-Filling": state.rate.header(identity)}
+            )
             size = int(response.headers.get("content-length") or 0)
             response.headers["X-RateLimit-Bucket-Filling"] = state.rate.header(
-                token, state.rate.charge(token, size)
+                identity, state.rate.charge(identity, size)
             )
             response.headers.setdefault("X-Request-ID", rid)
             return response
         finally:
-            state.rate.leave(token)
+            state.rate.leave(identity)
+
+    # ------------------------------------------------------------------ add-on OAuth server
+
+    @app.get(OAUTH_PATH)
+    def get_access_token(request: Request) -> Response:
+        """The e-shop's OAuth server (reference §1): an add-on's OAuth token -> a 30-min API token."""
+        auth = request.headers.get("authorization") or ""
+        scheme, _, oauth = auth.partition(" ")
+        if scheme.lower() != "bearer" or oauth.strip() not in state.oauth_tokens:
+            body = {"error": "invalid_token", "error_description": "The OAuth access token is not valid."}
+            return Response(orjson.dumps(body), 401, media_type=JSON_CT)
+        issued = state.issue_access_token(oauth.strip())
+        if issued is None:
+            body = {
+                "error": "maximum_tokens_reached",
+                "error_description": f"Maximum of {state.max_access_tokens} valid access tokens reached.",
+            }
+            return Response(orjson.dumps(body), 400, media_type=JSON_CT)
+        token, ttl = issued
+        body = {"access_token": token, "expires_in": int(ttl), "token_type": "bearer"}
+        return Response(orjson.dumps(body), 200, media_type=JSON_CT)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
@@ -475,7 +551,8 @@ def create_app(state: SandboxState) -> FastAPI:
         jobs = [
             j
             for j in state.jobs.all()
-            if (status is None or j.status == status)
+            if (state.faults.jobs_listed or j.finished)
+            and (status is None or j.status == status)
             and (lo is None or j.created >= lo)
             and (hi is None or j.created <= hi)
             and (clo is None or (j.completed is not None and j.completed >= clo))

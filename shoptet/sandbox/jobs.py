@@ -28,7 +28,8 @@ FAIL_AFTER = 3 * 3600  # a failing job is only marked failed 3 h after creation 
 RESULT_TTL = 24 * 3600  # results are kept 24 h (DEV-ASYNC)
 MAX_UNFINISHED_POLLS = 10  # the 11th detail poll of an unfinished job is a 403 (OA)
 TERMINAL = frozenset({"completed", "failed", "killed", "expired"})
-OUTCOMES = frozenset({"completed", "failed", "killed", "expired"})
+#: "never": the job stays running forever (a stuck job; the client must give up after its deadline).
+OUTCOMES = frozenset({"completed", "failed", "killed", "expired", "never"})
 _ALNUM = string.ascii_lowercase + string.digits
 MALFORMED_LINE = b'{"code": "2024000001", "broken json'
 
@@ -161,7 +162,7 @@ class JobManager:
                 if now < start_running:
                     continue
                 job.status = "running"
-                if now < end:
+                if now < end or job.outcome == "never":
                     continue
                 self._finish(job, end)
                 finished.append(job)

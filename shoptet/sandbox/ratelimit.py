@@ -28,6 +28,9 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._level: dict[str, tuple[float, float]] = {}  # token -> (drops, at epoch)
         self._inflight: dict[str, int] = {}
+        #: Most requests of one token open at once, counting the ones refused for it (tests read it
+        #: to prove a cap held across processes).
+        self.peak_attempted: dict[str, int] = {}
 
     def _drained(self, token: str, now: float) -> float:
         level, at = self._level.get(token, (0.0, now))
@@ -37,6 +40,7 @@ class RateLimiter:
     def enter(self, token: str) -> bool:
         with self._lock:
             n = self._inflight.get(token, 0)
+            self.peak_attempted[token] = max(self.peak_attempted.get(token, 0), n + 1)
             if self.limits.enabled and n >= self.limits.max_concurrent:
                 return False
             self._inflight[token] = n + 1
@@ -77,3 +81,4 @@ class RateLimiter:
     def reset(self) -> None:
         with self._lock:
             self._level.clear()
+            self.peak_attempted.clear()

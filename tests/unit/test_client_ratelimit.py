@@ -65,7 +65,8 @@ def test_backoff_full_jitter_is_bounded_and_seedable() -> None:
 def test_worst_case_documented_numbers() -> None:
     policy = RetryPolicy()
     assert policy.worst_case_calls() == 13
-    assert policy.worst_case_wait() == pytest.approx(15 + 960 + 13 * 6)
+    # transient waits (423 waits are >= 5 s + 1 s jitter), 8 full Retry-After waits, bucket pacing
+    assert policy.worst_case_wait() == pytest.approx((6 + 6 + 6 + 8) + 8 * 3600 + 13 * 6)
 
 
 def test_rate_limiter_pause_and_slots() -> None:
@@ -131,7 +132,7 @@ def test_format_and_parse_datetime() -> None:
     ("status", "code", "cls", "transient"),
     [
         (400, "invalid-parameter", e.InvalidRequestError, False),
-        (401, "expired-token", e.AuthenticationError, False),
+        (401, "expired-token", e.AccessTokenExpiredError, False),
         (401, "missing-access-token", e.AuthenticationError, False),
         (403, "invalid-token-no-rights", e.PermissionDeniedError, False),
         (403, "missing-module", e.MissingModuleError, False),

@@ -78,6 +78,7 @@ def _reset(sb: SandboxServer) -> Iterator[None]:
     sb.state.faults.__init__()
     sb.state.limits.__init__()
     sb.state.rate.reset()
+    sb.state.reset_write_locks()
     sb.state.webhooks.clear()
     sb.state.job_seconds = 2.0
 

@@ -26,6 +26,7 @@ def _reset(sb):
     sb.state.faults.__init__()
     sb.state.limits.__init__()
     sb.state.rate.reset()
+    sb.state.reset_write_locks()
 
 
 @pytest.fixture

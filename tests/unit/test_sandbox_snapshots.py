@@ -33,6 +33,7 @@ def _reset(sb):
     sb.state.faults.__init__()
     sb.state.limits.__init__()
     sb.state.rate.reset()
+    sb.state.reset_write_locks()
     sb.state.webhooks.clear()
     sb.state.send_webhooks = False
 
@@ -72,7 +73,7 @@ def download(url: str) -> list[dict]:
 # ---------------------------------------------------------------- webhooks
 
 
-def test_webhook_register_list_duplicate_delete(api):
+def test_webhook_register_list_duplicate_delete(api, sb):
     r = api.post(
         "/api/webhooks",
         json={"data": [{"event": "job:finished", "url": "https://a.example/h", "sendPayload": None}]},
@@ -88,6 +89,9 @@ def test_webhook_register_list_duplicate_delete(api):
     listed = api.get("/api/webhooks").json()["data"]["webhooks"]
     assert [h["id"] for h in listed] == [hook["id"]]
     assert api.delete(f"/api/webhooks/{hook['id']}").status_code == 200
+    again = api.delete(f"/api/webhooks/{hook['id']}")  # the identical write within 5 s is locked
+    assert again.status_code == 423 and err(again)["errorCode"] == "locked"
+    sb.clock.advance(5)
     gone = api.delete(f"/api/webhooks/{hook['id']}")
     assert gone.status_code == 404 and err(gone)["errorCode"] == "webhook-not-found"
     assert (
