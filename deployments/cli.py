@@ -17,7 +17,7 @@ from deployments.options import fail, parse_when
 from flows.entities import Entity
 
 app = typer.Typer(help="Shoptet Commerce Hub: mirror a Shoptet e-shop into PostgreSQL.", no_args_is_help=True)
-db_app = typer.Typer(help="Database: URL and migrations.", no_args_is_help=True)
+db_app = typer.Typer(help="Database: URL, migrations and the embedded server.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(settings_app, name="settings")
 app.command("metrics")(metrics_cmd)
@@ -47,6 +47,75 @@ def db_url() -> None:
     from flows import runtime
 
     print(mask_url(runtime.database_url()))
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show the embedded PostgreSQL: running or not, data folder, pid, version, URL (exit code 3: not running)."""
+    from db.connection import mask_url
+    from db.embedded import EmbeddedServerError, embedded_status
+    from flows.config import get_config
+
+    cfg = get_config()
+    if cfg.database_url is not None:
+        print(f"database:  {mask_url(cfg.database_url.get_secret_value())} (HUB_DATABASE_URL; not embedded)")
+    try:
+        st = embedded_status(cfg.home)
+    except EmbeddedServerError as exc:
+        fail(str(exc))
+    if st.running:
+        since = st.started_at.astimezone().isoformat(timespec="seconds") if st.started_at else "?"
+        state = f"running (pid {st.pid}, {st.state}, since {since}, as {st.owner})"
+    else:
+        state = "not running" if st.initialized else "not created yet (the first command that needs it creates it)"
+    print(f"embedded:  {state}" + (" — unused while HUB_DATABASE_URL is set" if cfg.database_url else ""))
+    print(f"data:      {st.pgdata}")
+    if st.major_version:
+        print(f"version:   PostgreSQL {_server_version(st.url) or st.major_version}")
+    if st.url:
+        print(f"url:       {mask_url(st.url)}")
+    if not st.running and cfg.database_url is None:
+        raise typer.Exit(3)  # as `pg_ctl status`: scripts can test it
+
+
+def _server_version(url: str | None) -> str | None:
+    if not url:
+        return None
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            return conn.execute("SHOW server_version").fetchone()[0]
+    except psycopg.Error:
+        return None
+
+
+@db_app.command("stop")
+def db_stop(
+    force: bool = typer.Option(False, "--force", help="Stop even with other sessions connected (they are cut off)."),
+) -> None:
+    """Stop the embedded PostgreSQL left running between commands (the next command starts it again)."""
+    from db.embedded import EmbeddedServerError, embedded_status, pgdata_dir, stop_embedded_server
+    from flows.config import get_config
+
+    cfg = get_config()
+    if cfg.database_url is not None:
+        note = ""
+        try:
+            if embedded_status(cfg.home).running:
+                note = f" (one is still running for {cfg.home}: unset HUB_DATABASE_URL to stop it)"
+        except EmbeddedServerError:
+            pass
+        print(f"HUB_DATABASE_URL is set: there is no embedded server to stop{note}")
+        return
+    try:
+        stopped = stop_embedded_server(cfg.home, force=force)
+    except EmbeddedServerError as exc:
+        fail(str(exc))
+    if stopped is None:
+        print(f"the embedded server is not running (data: {pgdata_dir(cfg.home)})")
+    else:
+        print(f"stopped the embedded server (pid {stopped.pid}, data: {stopped.pgdata})")
 
 
 @db_app.command("upgrade")

@@ -30,8 +30,18 @@ def _server_url() -> str:
         return url
     from db.embedded import embedded_server_url
 
-    # A fixed folder under /tmp: as root the wheel opens r/x on the data folder's parents, harmless here.
-    return embedded_server_url(Path(tempfile.gettempdir()) / "shoptet-hub-tests")
+    return embedded_server_url(server_home())
+
+
+def server_home() -> Path:
+    """The test server's HUB_HOME: one per user (and per checkout when ``HUB_TEST_HOME`` says so).
+
+    Under /tmp, as root the wheel opens r/x on the data folder's parents, harmless here. Per user, as the
+    first user to create a shared folder would own it (and the other users' test runs would fail).
+    """
+    if os.environ.get("HUB_TEST_HOME"):
+        return Path(os.environ["HUB_TEST_HOME"])
+    return Path(tempfile.gettempdir()) / f"shoptet-hub-tests-{os.geteuid()}"
 
 
 @pytest.fixture(scope="session")
