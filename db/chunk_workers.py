@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import queue
+import re
 import struct
 import subprocess
 import sys
@@ -41,6 +42,15 @@ def _receive(stream: BinaryIO) -> Any:
     return pickle.loads(data)
 
 
+# Workers only parse JSON: they get no credentials (Shoptet token, database URL, Prefect API key).
+_NOT_FOR_WORKERS = re.compile(r"^(HUB_|PREFECT_|PG)|TOKEN|SECRET|PASSW|KEY|CREDENTIAL|DATABASE_URL", re.I)
+
+
+def worker_environment() -> dict[str, str]:
+    """This process's environment without anything that could be a secret."""
+    return {k: v for k, v in os.environ.items() if not _NOT_FOR_WORKERS.search(k)}
+
+
 class WorkerError(RuntimeError):
     """A worker process failed; the message carries its traceback."""
 
@@ -49,7 +59,7 @@ class ChunkWorkers:
     """``n`` worker processes; ``map`` yields results in input order with at most 2 per worker in flight."""
 
     def __init__(self, n: int) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        env = {**worker_environment(), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.procs = [
             subprocess.Popen([sys.executable, "-m", "db.chunk_workers"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, env=env)
