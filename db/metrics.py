@@ -58,6 +58,7 @@ import psycopg
 from psycopg import sql
 
 from db.connection import connect
+from db.locks import guard_write
 from db.metrics_aggregate import (
     AGGREGATES,
     METRICS,
@@ -111,6 +112,7 @@ def recalculate(
             watermark = _next_watermark(conn)
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
+                guard_write(conn)  # the first statement: see its docstring on REPEATABLE READ
                 result = _run(conn, full, as_of, cancelled, segment_rules, watermark)
                 save_watermark(conn, STATE_KEY, watermark, _state_details(result))
             written = result.inserted + result.updated + result.removed + result.rescored

@@ -3,6 +3,9 @@
 Both run inside the caller's transaction: the fetch flow saves the watermark in the same transaction
 as the deletes, right after the loader committed the upserts, so a failure anywhere before leaves the
 watermark where it was and the next run redoes the same window (re-applying is a no-op).
+
+Each writing function calls ``guard_write`` first: run by a job that holds its lock, it takes the lock's
+write key and fails the caller's transaction (``LockLost``) if the lock's session died.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from db.locks import guard_write
 from db.mapping import ENTITIES
 
 
@@ -40,6 +44,7 @@ def save_watermark(conn: psycopg.Connection, key: str, watermark: datetime, deta
     ``details`` are merged into the stored ones (jsonb ``||``), so a key such as the last horizon
     warning survives later runs that do not mention it.
     """
+    guard_write(conn)
     conn.execute(
         """INSERT INTO sync_state (key, watermark, details, updated_at) VALUES (%s, %s, %s, now())
            ON CONFLICT (key) DO UPDATE SET
@@ -67,6 +72,7 @@ def delete_from_change_log(
     edit and a delete in the same second leave the delete as the last change. Rows already gone are
     no-ops, so a rerun over the same window deletes nothing twice.
     """
+    guard_write(conn)
     keys, times = [], []
     for key, when in deletes:
         keys.append(key)
@@ -97,6 +103,7 @@ def delete_from_change_log(
 
 def add_run_deletes(conn: psycopg.Connection, run_id: int, deleted: int) -> None:
     """Count change-log deletes on the run's row (the loader has already written its counters)."""
+    guard_write(conn)
     conn.execute(
         "UPDATE snapshot_runs SET deleted = coalesce(deleted, 0) + %s WHERE id = %s", (deleted, run_id)
     )

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+from dataclasses import replace
+from datetime import UTC, datetime
 
+import psutil
 import psycopg
 import pytest
 from prefect.client.orchestration import get_client
@@ -177,3 +182,170 @@ def test_release_frees_a_slot_orphaned_by_a_crashed_holder(env):
     assert _slots(name) == 0
     with job_lock("products", url=env, schema="public", wait=0):
         pass
+
+
+# --- hub instances (issue 8 §1.4) ----------------------------------------------------------------------
+
+
+def test_two_hub_instances_on_one_prefect_server_do_not_block_or_release_each_other(env, make_db, hold):
+    a, b = env, make_db()  # two copies of one template: the same hub_instance row, other databases
+    assert instance(a, "public") != instance(b, "public")
+    ensure_limits(b, "public")
+    hold("orders", "live-on-a")  # a job running on a
+    b_orders = limit_name("orders", instance(b, "public"))
+    a_orders = limit_name("orders", instance(a, "public"))
+    with job_lock("orders", url=b, schema="public", wait=0):  # not blocked by a's holder
+        assert _slots(b_orders) == 1
+        # Releasing b's lock (no holder recorded on b) must not touch a's slot, held by a live job.
+        with pytest.raises(ValueError, match="not a lock of this hub instance"):
+            release(b, "public", a_orders)
+    release(b, "public", "orders")
+    assert _slots(a_orders) == 1
+    with pytest.raises(LockHeld):
+        with job_lock("orders", url=a, schema="public", wait=0):
+            pytest.fail("a's lock was freed by b")
+
+
+def test_locks_command_shows_the_instance_id(env):
+    res = runner.invoke(app, ["locks"])
+    assert res.exit_code == 0, res.output
+    inst = instance(env, "public")
+    assert f"hub instance {inst}" in res.output and f"hub-{inst}-orders" in res.output
+
+
+def test_bootstrap_creates_this_instances_limits(env):
+    res = runner.invoke(app, ["bootstrap"])
+    assert res.exit_code == 0, res.output
+    assert f"{_name(env, 'orders')}: ok" in res.output
+
+
+# --- holders: lease and process start time (issue 8 §1.4, §1.11) ----------------------------------------
+
+
+def test_holder_records_its_lease_and_process_start(env):
+    with job_lock("orders", url=env, schema="public", wait=0) as (holder,):
+        with psycopg.connect(libpq_url(env)) as c:
+            recorded = dblocks.read_holder(c, holder.name)
+        assert recorded.lease_id == holder.lease_id and holder.lease_id
+        assert recorded.pid == os.getpid()
+        assert abs(recorded.pid_started_at.timestamp() - psutil.Process().create_time()) < 1
+
+
+def test_a_reused_pid_is_not_the_holder(env):
+    """The recorded pid runs (it is ours), but it started at another time: a new process got the pid."""
+    name = _name(env, "products")
+    with psycopg.connect(libpq_url(env), autocommit=True) as c:
+        c.execute(
+            """INSERT INTO job_locks (name, flow_run_id, host, pid, pid_started_at)
+               VALUES (%s, 'crashed', %s, %s, now() - interval '3 days')""",
+            (name, socket.gethostname(), os.getpid()),
+        )
+        holder = dblocks.read_holder(c, name)
+        assert dblocks.holder_alive(c, holder) is False
+        assert dblocks.holder_alive(c, replace(holder, pid_started_at=datetime.fromtimestamp(
+            psutil.Process().create_time(), UTC))) is True  # the same process: alive
+    assert release(env, "public", "products") == name  # the crashed holder's row does not block release
+
+
+# --- guard_write (issue 8 §1.3) --------------------------------------------------------------------------
+
+
+def _write_order_state(url: str, value: str, guards=None) -> None:
+    with psycopg.connect(libpq_url(url)) as c, c.transaction():
+        dblocks.guard_write(c, guards)
+        c.execute("INSERT INTO settings_probe_for_locks (v) VALUES (%s)", (value,))
+
+
+@pytest.fixture
+def probe_table(env):
+    with psycopg.connect(libpq_url(env), autocommit=True) as c:
+        c.execute("CREATE TABLE settings_probe_for_locks (v text)")
+    return env
+
+
+def _probe_rows(url: str) -> list[str]:
+    with psycopg.connect(libpq_url(url)) as c:
+        return [r[0] for r in c.execute("SELECT v FROM settings_probe_for_locks ORDER BY v")]
+
+
+def test_guard_write_is_a_no_op_without_a_job_lock(probe_table):
+    assert dblocks.active_guards() == ()
+    _write_order_state(probe_table, "free")
+    assert _probe_rows(probe_table) == ["free"]
+
+
+def test_guard_write_takes_the_write_key_inside_the_transaction(probe_table):
+    with job_lock("orders", url=probe_table, schema="public", wait=0):
+        (guard,) = dblocks.active_guards()
+        with psycopg.connect(libpq_url(probe_table)) as c, c.transaction():
+            dblocks.guard_write(c)
+            held = c.execute(
+                """SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+                     AND classid = %s::oid AND objid = (%s::int4)::oid""",
+                (dblocks.WRITE_NAMESPACE, guard.key),
+            ).fetchone()[0]
+            assert held == 1
+        with psycopg.connect(libpq_url(probe_table), autocommit=True) as c:
+            with pytest.raises(RuntimeError, match="inside the writing transaction"):
+                dblocks.guard_write(c)
+    assert dblocks.active_guards() == ()
+
+
+def test_writers_of_two_holders_of_one_lock_never_interleave(probe_table):
+    """A writer that passed its check keeps the write key to its commit: a later holder's writer waits."""
+    with job_lock("orders", url=probe_table, schema="public", wait=0) as (holder,):
+        guards = dblocks.active_guards()
+        old = psycopg.connect(libpq_url(probe_table))
+        old.execute("INSERT INTO settings_probe_for_locks VALUES ('old')")
+        dblocks.guard_write(old, guards)  # checked while the lock session was alive
+        with psycopg.connect(libpq_url(probe_table), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (holder.backend_pid,))
+        with dblocks.advisory_lock(probe_table, "public", holder.name, wait_seconds=10, flow_run_id="next"):
+            new_guards = dblocks.active_guards()[-1:]
+            with psycopg.connect(libpq_url(probe_table)) as c:
+                c.execute("SET lock_timeout = '300ms'")
+                with pytest.raises(psycopg.errors.LockNotAvailable):
+                    with c.transaction():
+                        dblocks.guard_write(c, new_guards)
+                old.commit()
+                old.close()
+                _write_order_state(probe_table, "new", new_guards)
+            # The old holder's next transaction is refused: its session is gone.
+            with pytest.raises(dblocks.LockLost, match="was lost"):
+                _write_order_state(probe_table, "old-again", guards)
+    assert _probe_rows(probe_table) == ["new", "old"]
+
+
+def test_lock_session_has_keepalives_and_no_idle_timeout(env):
+    with dblocks.lock_session(env, "public") as c:
+        params = c.info.get_parameters()
+        assert params["keepalives"] == "1" and int(params["keepalives_idle"]) <= 120
+        assert c.execute("SHOW idle_session_timeout").fetchone()[0] == "0"
+
+
+def test_a_dead_lock_session_does_not_fail_a_finished_job(env, caplog):
+    caplog.set_level(logging.WARNING, logger="db.locks")
+    with job_lock("customers", url=env, schema="public", wait=0) as (holder,):
+        with psycopg.connect(libpq_url(env), autocommit=True) as c:
+            c.execute("SELECT pg_terminate_backend(%s)", (holder.backend_pid,))
+    # No exception: the work done inside committed under the lock; the clean-up just warns.
+    assert any("session was gone" in r.getMessage() for r in caplog.records)
+    with job_lock("customers", url=env, schema="public", wait=0):  # and the next run takes the lock
+        pass
+
+
+def test_guards_reach_prefect_task_runs_of_a_locked_flow(probe_table):
+    from prefect import flow, task
+
+    @task
+    def write(value: str) -> int:
+        _write_order_state(probe_table, value)
+        return len(dblocks.active_guards())
+
+    @flow
+    def locked_flow() -> list[int]:
+        with job_lock("orders", url=probe_table, schema="public", wait=0):
+            return [write("direct"), write.submit("submitted").result()]
+
+    assert locked_flow() == [1, 1]
+    assert _probe_rows(probe_table) == ["direct", "submitted"]
