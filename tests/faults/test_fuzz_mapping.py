@@ -93,18 +93,58 @@ def _offset(minutes: int) -> str:
 dates = st.one_of(
     st.sampled_from(IMPOSSIBLE_DATES),
     st.builds(
-        lambda d, off, colon: d.isoformat(timespec="seconds") + (_offset(off)[:3] + ":" + _offset(off)[3:]
-                                                                 if colon else _offset(off)),
+        lambda d, off, colon: (
+            d.isoformat(timespec="seconds") + (_offset(off)[:3] + ":" + _offset(off)[3:] if colon else _offset(off))
+        ),
         st.datetimes(),  # year 1 to 9999
         st.integers(-23 * 60 - 59, 23 * 60 + 59),
         st.booleans(),
     ),
 )
 
-NUMBERS = [0, -1, 2**31, -(2**31) - 1, 2**63, 10**30, -(10**30), 10**400, 1e308, -1e308, 1e-320, 0.1,
-           "1e400", "NaN", "Infinity", "-0", "1,5", "12.345.678", "0x10", "١٢٣", "9" * 200, "1.", ".5", " 1 "]
-STRINGS = ["", " ", "\x00", "a\x00b", "\\", "\t\n", "\u2028", "é" * 3, "😀", "\ufeff", "'; DROP TABLE orders; --",
-           "x" * 5000, "\\N", "null", "true"]
+NUMBERS = [
+    0,
+    -1,
+    2**31,
+    -(2**31) - 1,
+    2**63,
+    10**30,
+    -(10**30),
+    10**400,
+    1e308,
+    -1e308,
+    1e-320,
+    0.1,
+    "1e400",
+    "NaN",
+    "Infinity",
+    "-0",
+    "1,5",
+    "12.345.678",
+    "0x10",
+    "١٢٣",
+    "9" * 200,
+    "1.",
+    ".5",
+    " 1 ",
+]
+STRINGS = [
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\\",
+    "\t\n",
+    "\u2028",
+    "é" * 3,
+    "😀",
+    "\ufeff",
+    "'; DROP TABLE orders; --",
+    "x" * 5000,
+    "\\N",
+    "null",
+    "true",
+]
 
 scalars = st.one_of(
     st.none(),
@@ -190,8 +230,14 @@ def mutated_entity(draw: st.DrawFn, entity: str) -> bytes:
         i = draw(st.integers(0, len(text)))
         text = text[:i] + draw(st.binary(max_size=12).filter(lambda b: b"\n" not in b)) + text[i:]
     elif text_how == "dup-key":
-        text = text[:-1] + b',"' + draw(st.sampled_from([b"code", b"guid", b"creationTime", b"items"])) + b'":' + (
-            _dumps_big(draw(json_values))) + b"}"
+        text = (
+            text[:-1]
+            + b',"'
+            + draw(st.sampled_from([b"code", b"guid", b"creationTime", b"items"]))
+            + b'":'
+            + (_dumps_big(draw(json_values)))
+            + b"}"
+        )
     elif text_how == "escape":
         text = text.replace(b'"', b'"\\ud800', 1) if draw(st.booleans()) else text.replace(b"a", b"\\u0000", 3)
     return text
@@ -245,13 +291,36 @@ def test_near_valid_lines_map_or_are_rejected(entity: str, data: st.DataObject) 
 
 @pytest.mark.parametrize("entity", ENTITY_NAMES)
 @FUZZ
-@given(lines=st.lists(st.one_of(
-    st.binary(max_size=200),
-    json_values.map(_dumps_big),
-    st.dictionaries(st.sampled_from(["code", "guid", "creationTime", "changeTime", "items", "variants", "accounts",
-                                     "price", "billingAddress", "status", "email", ""]), json_values,
-                    max_size=8).map(_dumps_big),
-), min_size=10, max_size=LINES_PER_EXAMPLE))
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.binary(max_size=200),
+            json_values.map(_dumps_big),
+            st.dictionaries(
+                st.sampled_from(
+                    [
+                        "code",
+                        "guid",
+                        "creationTime",
+                        "changeTime",
+                        "items",
+                        "variants",
+                        "accounts",
+                        "price",
+                        "billingAddress",
+                        "status",
+                        "email",
+                        "",
+                    ]
+                ),
+                json_values,
+                max_size=8,
+            ).map(_dumps_big),
+        ),
+        min_size=10,
+        max_size=LINES_PER_EXAMPLE,
+    )
+)
 def test_arbitrary_lines_map_or_are_rejected(entity: str, lines: list[bytes]) -> None:
     check_block(entity, lines)
 
@@ -284,9 +353,18 @@ KNOWN_HARD_LINES = [
 
 
 @pytest.mark.integration
-@settings(max_examples=4, deadline=None, database=None, print_blob=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large, HealthCheck.large_base_example])
+@settings(
+    max_examples=4,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
 @given(data=st.data())
 def test_fuzzed_file_applies_with_rejects_never_crashes(db_url: str, tmp_path_factory, data: st.DataObject) -> None:
     """The whole apply (PostgreSQL's input functions, the line-by-line redo) on a file of fuzzed orders."""
