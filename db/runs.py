@@ -117,3 +117,26 @@ def update_failed_snapshot(conn: psycopg.Connection, fs_id: int, **fields: Any) 
             ),
             fields,
         )
+
+
+# --- job detail polls (Shoptet's 10-poll cap is per job, across retries and processes) ---------------
+
+
+def job_detail_polls(conn: psycopg.Connection, job_id: str) -> int:
+    """Detail polls already sent for ``job_id``, summed over every run that waited for it."""
+    row = conn.execute(
+        "SELECT coalesce(sum(job_detail_polls), 0) FROM snapshot_runs WHERE job_id = %s", (job_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+def add_job_detail_poll(conn: psycopg.Connection, run_id: int) -> int:
+    """Count one more detail poll on the run; returns the run's new count."""
+    with conn.transaction():
+        row = conn.execute(
+            "UPDATE snapshot_runs SET job_detail_polls = job_detail_polls + 1 WHERE id = %s RETURNING job_detail_polls",
+            (run_id,),
+        ).fetchone()
+    if row is None:
+        raise KeyError(run_id)
+    return int(row[0])

@@ -38,7 +38,17 @@ class HubConfig(BaseSettings):
     # Shoptet
     shoptet_base_url: str = "https://api.myshoptet.com"
     shoptet_token: SecretStr | None = None
-    shoptet_token_kind: str = "private"  # private | access
+    # private: a private API token; access: a fixed add-on API access token (expires after 30 min);
+    # addon: the add-on flow - HUB_SHOPTET_OAUTH_TOKEN obtains short-lived access tokens, refreshed.
+    shoptet_token_kind: str = "private"
+    # The add-on installation's OAuth access token, and the e-shop's URL or its token endpoint
+    # (https://<eshop-domain>/action/ApiOAuthServer/getAccessToken); reference §1.
+    shoptet_oauth_token: SecretStr | None = None
+    shoptet_oauth_url: str | None = None
+    # Hold Shoptet's 3-connections-per-token cap across processes and machines with advisory locks in
+    # the hub's database (off: the cap holds only inside one process).
+    shoptet_shared_slots: bool = True
+    shoptet_slot_wait_seconds: float = 600.0
     webhook_url: str | None = None
     job_deadline_seconds: float = 3600.0
 
@@ -48,15 +58,24 @@ class HubConfig(BaseSettings):
     reject_threshold: float = 0.01
     download_dir: Path | None = None
     min_free_disk_mb: int = 512
+    # Snapshot flows delete their own download files older than this (left by a killed run).
+    download_sweep_hours: float = 24.0
 
     backup_dir: Path | None = None
 
     @field_validator("shoptet_token_kind")
     @classmethod
     def _kind(cls, v: str) -> str:
-        if v not in ("private", "access"):
-            raise ValueError("HUB_SHOPTET_TOKEN_KIND must be 'private' or 'access'")
+        if v not in ("private", "access", "addon"):
+            raise ValueError("HUB_SHOPTET_TOKEN_KIND must be 'private', 'access' or 'addon'")
         return v
+
+    @property
+    def uses_addon_oauth(self) -> bool:
+        """The add-on flow: an OAuth token obtains (and refreshes) the short-lived API access tokens."""
+        return self.shoptet_token_kind == "addon" or (
+            self.shoptet_token_kind == "access" and self.shoptet_oauth_token is not None
+        )
 
     @property
     def scratch_dir(self) -> Path:

@@ -23,8 +23,10 @@ from flows.snapshot import Entity, SnapshotFailed, import_snapshot
 MAX_RETRY_ATTEMPTS = 3
 RETRY_GAP = timedelta(hours=1)
 # Failures after which the old job's file is no use: re-request instead of re-downloading.
+# JobPollLimitError: the job's 10 detail polls are spent (counted across retries, reference §5.3), so
+# its resultUrl can no longer be read safely: a new job is the only way on.
 _REQUEST_AGAIN = {"ResultExpiredError", "TooManyRejectsError", "MassDeleteRefusedError", "JobFailedError",
-                  "JobDeadlineExceededError", "JobNotFoundError", "CorruptResultError"}
+                  "JobDeadlineExceededError", "JobNotFoundError", "CorruptResultError", "JobPollLimitError"}
 
 
 def _reuse_job(fs: dict[str, Any]) -> str | None:

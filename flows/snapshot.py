@@ -6,6 +6,7 @@ Every flow here is also a plain function a notebook can call (``import_snapshot(
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from flows.config import get_config
 from flows.entities import Entity
 from flows.locks import run_locked
 from flows.retrying import TASK_RETRIES, retry_delays, transient_only
+from flows.shoptet_api import RunPollCounter
+from flows.shoptet_api import make_client as make_api_client
+from shoptet.download import sweep_downloads
 from shoptet.snapshots import Job
 
 log = logging.getLogger(__name__)
@@ -54,24 +58,49 @@ _RETRY = dict(retries=TASK_RETRIES, retry_jitter_factor=0.5, retry_condition_fn=
 @task(name="ensure-webhook", **_RETRY)
 def ensure_webhook() -> None:
     cfg = get_config()
-    with runtime.make_client(cfg) as client:
+    with make_api_client(cfg) as client:
         hook = client.ensure_job_finished_webhook(runtime.webhook_url(cfg))
     _logger().info("job:finished webhook in place (id %s)", hook.get("id"))
 
 
+# First attempt (client clock) of each request-snapshot task run, so that its retries look for the job
+# an earlier attempt may have queued before asking again (the answer, not the job, may have been lost).
+_first_request_at: dict[str, float] = {}
+_first_request_lock = threading.Lock()
+
+
+def _request_attempt_key() -> tuple[str | None, bool]:
+    """(task run id, is a retry) of the running request-snapshot task; (None, False) outside Prefect."""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    if ctx is None or ctx.task_run is None:
+        return None, False
+    return str(ctx.task_run.id), ctx.task_run.run_count > 1
+
+
 @task(name="request-snapshot", **_RETRY)
 def request_snapshot(entity: Entity, params: dict[str, Any]) -> str:
-    with runtime.make_client() as client:
-        job_id = client.request_snapshot(Entity(entity).value, params)
+    key, retry = _request_attempt_key()
+    with make_api_client() as client:
+        with _first_request_lock:
+            first = _first_request_at.setdefault(key, client.clock()) if key else None
+        # on failure the first attempt's time stays for the retry (a failed final attempt leaves a float)
+        job_id = client.request_snapshot(Entity(entity).value, params, reuse_since=first if retry else None)
+        with _first_request_lock:
+            _first_request_at.pop(key, None)
     _logger().info("requested %s snapshot: job %s", Entity(entity).value, job_id)
     return job_id
 
 
 @task(name="wait-for-job", **_RETRY)
-def wait_for_job(job_id: str) -> Job:
+def wait_for_job(job_id: str, run_id: int | None = None) -> Job:
     cfg = get_config()
-    with runtime.make_client(cfg) as client:
-        job = client.wait_for_job(job_id, deadline_seconds=cfg.job_deadline_seconds)
+    counter = None
+    if run_id is not None:  # the 10-poll budget is per job: persisted, shared by retries and reruns
+        counter = RunPollCounter(runtime.database_url(cfg), cfg.db_schema, run_id, job_id)
+    with make_api_client(cfg) as client:
+        job = client.wait_for_job(job_id, deadline_seconds=cfg.job_deadline_seconds, poll_counter=counter)
     _logger().info("job %s %s", job_id, job.status)
     return job
 
@@ -80,7 +109,7 @@ def wait_for_job(job_id: str) -> Job:
 def download_result(job: Job) -> Path:
     cfg = get_config()
     cfg.scratch_dir.mkdir(parents=True, exist_ok=True)
-    with runtime.make_client(cfg) as client:
+    with make_api_client(cfg) as client:
         path = client.download_result(job, cfg.scratch_dir, min_free_bytes=cfg.min_free_disk_mb << 20)
     _logger().info("downloaded job %s result: %.1f MB", job.job_id, path.stat().st_size / 1e6)
     return path
@@ -212,6 +241,7 @@ def _import_snapshot(
     delays = retry_delays()
     opts = dict(retry_delay_seconds=delays)
 
+    _sweep_downloads(cfg)
     stage, job_id, run_id, path = "webhook", reuse_job_id, None, None
     try:
         if job_id is None:
@@ -222,7 +252,7 @@ def _import_snapshot(
             run_id = start_run(conn, entity.value, source="api", full=full, filters=_jsonable(params),
                                job_id=job_id, flow_run_id=runtime.current_flow_run_id())
         stage = "wait"
-        job = wait_for_job.with_options(**opts)(job_id)
+        job = wait_for_job.with_options(**opts)(job_id, run_id)
         stage = "download"
         path = download_result.with_options(**opts)(job)
         stage = "apply"
@@ -279,6 +309,17 @@ def _import_file(entity: Entity, cfg: Any, url: str, path: Path, full: bool, all
         raise
     _artifact(entity.value, counters)
     return counters
+
+
+def _sweep_downloads(cfg: Any) -> None:
+    """Delete our download files a killed run left behind (older than a day; our names only)."""
+    try:
+        files, size = sweep_downloads(cfg.scratch_dir, older_than=cfg.download_sweep_hours * 3600)
+    except OSError as exc:  # never fail an import over housekeeping
+        _logger().warning("could not sweep old downloads in %s: %s", cfg.scratch_dir, exc)
+        return
+    if files:
+        _logger().info("swept %d old download file(s) (%.1f MB) from %s", files, size / 1e6, cfg.scratch_dir)
 
 
 def _artifact(entity: str, counters: dict[str, Any]) -> None:
