@@ -43,7 +43,7 @@ import psycopg
 from isal import igzip_threaded
 from psycopg import sql
 
-from db import deferred_indexes, partitions
+from db import deferred_indexes, locks, partitions
 from db.chunk_workers import ChunkWorkers
 from db.chunks import Chunk, Line, exact_line, process_chunk
 from db.connection import connect
@@ -656,6 +656,9 @@ def apply_snapshot_file(
     try:
         rejects = _Rejects(side, run_id, spec)
         with main.transaction():
+            # Under a job lock, this transaction holds the lock's write key and checks that the lock
+            # session still holds the lock (db/locks.py): it cannot commit unlocked.
+            locks.guard_write(main)
             stored_before = main.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.table))
             ).fetchone()[0] if full else 0  # fmt: skip
@@ -684,6 +687,7 @@ def apply_snapshot_file(
             deferred_indexes.rebuild(main, deferred)
             if full:
                 writer.delete_absent(as_of or newest, stored_before, None if allow_mass_delete else mass_delete_share)
+            locks.guard_write(main)  # again just before the commit: the apply may have taken an hour
             main.execute(
                 """UPDATE snapshot_runs SET status = 'succeeded', finished_at = now(), lines = %s, inserted = %s,
                      updated = %s, unchanged = %s, rejected = %s, skipped_older = %s, deleted = %s,

@@ -297,3 +297,26 @@ def test_loader_killed_mid_apply_leaves_nothing_and_a_rerun_completes(db_url, co
     apply(db_url, "orders", f)
     assert stored_orders(conn) == expected(orders)
 
+
+
+# --- §1.3 / §3.10: the lock session dies while the apply runs -------------------------------------------
+
+
+def test_apply_cannot_commit_after_its_lock_session_died(db_url, conn, tmp_path):
+    from db.locks import LockLost, advisory_lock
+
+    orders = [order(str(i)) for i in range(2000)]
+    f = write_jsonl(tmp_path / "o.gz", orders)
+
+    with advisory_lock(db_url, "public", "hub-test-orders", wait_seconds=0) as holder:
+
+        def kill_lock_session(lines: int, done: int, total: int) -> None:
+            conn.execute("SELECT pg_terminate_backend(%s)", (holder.backend_pid,))
+
+        with pytest.raises(LockLost):
+            apply(db_url, "orders", f, batch_bytes=64 << 10, progress=kill_lock_session)
+    assert stored_orders(conn) == {}
+    # with the lock held to the end, the same file applies whole
+    with advisory_lock(db_url, "public", "hub-test-orders", wait_seconds=0):
+        apply(db_url, "orders", f)
+    assert stored_orders(conn) == expected(orders)
