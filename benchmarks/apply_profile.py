@@ -20,10 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import db.loader as loader  # noqa: E402
+import db.loader.apply as loader  # noqa: E402
 from benchmarks.common import fresh_db, server_url  # noqa: E402
 from benchmarks.snapshot_apply import snapshot_file  # noqa: E402
 from db.connection import connect  # noqa: E402
+from db.loader import ApplyOptions  # noqa: E402
 from db.runs import start_run  # noqa: E402
 
 
@@ -69,7 +70,8 @@ def main() -> None:
     sampler.start()
     self0, kids0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    r = loader.apply_snapshot_file(url, "orders", path, run_id=run_id, keep_raw=args.raw == "kept")
+    options = ApplyOptions(keep_raw=args.raw == "kept")
+    r = loader.apply_snapshot_file(url, "orders", path, run_id=run_id, options=options)
     wall = time.perf_counter() - t
     done.set()
     sampler.join()

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import fresh_db, server_url  # noqa: E402
 from db.connection import connect, libpq_url, with_database  # noqa: E402
-from db.loader import apply_snapshot_file  # noqa: E402
+from db.loader import ApplyOptions, apply_snapshot_file  # noqa: E402
 from db.runs import start_run  # noqa: E402
 from shoptet.sandbox.generator import write_snapshot  # noqa: E402
 
@@ -66,7 +66,7 @@ def apply(url: str, path: Path, keep_raw: bool) -> tuple[float, int]:
     with connect(url) as c:
         run_id = start_run(c, "orders", source="file", full=False)
     t = time.perf_counter()
-    r = apply_snapshot_file(url, "orders", path, run_id=run_id, keep_raw=keep_raw)
+    r = apply_snapshot_file(url, "orders", path, run_id=run_id, options=ApplyOptions(keep_raw=keep_raw))
     return time.perf_counter() - t, r.child_rows
 
 
@@ -112,12 +112,12 @@ import resource, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 from pathlib import Path
 from db.connection import connect
-from db.loader import apply_snapshot_file
+from db.loader import ApplyOptions, apply_snapshot_file
 from db.runs import start_run
 url = {url!r}
 with connect(url) as c:
     run_id = start_run(c, "orders", source="file", full=False)
-apply_snapshot_file(url, "orders", Path({str(path)!r}), run_id=run_id, keep_raw=True)
+apply_snapshot_file(url, "orders", Path({str(path)!r}), run_id=run_id, options=ApplyOptions(keep_raw=True))
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """

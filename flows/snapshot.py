@@ -16,7 +16,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from db.connection import connection
 from db.dates import DateWindow
-from db.loader import ApplyResult, apply_snapshot_file
+from db.loader import ApplyOptions, ApplyResult, apply_snapshot_file
 from db.runs import fail_run, record_failed_snapshot, start_run
 from db.settings import get_settings_service
 from flows import progress as progress_hooks
@@ -131,21 +131,18 @@ def apply_snapshot(
     threshold = rules.get("reject_threshold", cfg.reject_threshold)
     window = DateWindow.of(rules.get("dates_accepted_from"), rules.get("dates_accepted_ahead_days"))
     reporter = _ProgressReporter(f"Applying {Entity(entity).value} snapshot (run {run_id})")
-    result = apply_snapshot_file(
-        url,
-        Entity(entity).value,
-        Path(path),
-        run_id=run_id,
+    options = ApplyOptions(
         schema=cfg.db_schema,
         full=full,
         as_of=as_of,
         allow_mass_delete=allow_mass_delete,
+        mass_delete_share=rules.get("mass_delete_threshold"),
         keep_raw=cfg.keep_raw_json,
         reject_threshold=threshold,
-        mass_delete_share=rules.get("mass_delete_threshold"),
         window=window,
-        progress=reporter,
     )
+    result = apply_snapshot_file(url, Entity(entity).value, Path(path), run_id=run_id, options=options,
+                                 progress=reporter)
     reporter.done()
     _log_result(result)
     return result.counters()

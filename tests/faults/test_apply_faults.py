@@ -21,7 +21,7 @@ import pytest
 
 from db.connection import connect, libpq_url
 from db.dates import DateWindow
-from db.loader import MassDeleteRefusedError, TooManyRejectsError, apply_snapshot_file
+from db.loader import ApplyOptions, MassDeleteRefusedError, TooManyRejectsError, apply_snapshot_file
 from db.partitions import existing_partitions
 from db.runs import start_run
 from tests.factories import customer, order, product, write_jsonl
@@ -37,7 +37,9 @@ def new_run(db_url: str, entity: str = "orders", full: bool = False) -> int:
 
 
 def apply(db_url: str, entity: str, path: Path, **kw):
-    return apply_snapshot_file(db_url, entity, path, run_id=new_run(db_url, entity, kw.get("full", False)), **kw)
+    progress = kw.pop("progress", None)
+    run_id = new_run(db_url, entity, kw.get("full", False))
+    return apply_snapshot_file(db_url, entity, path, run_id=run_id, options=ApplyOptions(**kw), progress=progress)
 
 
 def stored_orders(conn: psycopg.Connection) -> dict[str, int]:
@@ -163,7 +165,7 @@ def test_missing_grant_fails_at_once_with_the_real_error(db_url, conn, tmp_path,
 
 def _loader_leftovers(path: Path) -> tuple[list[int], list[str], list[str]]:
     me = psutil.Process()
-    workers = [p.pid for p in me.children(recursive=True) if "db.chunk_workers" in " ".join(p.cmdline())]
+    workers = [p.pid for p in me.children(recursive=True) if "db.loader.workers" in " ".join(p.cmdline())]
     threads = [t.name for t in threading.enumerate() if t.name == "snapshot-reader"]
     files = [f.path for f in me.open_files() if f.path == str(path)]
     return workers, threads, files
@@ -178,7 +180,7 @@ def test_failed_apply_leaves_no_worker_thread_or_open_file(db_url, tmp_path, wor
 
     for _ in range(2):  # a task retry must not stack a second set of workers
         with pytest.raises(RuntimeError, match="stop here") as info:
-            apply(db_url, "orders", f, workers=workers, batch_bytes=64 << 10, progress=boom)
+            apply(db_url, "orders", f, workers=workers, chunk_bytes=64 << 10, progress=boom)
         # pytest keeps the traceback (and so the loader's frames) alive: the clean-up must not rely on GC.
         assert info.value is not None
         assert _loader_leftovers(f) == ([], [], [])
@@ -254,7 +256,7 @@ def test_apply_session_terminated_mid_apply_leaves_nothing_and_a_rerun_completes
             )
 
     with pytest.raises(psycopg.OperationalError):
-        apply(db_url, "orders", f, batch_bytes=64 << 10, progress=kill_sessions)
+        apply(db_url, "orders", f, chunk_bytes=64 << 10, progress=kill_sessions)
     assert stored_orders(conn) == {}
     apply(db_url, "orders", f)
     assert stored_orders(conn) == expected(orders)
@@ -264,15 +266,15 @@ _KILLED_LOADER = """
 import sys, time
 from pathlib import Path
 from db.partitions import existing_partitions
-from db.loader import apply_snapshot_file
+from db.loader import ApplyOptions, apply_snapshot_file
 
 def slow(lines, done, total):
     if lines > 500:
         print("applying", flush=True)
         time.sleep(60)
 
-apply_snapshot_file(sys.argv[1], "orders", Path(sys.argv[2]), run_id=int(sys.argv[3]), batch_bytes=64 << 10,
-                    workers=int(sys.argv[4]), progress=slow)
+apply_snapshot_file(sys.argv[1], "orders", Path(sys.argv[2]), run_id=int(sys.argv[3]), progress=slow,
+                    options=ApplyOptions(chunk_bytes=64 << 10, workers=int(sys.argv[4])))
 """
 
 
@@ -314,7 +316,7 @@ def test_apply_cannot_commit_after_its_lock_session_died(db_url, conn, tmp_path)
             conn.execute("SELECT pg_terminate_backend(%s)", (holder.backend_pid,))
 
         with pytest.raises(LockLost):
-            apply(db_url, "orders", f, batch_bytes=64 << 10, progress=kill_lock_session)
+            apply(db_url, "orders", f, chunk_bytes=64 << 10, progress=kill_lock_session)
     assert stored_orders(conn) == {}
     # with the lock held to the end, the same file applies whole
     with advisory_lock(db_url, "public", "hub-test-orders", wait_seconds=0):

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from db import forget as db_forget
 from db.connection import libpq_url
 from db.forget import ERASED_HASH, PERSONAL_COLUMNS, ForgetError, forget, scrub
-from db.loader import apply_snapshot_file
+from db.loader import ApplyOptions, apply_snapshot_file
 from db.metrics import recalculate
 from db.runs import start_run
 from models.tables import Customer, Order
@@ -58,7 +58,7 @@ def write(path: Path, entities: list[dict]) -> Path:
 def apply(url: str, entity: str, path: Path, **kw) -> dict:
     with psycopg.connect(libpq_url(url), autocommit=True) as c:
         run_id = start_run(c, entity, source="file", full=kw.get("full", False))
-    return apply_snapshot_file(url, entity, path, run_id=run_id, workers=0, **kw).counters()
+    return apply_snapshot_file(url, entity, path, run_id=run_id, options=ApplyOptions(workers=0, **kw)).counters()
 
 
 @pytest.fixture(scope="module")

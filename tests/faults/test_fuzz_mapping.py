@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from db.chunks import Line, exact_line, process_chunk
 from db.connection import libpq_url
-from db.loader import apply_snapshot_file
+from db.loader import ApplyOptions, apply_snapshot_file
+from db.loader.parse import Line, exact_line, process_chunk
 from db.mapping import RowError
 from db.partitions import Quarter
 from db.runs import start_run
@@ -374,7 +374,8 @@ def test_fuzzed_file_applies_with_rejects_never_crashes(db_url: str, tmp_path_fa
     path.write_bytes(b"\n".join(ln.replace(b"\n", b" ") for ln in lines) + b"\n")
     with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
         run_id = start_run(c, "orders", source="file", full=False)
-    r = apply_snapshot_file(db_url, "orders", path, run_id=run_id, reject_threshold=1.0, workers=0)
+    r = apply_snapshot_file(db_url, "orders", path, run_id=run_id,
+                            options=ApplyOptions(reject_threshold=1.0, workers=0))
     assert r.lines == len(lines)
     assert r.inserted + r.updated + r.unchanged + r.skipped_older + r.rejected == r.lines
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from db.connection import connect, libpq_url, with_database
-from db.loader import apply_snapshot_file
+from db.loader import ApplyOptions, apply_snapshot_file
 from db.runs import start_run
 from flows.entities import Entity
 from flows.snapshot import import_file
@@ -48,7 +48,8 @@ def test_restart_during_an_apply_leaves_nothing_and_a_rerun_completes(db_url, tm
             restart()
 
     with pytest.raises(psycopg.OperationalError):
-        apply_snapshot_file(db_url, "orders", f, run_id=run_id, batch_bytes=64 << 10, progress=restart_once)
+        apply_snapshot_file(db_url, "orders", f, run_id=run_id, options=ApplyOptions(chunk_bytes=64 << 10),
+                            progress=restart_once)
     with psycopg.connect(libpq_url(db_url), autocommit=True) as conn:
         assert stored(conn, "orders", "code") == set()
         assert conn.execute("SELECT count(*) FROM order_items").fetchone()[0] == 0

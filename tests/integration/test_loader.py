@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from db.connection import connect
-from db.loader import MassDeleteRefusedError, TooManyRejectsError, apply_snapshot_file
+from db.loader import ApplyOptions, MassDeleteRefusedError, TooManyRejectsError, apply_snapshot_file
 from db.runs import get_run, start_run
 from tests.factories import customer, order, product, write_jsonl
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 def apply(db_url: str, entity: str, path: Path, **kw):
     with connect(db_url) as c:
         run_id = start_run(c, entity, source="file", full=kw.get("full", False))
-    return apply_snapshot_file(db_url, entity, path, run_id=run_id, **kw)
+    return apply_snapshot_file(db_url, entity, path, run_id=run_id, options=ApplyOptions(**kw))
 
 
 def scalar(conn: psycopg.Connection, q: str, *args):
@@ -243,7 +243,7 @@ def test_worker_processes_give_the_same_result_as_in_process(make_db, tmp_path):
     outcomes = []
     for workers in (0, 2):
         db = make_db()
-        r = apply(db, "orders", f, workers=workers, batch_bytes=64 << 10, reject_threshold=0.05)
+        r = apply(db, "orders", f, workers=workers, chunk_bytes=64 << 10, reject_threshold=0.05)
         with psycopg.connect(db) as c:
             rows = c.execute("SELECT code, email, content_hash FROM orders ORDER BY code").fetchall()
             items = c.execute("SELECT count(*) FROM order_items").fetchone()[0]
@@ -268,7 +268,7 @@ def test_line_numbers_hold_across_blocks_with_blank_lines_and_crlf(db_url, conn,
     data = b"\r\n".join(lines)  # and no line end after the last line
     f = tmp_path / "crlf.jsonl"
     f.write_bytes(data)
-    r = apply(db_url, "orders", f, workers=workers, batch_bytes=16 << 10, reject_threshold=0.05)
+    r = apply(db_url, "orders", f, workers=workers, chunk_bytes=16 << 10, reject_threshold=0.05)
     assert (r.lines, r.inserted, r.rejected) == (400, 398, 2)
     expected = [n for n, line in enumerate(lines, 1) if line.startswith(b'{"code": "bad"')]
     got = [n for (n,) in conn.execute("SELECT line_no FROM snapshot_rejects ORDER BY line_no")]

@@ -325,15 +325,15 @@ def test_identity_move_delete_and_cancel_are_seen_incrementally(db_url, conn):
 
 
 def test_loader_upserts_and_full_snapshot_deletes_reach_incremental_runs(db_url, conn, tmp_path):
-    from db.loader import apply_snapshot_file
+    from db.loader import ApplyOptions, apply_snapshot_file
     from db.runs import start_run
     from tests.factories import order, write_jsonl
 
     def apply(entities: list[dict], full: bool = False) -> None:
         with connect(db_url) as c:
             run_id = start_run(c, "orders", source="file", full=full)
-        apply_snapshot_file(db_url, "orders", write_jsonl(tmp_path / "o.gz", entities), run_id=run_id, full=full,
-                            allow_mass_delete=True)  # fmt: skip
+        apply_snapshot_file(db_url, "orders", write_jsonl(tmp_path / "o.gz", entities), run_id=run_id,
+                            options=ApplyOptions(full=full, allow_mass_delete=True))
 
     apply([order("A", email="a@x.cz"), order("B", email="a@x.cz"), order("C", email="c@x.cz")])
     run(db_url)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from db.chunk_workers import NICE, ChunkWorkers
+from db.loader.workers import NICE, ChunkWorkers
 
 
 def test_results_come_back_in_input_order() -> None:

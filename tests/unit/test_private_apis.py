@@ -13,7 +13,7 @@ import pytest
 PRIVATE = [
     # (module, name, who uses it and what breaks)
     ("psycopg._copy_base", "format_row_text",
-     "db/chunks.py formats COPY rows with it in worker processes (benchmarks/snapshot_apply.py)"),
+     "db/loader/parse.py formats COPY rows with it in worker processes (benchmarks/snapshot_apply.py)"),
 ]  # fmt: skip
 
 

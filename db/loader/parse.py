@@ -162,7 +162,12 @@ def _dated(m: Mapped, window: DateWindow) -> tuple[datetime | None, tuple[int, i
     return changed, quarter
 
 
-def process_chunk(args: tuple[str, bytes, bool, int, int, DateWindow]) -> Chunk:
+# What the reader hands to process_chunk: (entity, block of whole lines, keep raw JSON, run id,
+# compressed bytes read so far, accepted dates). A tuple: it is pickled to a worker per block.
+BlockArgs = tuple[str, bytes, bool, int, int, DateWindow]
+
+
+def process_chunk(args: BlockArgs) -> Chunk:
     """Parse, map and format one block of lines; a line that cannot be mapped is a reject."""
     entity, block, keep_raw, run_id, end_position, window = args
     spec = ENTITIES[entity]

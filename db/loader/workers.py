@@ -1,6 +1,6 @@
-"""Worker processes that run ``db.chunks.process_chunk``, fed and read in file order.
+"""Worker processes that run ``db.loader.parse.process_chunk``, fed and read in file order.
 
-Plain subprocesses (``python -m db.chunk_workers``) talking length-prefixed pickles over pipes, rather
+Plain subprocesses (``python -m db.loader.workers``) talking length-prefixed pickles over pipes, rather
 than multiprocessing: its ``fork`` copies a process full of Prefect's threads (a lock held at fork time
 stays held in the child), and its ``spawn`` re-runs the caller's ``__main__``, which breaks any script
 that calls a flow without an ``if __name__ == "__main__"`` guard.
@@ -61,7 +61,7 @@ class ChunkWorkers:
     def __init__(self, n: int) -> None:
         env = {**worker_environment(), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.procs = [
-            subprocess.Popen([sys.executable, "-m", "db.chunk_workers"], stdin=subprocess.PIPE,
+            subprocess.Popen([sys.executable, "-m", "db.loader.workers"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, env=env)
             for _ in range(n)
         ]  # fmt: skip

@@ -1,0 +1,178 @@
+"""Apply one snapshot file: the stages of ``db/loader`` in order, in one transaction on the shop tables."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from db import deferred_indexes, locks
+from db.connection import connect
+from db.dates import DateWindow
+from db.loader import classify
+from db.loader.delete import delete_absent
+from db.loader.options import ApplyOptions, ApplyResult, Progress, TooManyRejectsError
+from db.loader.parse import Chunk, Line, exact_line
+from db.loader.pipeline import BIG_FILE, default_workers, mapped_chunks
+from db.loader.rejects import Rejects
+from db.loader.write import TableWriter, refused_value
+from db.mapping import ENTITIES, RowError
+
+log = logging.getLogger(__name__)
+
+
+def apply_snapshot_file(
+    url: str, entity: str, path: Path, *, run_id: int, options: ApplyOptions | None = None,
+    progress: Progress | None = None,
+) -> ApplyResult:  # fmt: skip
+    """Apply one snapshot file (see ``db/loader/__init__.py``); raises ApplyError subclasses on refusal.
+
+    The run (``snapshot_runs`` row ``run_id``) is marked succeeded in the same transaction.
+    """
+    o = options or ApplyOptions()
+    spec = ENTITIES[entity]
+    window = o.window or DateWindow.default()
+    started = time.perf_counter()
+    result = ApplyResult(run_id=run_id, entity=entity)
+    total = os.path.getsize(path)
+    main = connect(url, o.schema)
+    side = connect(url, o.schema, autocommit=True)  # rejects + partition DDL, outside the main transaction
+    try:
+        rejects = Rejects(side, run_id, spec)
+        with main.transaction():
+            # Under a job lock, this transaction holds the lock's write key and checks that the lock
+            # session still holds the lock (db/locks.py): it cannot commit unlocked.
+            locks.guard_write(main)
+            stored_before = _count(main, spec.table) if o.full else 0
+            defer = total >= BIG_FILE if o.defer_indexes is None else o.defer_indexes
+            deferred = deferred_indexes.drop_if_empty(main, o.schema, spec.table) if defer else []
+            writer = TableWriter(main, side, spec, full=o.full, window=window,
+                                 partitions_created=result.partitions_created)  # fmt: skip
+            batch = _BatchWriter(writer, rejects, result, keep_raw=o.keep_raw, window=window)
+            newest: datetime | None = None
+            workers = default_workers(path) if o.workers is None else o.workers
+            with mapped_chunks(path, entity, keep_raw=o.keep_raw, run_id=run_id, chunk_bytes=o.chunk_bytes,
+                               workers=workers, window=window) as chunks:  # fmt: skip
+                for chunk in chunks:
+                    for line_no, line, reason in chunk.rejected_lines():
+                        rejects.add(line_no, line, reason)
+                    batch.write_chunk(chunk)
+                    latest = max((t for t in chunk.changed if t is not None), default=None)
+                    if latest is not None and (newest is None or latest > newest):
+                        newest = latest
+                    result.lines += chunk.read
+                    if progress:
+                        progress(result.lines, chunk.end_position, total)
+            rejects.flush()
+            result.rejected = rejects.count
+            if result.lines and result.rejected / result.lines > o.reject_threshold:
+                raise TooManyRejectsError(result.rejected, result.lines, o.reject_threshold)
+            deferred_indexes.rebuild(main, deferred)
+            if o.full:
+                result.deleted, result.deletes_skipped_reason = delete_absent(
+                    main, spec, rejects, as_of=o.as_of or newest, stored_before=stored_before, limit=o.delete_limit
+                )
+            locks.guard_write(main)  # again just before the commit: the apply may have taken an hour
+            _finish_run(main, result)
+        result.seconds = time.perf_counter() - started
+        return result
+    finally:
+        main.close()
+        side.close()
+
+
+class _BatchWriter:
+    """Chunks to the table writer: whole when a first import allows, else batch by batch, and a batch
+    PostgreSQL refuses line by line with exact validation, so the bad line becomes a reject naming its
+    field and the good ones still apply."""
+
+    def __init__(self, writer: TableWriter, rejects: Rejects, result: ApplyResult, *, keep_raw: bool,
+                 window: DateWindow) -> None:  # fmt: skip
+        self.w, self.rejects, self.result, self.keep_raw, self.window = writer, rejects, result, keep_raw, window
+
+    def write_chunk(self, chunk: Chunk) -> None:
+        """A chunk of keys the table does not hold yet (a first import) goes to COPY whole, as the
+        worker formatted it. Anything else goes batch by batch."""
+        w, keys = self.w, chunk.keys
+        if w.direct and keys and len(set(keys)) == len(keys):
+            try:
+                with w.main.transaction():
+                    if classify.none_stored(w.main, w.spec, keys):
+                        w.copy_chunk(chunk)
+                        self.result.add({"inserted": len(keys), "child_rows": sum(chunk.n_children)})
+                        return
+            except psycopg.Error as exc:
+                if not refused_value(exc):
+                    raise
+                # a value PostgreSQL refuses: the batch path below finds the line and names it
+        for batch in classify.batches(chunk.lines()):
+            self.write_batch(batch)
+
+    def write_batch(self, batch: list[Line]) -> None:
+        if not batch:
+            return
+        try:
+            with self.w.main.transaction():
+                counts = self._write(batch, direct=self.w.direct)
+        except psycopg.Error as exc:
+            if not refused_value(exc):
+                raise
+            log.info("batch of %d lines refused by PostgreSQL (%s); redoing it line by line", len(batch),
+                     type(exc).__name__)  # fmt: skip
+            counts = self._write_line_by_line(batch)
+        self.result.add(counts)
+
+    def _write(self, batch: list[Line], *, direct: bool) -> dict[str, int]:
+        w = self.w
+        c = classify.classify(w.main, w.spec, batch)
+        w.ensure_quarters(x.quarter for x in (*c.new, *c.changed))
+        new, changed = (c.new, c.changed) if direct else ([], c.new + c.changed)
+        counts = {"inserted": len(new), "updated": 0, "unchanged": c.unchanged, "skipped_older": c.older,
+                  "child_rows": w.copy_new(new) if new else 0}  # fmt: skip
+        if changed:
+            ins, upd, kids = w.upsert_changed(changed)
+            counts["inserted"] += ins
+            counts["updated"] += upd
+            counts["skipped_older"] += len(changed) - ins - upd
+            counts["child_rows"] += kids
+        w.record_seen(x.key for x in batch)
+        return counts
+
+    def _write_line_by_line(self, batch: list[Line]) -> dict[str, int]:
+        total = dict.fromkeys(("inserted", "updated", "unchanged", "skipped_older", "child_rows"), 0)
+        for x in batch:
+            try:
+                exact = exact_line(x, self.w.spec.name, self.keep_raw, self.result.run_id, self.window)
+                with self.w.main.transaction():
+                    counts = self._write([exact], direct=False)
+            except psycopg.Error as exc:
+                if not refused_value(exc):
+                    raise
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.rejects.add(x.line_no, x.text, f"refused by PostgreSQL: {reason}")
+                continue
+            except RowError as exc:  # the exact mapping names the field
+                self.rejects.add(x.line_no, x.text, str(exc))
+                continue
+            for k, v in counts.items():
+                total[k] += v
+        return total
+
+
+def _count(conn: psycopg.Connection, table: str) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+
+
+def _finish_run(conn: psycopg.Connection, r: ApplyResult) -> None:
+    conn.execute(
+        """UPDATE snapshot_runs SET status = 'succeeded', finished_at = now(), lines = %s, inserted = %s,
+             updated = %s, unchanged = %s, rejected = %s, skipped_older = %s, deleted = %s,
+             child_rows = %s WHERE id = %s""",
+        (r.lines, r.inserted, r.updated, r.unchanged, r.rejected, r.skipped_older, r.deleted, r.child_rows,
+         r.run_id),
+    )  # fmt: skip
