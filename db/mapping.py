@@ -14,11 +14,13 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
 import orjson
+
+from shoptet.timefmt import parse_datetime
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?").fullmatch
 
@@ -28,17 +30,17 @@ class RowError(ValueError):
 
 
 def parse_ts(value: Any, field: str) -> datetime | None:
-    """Shoptet date-times (``2026-09-14T10:21:07+0200``); an offset is required."""
+    """A line's Shoptet date-time (``2026-09-14T10:21:07+0200``, offset required), or RowError naming ``field``."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise RowError(f"{field}: expected a date-time string, got {type(value).__name__}")
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = parse_datetime(value) if value else None
     except ValueError:
-        raise RowError(f"{field}: invalid date-time {value[:40]!r}") from None
-    if parsed.tzinfo is None:
-        raise RowError(f"{field}: date-time {value[:40]!r} has no UTC offset")
+        parsed = None
+    if parsed is None:
+        raise RowError(f"{field}: invalid date-time {value[:40]!r} (Shoptet's form: 2026-09-14T10:21:07+0200)")
     return parsed
 
 
@@ -353,8 +355,3 @@ ENTITIES: dict[str, EntitySpec] = {
     "products": EntitySpec("products", "products", "guid", PRODUCT_COLUMNS, product_rows, "product_variants",
                            "product_guid", VARIANT_COLUMNS, child_upsert_key="code"),
 }  # fmt: skip
-
-
-def quarter_of(ts: datetime) -> tuple[int, int]:
-    u = ts.astimezone(UTC)
-    return u.year, (u.month - 1) // 3 + 1

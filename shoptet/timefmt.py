@@ -23,13 +23,15 @@ def format_datetime(value: datetime) -> str:
 
 
 def parse_datetime(value: str | None) -> datetime | None:
-    """Parse a Shoptet date-time (``+0200``; also tolerates ``+02:00`` and ``Z``); None stays None."""
+    """Parse a Shoptet date-time (``+0200``; also tolerates ``+02:00`` and ``Z``); None and "" stay None.
+
+    The one parser of Shoptet times: the API client's and the snapshot loader's (``db/mapping.py``).
+    ``fromisoformat`` reads ``+0200`` since Python 3.11, several times faster than ``strptime``.
+    Raises ValueError for anything else, also for a time without an offset.
+    """
     if value is None or value == "":
         return None
-    try:
-        return datetime.strptime(value, _FORMAT)
-    except ValueError:
-        parsed = datetime.fromisoformat(value)
-        if parsed.tzinfo is None:
-            raise ValueError(f"date-time without offset: {value!r}") from None
-        return parsed
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"date-time without offset: {value[:40]!r}")
+    return parsed

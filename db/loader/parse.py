@@ -20,8 +20,9 @@ from psycopg._copy_base import format_row_text  # psycopg's C COPY formatter (th
 from psycopg.adapt import Dumper, Transformer
 
 from db.dates import DateWindow
-from db.mapping import ENTITIES, EntitySpec, Mapped, RowError, content_hash, quarter_of, validate
+from db.mapping import ENTITIES, EntitySpec, Mapped, RowError, content_hash, validate
 from db.mapping_fast import NotFast, order_rows_fast
+from db.partitions import Quarter
 
 
 class JsonText(bytes):
@@ -156,7 +157,7 @@ def _dated(m: Mapped, window: DateWindow) -> tuple[datetime | None, tuple[int, i
     """
     try:
         changed = None if m.changed is None else window.check(m.changed, "changeTime")
-        quarter = None if m.created is None else quarter_of(window.check(m.created, "creationTime"))
+        quarter = None if m.created is None else Quarter.of(window.check(m.created, "creationTime")).key
     except ValueError as exc:
         raise RowError(str(exc)) from None
     return changed, quarter
