@@ -53,7 +53,7 @@ RULES: dict[str, Rule] = {
         Rule(
             "dates_accepted_from",
             date,
-            DEFAULT_FROM.isoformat(),
+            DEFAULT_FROM,
             "Snapshot lines dated (creationTime, changeTime) before this day are rejected.",
         ),
         Rule(

@@ -13,6 +13,7 @@ from rich.console import Console
 from deployments.cli_fetch import fetch_changes_cmd, fetch_orders_cmd
 from deployments.cli_forget import forget as forget_cmd
 from deployments.cli_metrics import metrics as metrics_cmd
+from deployments.cli_sandbox import sandbox_cmd
 from deployments.cli_settings import settings_app
 from deployments.options import fail, parse_when
 from flows.entities import Entity
@@ -297,16 +298,7 @@ def locks_release(
 # --- sandbox and generated data -----------------------------------------------------------------------
 
 
-@app.command()
-def sandbox(
-    port: int = typer.Option(8765, help="Port on 127.0.0.1."),
-    orders: int = typer.Option(1000, help="How many orders the fake shop holds."),
-    seed: int = typer.Option(42),
-) -> None:
-    """Run the sandbox Shoptet API standalone (prints the token it accepts)."""
-    from shoptet.sandbox.server import run_standalone
-
-    run_standalone(port=port, orders=orders, seed=seed)
+app.command("sandbox")(sandbox_cmd)
 
 
 @app.command()

@@ -21,7 +21,8 @@ released late, hand back a slot that the next holder took meanwhile.
 
 Private Prefect names (``prefect.concurrency._sync``/``_leases``/``_asyncio``): the public
 ``concurrency()`` does not expose the lease id. pyproject.toml pins prefect to the tested minor version
-and tests/unit/test_private_apis.py fails loudly if one of them moves.
+and tests/integration/test_locks.py (test_private_prefect_names_still_exist) fails loudly if one
+of them moves.
 """
 
 from __future__ import annotations

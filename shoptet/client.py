@@ -313,6 +313,7 @@ class ShoptetClient:
         if deadline is not None and deadline - self.clock() < limit:
             limit, why = max(0.0, deadline - self.clock()), "the time left before the deadline"
         if wait > limit:
+            self.limiter.pause_until(self.clock() + wait)  # callers without a deadline still wait it out
             raise e.RateLimitedError(
                 f"{error.message}; Shoptet asks to wait {wait:.0f}s, more than {why}",
                 retry_after=wait,

@@ -116,7 +116,12 @@ def _map_line(spec: EntitySpec, text: bytes, exact: bool) -> Mapped:
             return fast(text)
         except NotFast:
             pass  # an undocumented shape: order_rows below handles it or names what is wrong
-    obj = orjson.loads(text)
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        # Also on the exact path: msgspec's fast path skips fields it does not map without checking their
+        # UTF-8, so a line it took can still be invalid JSON here (PostgreSQL refused its raw column).
+        raise RowError(f"invalid JSON: {exc}") from None
     if type(obj) is not dict:
         raise RowError(f"expected a JSON object, got {type(obj).__name__}")
     m = spec.mapper(obj)

@@ -126,9 +126,20 @@ def run_standalone(
     token: str | None = None,
     send_webhooks: bool = False,
     print_fn: Callable[[str], None] = print,
+    extra_tokens: dict[str, set[str] | None] | None = None,
+    oauth_token: str | None = None,
+    state_hook: Callable[[SandboxState], None] | None = None,
+    serve: bool = True,
     **state_kwargs: Any,
 ) -> None:
-    """Serve the sandbox until interrupted; prints the base URL and the accepted token."""
+    """Serve the sandbox until interrupted; prints the base URL and the accepted tokens.
+
+    ``extra_tokens``: more private tokens with their endpoint-group rights (None = all);
+    ``oauth_token``: the add-on OAuth token accepted by the OAuth server endpoint; other keywords go to
+    ``SandboxState`` (faults, limits, access_token_ttl, write_lock_seconds, ...). ``serve=False`` builds
+    and prints everything without listening (``state_hook`` sees the state; used by tests).
+    """
+    from .app import OAUTH_PATH
     from .clock import RealClock
 
     started = time.monotonic()
@@ -138,9 +149,21 @@ def run_standalone(
     if token:
         state.tokens = {token: None}
         state.token = token
+    state.tokens.update(extra_tokens or {})
+    if oauth_token:
+        state.oauth_tokens = {oauth_token: None}
+        state.oauth_token = oauth_token
     print_fn(f"Shoptet sandbox: {orders} orders (seed {seed}) generated in {time.monotonic() - started:.1f}s")
-    print_fn(f"  base URL: http://{host}:{port}")
+    print_fn(f"  base URL: http://{host}:{port}   (time scale {scale:g}x)")
     print_fn(f"  token:    {state.token}   (header Shoptet-Private-API-Token)")
+    for extra, rights in (extra_tokens or {}).items():
+        print_fn(f"  token:    {extra}   (rights: {'all' if rights is None else ','.join(sorted(rights)) or 'none'})")
+    print_fn(f"  add-on:   OAuth token {state.oauth_token} at http://{host}:{port}{OAUTH_PATH}")
+    if state_hook is not None:
+        state_hook(state)
+    if not serve:
+        state.close()
+        return
     stop = threading.Event()
 
     def tick() -> None:

@@ -41,6 +41,8 @@ class PathFault:
     delay: float = 0.0
     method: str | None = None  # None: any method
     retry_after: str | None = None  # Retry-After header value for a 429 (seconds or HTTP-date)
+    exact: bool = False  # match the path exactly (e.g. the job list, not a job's detail)
+    skip: int = 0  # let this many matching requests through first
 
 
 @dataclass
@@ -170,7 +172,11 @@ class SandboxState:
         """The first matching targeted fault (one use consumed), or None."""
         with self._lock:
             for rule in self.faults.path_faults:
-                if rule.count > 0 and path.startswith(rule.prefix) and rule.method in (None, method):
+                hit = path == rule.prefix if rule.exact else path.startswith(rule.prefix)
+                if rule.count > 0 and hit and rule.method in (None, method):
+                    if rule.skip > 0:
+                        rule.skip -= 1
+                        return None
                     rule.count -= 1
                     return replace(rule)
         return None

@@ -387,3 +387,66 @@ def test_download_refuses_expired_job_and_full_disk(tmp_path: Path) -> None:
         client.download_result(RESULT_URL, tmp_path, min_free_bytes=2**62)
     assert calls == [] and list(tmp_path.iterdir()) == []
     assert "secretpart" not in repr(job)
+
+
+# --- §2.4: Retry-After honoured in full, bounded by the deadline ----------------------------------------
+
+
+def test_long_retry_after_is_honoured_not_cut_to_120s() -> None:
+    """Shoptet says 10 minutes: one wait of 10 minutes, not five early retries that each earn a 429."""
+    clock = FakeClock()
+    until = T0 + 600
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if clock.now < until:
+            when = http_date(datetime.fromtimestamp(until, tz=UTC), usegmt=True)
+            return err(429, "rate", headers={"Retry-After": when})
+        return ok({"n": 1})
+
+    client, calls = make_client(handler, clock)
+    assert client.get("/api/orders") == {"n": 1}
+    assert len(calls) == 2 and clock.sleeps == [pytest.approx(601.0)]
+
+
+def test_retry_after_past_the_deadline_raises_at_once() -> None:
+    clock = FakeClock()
+    client, calls = make_client(scripted(err(429, "rate", headers={"Retry-After": "900"}), ok({})), clock)
+    with client.deadline(T0 + 300), pytest.raises(e.RateLimitedError) as info:
+        client.get("/api/system/jobs")
+    assert len(calls) == 1 and clock.sleeps == []
+    assert info.value.retry_after == 900 and "deadline" in str(info.value) and info.value.transient
+    client.get("/api/system/jobs")  # outside the deadline scope: waits the 900 s
+    assert clock.sleeps == [900]
+
+
+# --- §2.6: 423 waits out Shoptet's ~5 s write lock -----------------------------------------------------
+
+
+def test_423_waits_for_the_write_lock() -> None:
+    clock = FakeClock()
+    client, calls = make_client(scripted(err(423, "locked"), err(423, "locked"), ok({})), clock)
+    client.request("POST", "/api/webhooks", json={"data": []})
+    assert len(calls) == 3 and all(5.0 <= s <= 6.0 for s in clock.sleeps) and len(clock.sleeps) == 2
+
+
+# --- §1.10: sweeping downloads left behind ---------------------------------------------------------------
+
+
+def test_sweep_downloads_only_our_old_files(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from shoptet.download import sweep_downloads
+
+    old = time.time() - 2 * 86400
+    ours_old = ["shoptet-ab12cd3-x1y2z3w4.part", "shoptet-ab12cd3-k9j8h7g6.jsonl.gz", "shoptet-result-a_b.jsonl"]
+    keep = ["shoptet-ab12cd3-fresh123.part", "notes.txt", "shoptet-report.csv", "my-shoptet-ab-cd.jsonl.gz"]
+    for name in ours_old + keep:
+        (tmp_path / name).write_bytes(b"x" * 100)
+    for name in ours_old + keep[1:]:
+        os.utime(tmp_path / name, (old, old))
+    (tmp_path / "shoptet-dir-abcdefgh.part").mkdir()  # a folder with our name shape is not ours
+    os.utime(tmp_path / "shoptet-dir-abcdefgh.part", (old, old))
+    assert sweep_downloads(tmp_path) == (3, 300)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + ["shoptet-dir-abcdefgh.part"])
+    assert sweep_downloads(tmp_path / "missing") == (0, 0)

@@ -147,3 +147,59 @@ def test_snapshot_entity_validation() -> None:
     svc = JobService(finish_after=1)
     with svc.client() as client, pytest.raises(ValueError):
         client.request_snapshot("invoices", {})
+
+
+# --- §1.8 / §2.5: the detail-poll budget is per job, across calls (task retries, other processes) ------
+
+
+def test_poll_budget_survives_a_retried_wait() -> None:
+    """A retried wait (same job) must not get a fresh budget: 8 + 8 blind polls would hit the 403."""
+    svc = JobService(finish_after=100_000, listed=False)
+    with svc.client() as client:
+        for _ in range(2):  # the first wait, then the task's retry
+            with pytest.raises(e.JobDeadlineExceededError):
+                client.wait_for_job("ab12cd3", deadline_seconds=3600)
+    assert svc.detail_calls == 8 and svc.unfinished_detail_calls <= 10
+
+
+def test_injected_counter_is_shared_by_clients() -> None:
+    from shoptet.snapshots import LocalPollCounter
+
+    svc = JobService(finish_after=100_000, listed=False)
+    counter = LocalPollCounter()
+    for _ in range(3):  # e.g. three processes, one persisted counter
+        with svc.client() as client, pytest.raises(e.JobDeadlineExceededError):
+            client.wait_for_job("ab12cd3", deadline_seconds=600, poll_counter=counter)
+    assert svc.detail_calls == 8 and counter.used() == 8
+
+
+def test_spent_budget_raises_poll_limit_without_an_11th_call() -> None:
+    from shoptet.snapshots import MAX_DETAIL_POLLS, LocalPollCounter
+
+    svc = JobService(finish_after=10)
+    svc.now = T0 + 20  # the list already shows the job completed
+    with svc.client() as client, pytest.raises(e.JobPollLimitError) as info:
+        client.wait_for_job("ab12cd3", poll_counter=LocalPollCounter(MAX_DETAIL_POLLS))
+    assert svc.detail_calls == 0 and "request the snapshot again" in str(info.value)
+    # With 2 polls left, the finished job's detail is read once.
+    with svc.client() as client:
+        job = client.wait_for_job("ab12cd3", poll_counter=LocalPollCounter(MAX_DETAIL_POLLS - 2))
+    assert job.status == "completed" and svc.detail_calls == 1
+
+
+def test_counter_counts_before_the_call() -> None:
+    """A poll is recorded before it is sent, so a crash mid-call still counts it."""
+    from shoptet.snapshots import LocalPollCounter
+
+    seen: list[int] = []
+
+    class Recording(LocalPollCounter):
+        def add(self) -> None:
+            super().add()
+            seen.append(svc.detail_calls)
+
+    svc = JobService(finish_after=10)
+    svc.now = T0 + 20
+    with svc.client() as client:
+        client.wait_for_job("ab12cd3", poll_counter=Recording())
+    assert seen == [0] and svc.detail_calls == 1

@@ -355,3 +355,128 @@ def test_expired_result(sb, hooked, tmp_path: Path) -> None:
     with pytest.raises(e.ResultExpiredError):
         hooked.download_result(job, tmp_path)  # validUntil passed: not even requested
     assert list(tmp_path.iterdir()) == []
+
+
+# --- §2.3: a lost answer to a snapshot request does not queue a second job -----------------------------
+
+
+def _jobs(sb: SandboxServer, endpoint: str) -> list:
+    return [j for j in sb.state.jobs.all() if j.endpoint == endpoint]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 502, "after": True},  # a proxy 5xx after Shoptet queued the job
+        {"status": 0, "after": True, "delay": 1.0},  # the answer arrives after the client's timeout
+    ],
+    ids=["5xx-after-queueing", "timeout-after-queueing"],
+)
+def test_lost_snapshot_answer_reuses_the_queued_job(sb, transport, sleeps, fault) -> None:
+    from shoptet.sandbox.state import PathFault
+
+    with ShoptetClient(
+        sb.base_url, sb.token, timeout=0.4, clock=sb.clock.time, sleep=sleeps, transport=transport
+    ) as c:
+        c.ensure_job_finished_webhook(HOOK_URL)
+        before = len(_jobs(sb, "/api/products/snapshot"))
+        sb.state.faults.path_faults.append(PathFault("/api/products/snapshot", **fault))
+        job_id = c.request_snapshot("products", {})
+        created = _jobs(sb, "/api/products/snapshot")[before:]
+        assert [j.job_id for j in created] == [job_id]  # one job, and it is the one we got
+        assert c.wait_for_job(job_id).status == "completed"
+
+
+def test_snapshot_5xx_before_queueing_is_requested_again(sb, hooked, transport) -> None:
+    from shoptet.sandbox.state import PathFault
+
+    before = len(_jobs(sb, "/api/customers/snapshot"))
+    sb.state.faults.path_faults.append(PathFault("/api/customers/snapshot", count=2, status=503))
+    job_id = hooked.request_snapshot("customers", {})
+    assert [j.job_id for j in _jobs(sb, "/api/customers/snapshot")[before:]] == [job_id]
+    assert transport.paths.count("/api/customers/snapshot") == 3
+
+
+def test_retried_request_adopts_the_job_of_an_earlier_attempt(sb, hooked, transport) -> None:
+    started = sb.clock.time()
+    first = hooked.request_snapshot("orders", {})  # e.g. an attempt whose task then died
+    sb.clock.advance(30)
+    n = len(sb.state.jobs.all())
+    again = hooked.request_snapshot("orders", {}, reuse_since=started)
+    assert again == first and len(sb.state.jobs.all()) == n
+    assert transport.paths.count("/api/orders/snapshot") == 1
+
+
+def test_an_older_or_failed_job_is_not_adopted(sb, hooked) -> None:
+    old = hooked.request_snapshot("orders", {})
+    sb.clock.advance(120)
+    assert hooked.request_snapshot("orders", {}, reuse_since=sb.clock.time()) != old
+
+
+# --- §2.6: Shoptet's 423 write lock ----------------------------------------------------------------------
+
+
+def test_sandbox_locks_identical_writes_and_client_waits(sb, client, transport, sleeps) -> None:
+    body = {"data": [{"event": "job:finished", "url": HOOK_URL}]}
+    raw = httpx.post(f"{sb.base_url}/api/webhooks", json=body, headers=sb.headers)
+    assert raw.status_code == 201
+    hook_id = raw.json()["data"]["webhooks"][0]["id"]
+    assert httpx.delete(f"{sb.base_url}/api/webhooks/{hook_id}", headers=sb.headers).status_code == 200
+    # The client now sends the identical registration within 5 s: 423, waits, then succeeds.
+    hook = client.ensure_job_finished_webhook(HOOK_URL)
+    assert hook["url"] == HOOK_URL and transport.statuses[423] == 1 and transport.statuses[201] == 1
+    assert any(5.0 <= s <= 6.0 for s in sleeps.calls)
+
+
+# --- §2.2: add-on access tokens, refreshed ---------------------------------------------------------------
+
+
+def _addon(sb: SandboxServer, transport, sleeps, **kw):
+    from shoptet.oauth import AddonTokenSource
+
+    source = AddonTokenSource(sb.base_url, sb.state.oauth_token, clock=sb.clock.time, **kw)
+    client = ShoptetClient(sb.base_url, token_source=source, clock=sb.clock.time, sleep=sleeps, transport=transport)
+    return source, client
+
+
+def test_addon_token_refreshed_before_expiry(sb, transport, sleeps) -> None:
+    source, c = _addon(sb, transport, sleeps)
+    with c:
+        for _ in range(6):  # 6 x 25 min = 2.5 h of syncing with 30-minute tokens
+            assert c.get("/api/orders", {"itemsPerPage": 1})["orders"]
+            sb.clock.advance(25 * 60)
+    assert transport.statuses[401] == 0 and source.fetches >= 5
+    assert c.token_kind == "access" and sb.state.oauth_token not in repr(c) + repr(source)
+
+
+def test_addon_expired_token_refreshed_once(sb, transport, sleeps) -> None:
+    source, c = _addon(sb, transport, sleeps)
+    with c:
+        c.get("/api/orders", {"itemsPerPage": 1})
+        for tok, (oauth, _) in list(sb.state.access_tokens.items()):  # revoked early, e.g. clock skew
+            sb.state.access_tokens[tok] = (oauth, sb.clock.time() - 1)
+        assert c.get("/api/orders", {"itemsPerPage": 1})["orders"]
+    assert transport.statuses[401] == 1 and source.fetches == 2
+
+
+def test_addon_errors_are_typed_and_secret_free(sb, transport, sleeps) -> None:
+    from shoptet.oauth import AddonTokenSource
+
+    bad = AddonTokenSource(sb.base_url, "oauth-wrong-" + "z" * 30, clock=sb.clock.time)
+    with pytest.raises(e.AddonAuthorizationError) as info:
+        bad.token()
+    assert "z" * 30 not in str(info.value) + repr(info.value) and not info.value.transient
+    sb.state.access_tokens.clear()
+    sources = [AddonTokenSource(sb.base_url, sb.state.oauth_token, clock=sb.clock.time) for _ in range(6)]
+    for s in sources[:5]:
+        s.token()
+    with pytest.raises(e.AddonTokenLimitError) as limit:
+        sources[5].token()
+    assert limit.value.error_code == "maximum_tokens_reached" and limit.value.transient
+
+
+def test_static_access_token_expiry_says_what_to_do(sb, transport, sleeps) -> None:
+    c = ShoptetClient(sb.base_url, "x" * 40, token_kind="access", clock=sb.clock.time, sleep=sleeps)
+    with c, pytest.raises(e.AccessTokenExpiredError) as info:
+        c.get("/api/orders")
+    assert "HUB_SHOPTET_OAUTH_TOKEN" in str(info.value)
