@@ -72,17 +72,6 @@ def existing_partitions(conn: psycopg.Connection, parent: str = PARENT) -> set[s
     return {r[0] for r in rows}
 
 
-def quarters_of_stage(conn: psycopg.Connection, stage_table: str) -> list[Quarter]:
-    """Distinct UTC quarters of ``created_at`` in a staging table."""
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT DISTINCT date_part('year', d)::int, date_part('quarter', d)::int FROM "
-            "(SELECT date_trunc('quarter', created_at AT TIME ZONE 'UTC') AS d FROM {}) s"
-        ).format(sql.Identifier(stage_table))
-    ).fetchall()
-    return sorted(Quarter(y, q) for y, q in rows)
-
-
 def ensure_partitions(
     conn: psycopg.Connection,
     quarters: list[Quarter],
