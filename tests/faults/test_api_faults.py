@@ -279,6 +279,7 @@ def test_detail_poll_budget_survives_task_retries(hub, monkeypatch) -> None:
     )
     with pytest.raises(SnapshotFailed):
         import_snapshot(Entity.orders)
+    assert hub.state.faults.path_faults[0].count == 0  # the list did fail: the wait task was retried
     assert hub.failed()[0][:2] == ("wait", "JobDeadlineExceededError")  # not JobPollLimitError
     (job,) = hub.jobs()
     assert job.polls == 8
