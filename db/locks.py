@@ -88,13 +88,12 @@ class ActiveLock:
     key: int  # hashtext(schema || ':' || name), the second int of both advisory keys
     backend_pid: int  # the lock session
     backend_start: datetime  # with backend_pid: a reused backend pid is not the lock session
-    host: str | None  # where the lock session's database is: guard_write only checks connections to it
-    port: str | None
-    dbname: str
+    dbname: str  # the lock's database: guard_write checks connections to a database of this name
 
     def matches(self, conn: psycopg.Connection) -> bool:
-        i = conn.info
-        return (i.host, str(i.port), i.dbname) == (self.host, self.port, self.dbname)
+        # By name only, not host: "localhost" and "127.0.0.1" are one server. A same-named database on
+        # another server fails the check in pg_locks (LockLost): closed, never open.
+        return conn.info.dbname == self.dbname
 
 
 _ACTIVE: ContextVar[tuple[ActiveLock, ...]] = ContextVar("hub_job_locks", default=())
@@ -114,7 +113,7 @@ def guard_write(conn: psycopg.Connection, guards: Sequence[ActiveLock] | None = 
     """Call in every writing transaction of a locked job, before it commits (best: as it begins).
 
     A no-op when no job lock is held in this context (``guards`` None) or for a database other than
-    the lock's. Otherwise, for each held lock:
+    the lock's (by name). Otherwise, for each held lock:
 
     1. ``pg_advisory_xact_lock(WRITE_NAMESPACE, key)``: a lock of the same name in a second
        namespace, held to the end of this transaction;
@@ -128,9 +127,13 @@ def guard_write(conn: psycopg.Connection, guards: Sequence[ActiveLock] | None = 
     when this transaction already held the write lock. Another job can take the session lock only
     after that session died, and its writes must take the write lock too, so they wait until this
     transaction has ended: the two jobs' transactions never interleave, exactly as if the session lock
-    had been held to this commit. (Under REPEATABLE READ take this as the first statement: the
-    snapshot is taken as the statement starts, before the wait, and a conflicting update then fails
-    with a serialization error instead of overwriting.)
+    had been held to this commit. (Under REPEATABLE READ the snapshot is taken as the first statement
+    starts, before any wait here: a writer that waited for a lost holder's transaction reads from
+    before that commit, and an update of a row it changed fails with a serialization error. Only
+    after a lock was lost can that wait happen at all.)
+
+    Contextvars reach Prefect task runs (called or ``.submit()``ed) of a flow holding the lock; for a
+    plain thread, pass ``guards=active_guards()`` taken in the locked thread.
     """
     held = active_guards() if guards is None else guards
     mine = sorted((g for g in held if g.matches(conn)), key=lambda g: g.key)  # one order: no deadlocks
@@ -242,11 +245,8 @@ def advisory_lock(
                  lease_id = EXCLUDED.lease_id, pid_started_at = EXCLUDED.pid_started_at""",
             (name, flow_run_id, holder.host, holder.pid, holder.backend_pid, lease_id, holder.pid_started_at),
         )
-        info = conn.info
-        token = _ACTIVE.set(
-            (*_ACTIVE.get(), ActiveLock(name, key, holder.backend_pid, backend_start, info.host, str(info.port),
-                                        info.dbname))
-        )
+        active = ActiveLock(name, key, holder.backend_pid, backend_start, conn.info.dbname)
+        token = _ACTIVE.set((*_ACTIVE.get(), active))
         try:
             yield holder
         finally:

@@ -61,6 +61,7 @@ from flows.config import get_config
 from flows.entities import Entity
 from flows.locks import run_locked
 from flows.retrying import TASK_RETRIES, retry_delays, transient_only
+from flows.shoptet_api import make_client as make_api_client
 from flows.snapshot import ORDER_INCLUDE, apply_snapshot, counters_table
 from shoptet.client import CHANGE_KEY, ShoptetClient
 from shoptet.errors import NotFoundError
@@ -154,7 +155,7 @@ def read_change_log(entity: Entity, since: datetime) -> ChangeSet:
     id_field = CHANGE_KEY[entity.value]
     latest: dict[str, tuple[datetime, str]] = {}
     out = ChangeSet()
-    with runtime.make_client() as client:
+    with make_api_client() as client:
         for c in client.iter_changes(entity.value, since):
             key, when = c.get(id_field), parse_datetime(c.get("changeTime"))
             if not key or when is None:
@@ -177,7 +178,7 @@ def read_change_log(entity: Entity, since: datetime) -> ChangeSet:
 
 @task(name="list-changed-orders", **_RETRY)
 def list_changed_orders(since: datetime) -> list[str]:
-    with runtime.make_client() as client:
+    with make_api_client() as client:
         codes = [str(o["code"]) for o in client.iter_orders({"changeTimeFrom": since}) if o.get("code")]
     _logger().info("order listing: %d orders changed in the window", len(codes))
     return codes
@@ -198,7 +199,7 @@ def fetch_details(entity: Entity, keys: list[str]) -> FetchedFile:
     cfg.scratch_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f"fetch-{entity.value}-", suffix=".jsonl", dir=cfg.scratch_dir)
     try:
-        with os.fdopen(fd, "wb") as out, runtime.make_client(cfg) as client:
+        with os.fdopen(fd, "wb") as out, make_api_client(cfg) as client:
             fetched, vanished = write_details(detail_getter(client, entity), keys, out)
     except BaseException:
         Path(name).unlink(missing_ok=True)
@@ -292,7 +293,7 @@ def write_details(
 
 def _shop_now() -> datetime:
     """The client's clock, whole seconds (Shoptet's resolution), rounded down: errs towards overlap."""
-    with runtime.make_client() as client:
+    with make_api_client() as client:
         return datetime.fromtimestamp(int(client.clock()), UTC)
 
 

@@ -279,6 +279,7 @@ def test_detail_poll_budget_survives_task_retries(hub, monkeypatch) -> None:
     )
     with pytest.raises(SnapshotFailed):
         import_snapshot(Entity.orders)
+    assert hub.state.faults.path_faults[0].count == 0  # the list did fail: the wait task was retried
     assert hub.failed()[0][:2] == ("wait", "JobDeadlineExceededError")  # not JobPollLimitError
     (job,) = hub.jobs()
     assert job.polls == 8
@@ -377,3 +378,27 @@ def test_three_connections_per_token_across_processes(db_url) -> None:
         assert _two_processes(sb, db_url, shared=True) <= 3
         # Control: without the shared slots each process keeps only its own 3.
         assert _two_processes(sb, db_url, shared=False) > 3
+
+
+def test_slots_wait_then_give_up_with_a_transient_error(db_url) -> None:
+    from contextlib import ExitStack
+
+    from db.api_slots import AdvisorySlots, SlotWaitTimeout
+    from flows.retrying import is_transient
+
+    holder, waiter = AdvisorySlots(db_url), AdvisorySlots(db_url, max_wait=0.3)
+    try:
+        with ExitStack() as stack:
+            for _ in range(3):
+                stack.enter_context(holder.slot("fp-1"))
+            with waiter.slot("fp-2"):  # another token's slots are free
+                pass
+            with pytest.raises(SlotWaitTimeout) as info:
+                with waiter.slot("fp-1"):
+                    pass
+            assert is_transient(info.value) and waiter.waits == 1
+        with waiter.slot("fp-1"):  # freed when the holder left
+            pass
+    finally:
+        holder.close()
+        waiter.close()

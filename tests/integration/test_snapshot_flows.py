@@ -157,3 +157,59 @@ def test_reject_threshold_setting_wins_over_env(hub, db_url):
         import_snapshot(Entity.orders)
     get_settings_service(db_url, "public").set("reject_threshold", 0.05)
     assert import_snapshot(Entity.orders)["rejected"] == 1
+
+
+# --- issue 8: §1.8 poll counts persisted, §2.1 shared slots wired, §2.2 add-on tokens -----------------
+
+
+def test_detail_polls_are_counted_on_the_run(hub, db_url):
+    hub.state.faults.jobs_listed = False  # the list lags: the job's detail is polled (bounded)
+    import_snapshot(Entity.orders)
+    ((job_id, polls),) = q(db_url, "SELECT job_id, job_detail_polls FROM snapshot_runs")
+    sandbox_unfinished = hub.state.jobs.get(job_id).polls
+    assert polls == sandbox_unfinished + 1 and 1 < polls <= 8  # + the one that saw it completed
+
+
+def test_flows_hold_the_token_cap_in_the_database(hub, db_url):
+    from db.api_slots import AdvisorySlots
+    from flows.config import get_config
+    from flows.shoptet_api import make_client
+
+    with make_client(get_config(), db_url) as client:
+        assert isinstance(client.slot_provider, AdvisorySlots)
+        client.get("/api/orders", {"itemsPerPage": 1})
+        assert hub.token not in client.token_fingerprint  # lock keys hash a fingerprint, never the token
+
+
+def test_addon_token_expiring_mid_sync_is_refreshed(hub, db_url):
+    from shoptet.oauth import AddonTokenSource
+
+    hub.state.access_token_ttl = 20.0  # sandbox seconds: several tokens expire during one sync
+    source = AddonTokenSource(hub.base_url, hub.state.oauth_token, clock=hub.clock.time, refresh_margin=5)
+
+    def client() -> ShoptetClient:
+        return ShoptetClient(hub.base_url, token_source=source, clock=hub.clock.time, sleep=hub.clock.sleep)
+
+    with runtime.override(client_factory=client):
+        assert import_snapshot(Entity.orders)["inserted"] == 300
+    assert source.fetches >= 2 and hub.state.access_tokens_issued == source.fetches
+
+
+def test_addon_settings_build_a_refreshing_client(hub, db_url, monkeypatch):
+    from flows.config import get_config
+    from flows.shoptet_api import make_client
+
+    for k, v in {"HUB_SHOPTET_BASE_URL": hub.base_url, "HUB_SHOPTET_TOKEN_KIND": "addon",
+                 "HUB_SHOPTET_OAUTH_TOKEN": hub.state.oauth_token, "HUB_SHOPTET_OAUTH_URL": hub.base_url}.items():
+        monkeypatch.setenv(k, v)
+    get_config.cache_clear()
+    saved = runtime._client_factory
+    runtime._client_factory = None  # the real construction path, not the test override
+    try:
+        with make_client(get_config(), db_url) as client:
+            assert client.token_kind == "access" and client.get("/api/orders", {"itemsPerPage": 1})["orders"]
+    finally:
+        runtime._client_factory = saved
+        get_config.cache_clear()
+    assert hub.state.access_tokens_issued == 1
+    assert hub.state.oauth_token not in repr(get_config())
