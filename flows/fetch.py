@@ -12,7 +12,7 @@ One recipe for every entity (``fetch_new_orders`` is ``fetch_changes("orders")``
 4. fetch each changed entity's detail, three at a time on one shared client (its limiter holds the
    connection cap, the leaky bucket and 429 pauses for every thread), streaming each as one line to a
    temp file; a detail that 404s was deleted meanwhile and is counted as ``vanished``.
-5. apply that file with ``apply_snapshot_file(full=False)``: the snapshot loader's counters, rejects,
+5. apply that file with ``apply_snapshot_file`` (an incremental apply): the snapshot loader's counters, rejects,
    reject threshold and never-roll-back rule, recorded as a ``snapshot_runs`` row with source 'fetch'.
 6. after that commit, one transaction: delete what the log reports deleted (not newer than the stored
    row), count them on the run, save the watermark. Any failure before leaves the watermark unmoved;

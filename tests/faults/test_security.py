@@ -20,8 +20,10 @@ import pytest
 from prefect.client.orchestration import get_client
 from psycopg import sql
 
-from db import chunk_workers, loader
+from db import loader
 from db.connection import libpq_url, mask_url, with_database
+from db.loader import ApplyOptions
+from db.loader import workers as chunk_workers
 from flows import retrying, runtime
 from flows.config import get_config
 from flows.entities import Entity
@@ -159,7 +161,7 @@ def sentinel_db(db_url, pg_server_url):
 
 
 class _PopenSpy:
-    """``db.chunk_workers.subprocess`` with a Popen that records the environment each worker gets."""
+    """``db.loader.workers.subprocess`` with a Popen that records the environment each worker gets."""
 
     def __init__(self, real) -> None:  # noqa: ANN001
         self._real, self.envs = real, []
@@ -359,7 +361,8 @@ def test_a_hostile_schema_name_is_only_ever_an_identifier(db_url, tmp_path):
     with connect(db_url, HOSTILE_SCHEMA, autocommit=True) as c:
         run_id = start_run(c, "orders", source="file", full=False)
         email = c.execute("SELECT 1").fetchone() and None
-    r = loader.apply_snapshot_file(db_url, "orders", path, run_id=run_id, schema=HOSTILE_SCHEMA, workers=0)
+    r = loader.apply_snapshot_file(db_url, "orders", path, run_id=run_id,
+                                  options=ApplyOptions(schema=HOSTILE_SCHEMA, workers=0))
     assert r.inserted == 50 and r.partitions_created
     recalculate(db_url, schema=HOSTILE_SCHEMA, full=True)
     with connect(db_url, HOSTILE_SCHEMA, autocommit=True) as c:
