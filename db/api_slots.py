@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 
 from db.connection import libpq_url
+from db.locks import AdvisoryKey, try_lock, unlock
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class AdvisorySlots:
             yield
         finally:
             try:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (held,))
+                unlock(conn, held)
             except psycopg.Error:
                 self._give_back(conn, broken=True)  # closing the session frees the lock anyway
             else:
@@ -98,14 +99,14 @@ class AdvisorySlots:
 
     # --- internals --------------------------------------------------------------------------------
 
-    def _acquire(self, conn: psycopg.Connection, key: str) -> int:
-        keys = [slot_key(key, n) for n in range(self.slots)]
+    def _acquire(self, conn: psycopg.Connection, key: str) -> AdvisoryKey:
+        keys = [AdvisoryKey.bigint(slot_key(key, n)) for n in range(self.slots)]
         start = self.clock()
         gap = self.first_gap
         waited = False
         while True:
             for k in self._rng.sample(keys, len(keys)):  # random order spreads contention
-                if conn.execute("SELECT pg_try_advisory_lock(%s)", (k,)).fetchone()[0]:
+                if try_lock(conn, k):
                     return k
             if not waited:
                 waited = True

@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
 
 import psutil
 import psycopg
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from db.connection import connect
@@ -61,6 +61,111 @@ class LockLost(LockError):
         )
 
 
+# --- advisory lock keys and the calls that take them: every advisory lock of the hub goes through here ---
+
+
+@dataclass(frozen=True)
+class AdvisoryKey:
+    """A PostgreSQL advisory lock key: one bigint, or two int4 (a namespace and a number within it).
+
+    The two forms are separate key spaces (``objsubid`` 1 and 2 in ``pg_locks``): a bigint never
+    collides with a pair. ``second`` is SQL, so the server can compute it (a hash of the current schema).
+    """
+
+    first: int  # the bigint key, or the namespace of a pair
+    second: sql.Composable | None = None  # the second int of a pair (SQL); None: the one-bigint form
+
+    @classmethod
+    def bigint(cls, key: int) -> AdvisoryKey:
+        """One bigint key: the same lock in every schema of the database."""
+        return cls(key)
+
+    @classmethod
+    def pair(cls, namespace: int, second: int) -> AdvisoryKey:
+        return cls(namespace, sql.Literal(second))
+
+    @classmethod
+    def per_schema(cls, namespace: int, name: str | None = None) -> AdvisoryKey:
+        """(namespace, hashtext(current_schema() || ':' || name)), or of the schema alone without a name.
+
+        hashtext is int4 and stable across PostgreSQL versions for a given input.
+        """
+        text = sql.SQL("current_schema()")
+        if name is not None:
+            text = sql.SQL("current_schema() || ':' || {}").format(sql.Literal(name))
+        return cls(namespace, sql.SQL("hashtext({})").format(text))
+
+    def args(self) -> sql.Composed:
+        """The arguments of a ``pg_advisory_*`` function call."""
+        if self.second is None:
+            return sql.SQL("({})::int8").format(sql.Literal(self.first))
+        return sql.SQL("({})::int4, ({})::int4").format(sql.Literal(self.first), self.second)
+
+    def call(self, function: str) -> sql.Composed:
+        return sql.SQL("SELECT {}({})").format(sql.Identifier(function), self.args())
+
+    def in_pg_locks(self) -> sql.Composed:
+        """The condition on ``pg_locks l`` of this key's lock, in the current database."""
+        if self.second is None:  # PostgreSQL splits a bigint key into its high and low 32 bits
+            high, low = (self.first >> 32) & 0xFFFFFFFF, self.first & 0xFFFFFFFF
+            cond = sql.SQL("l.classid = {}::oid AND l.objid = {}::oid AND l.objsubid = 1").format(
+                sql.Literal(high), sql.Literal(low)
+            )
+        else:
+            cond = sql.SQL("l.classid = {}::oid AND l.objid = (({})::int4)::oid AND l.objsubid = 2").format(
+                sql.Literal(self.first), self.second
+            )
+        this_database = sql.SQL("l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        return sql.SQL("l.locktype = 'advisory' AND {} AND {}").format(cond, this_database)
+
+
+def try_lock(conn: psycopg.Connection, key: AdvisoryKey) -> bool:
+    """Take the session lock if it is free; never waits."""
+    return bool(conn.execute(key.call("pg_try_advisory_lock")).fetchone()[0])
+
+
+def unlock(conn: psycopg.Connection, key: AdvisoryKey) -> None:
+    conn.execute(key.call("pg_advisory_unlock"))
+
+
+def xact_lock(conn: psycopg.Connection, key: AdvisoryKey) -> None:
+    """Wait for the lock and hold it to the end of the current transaction."""
+    conn.execute(key.call("pg_advisory_xact_lock"))
+
+
+def lock_holder_pid(conn: psycopg.Connection, key: AdvisoryKey) -> int | None:
+    """The backend pid of the session holding the lock, if one does."""
+    row = conn.execute(
+        sql.SQL("SELECT l.pid FROM pg_locks l WHERE l.granted AND {}").format(key.in_pg_locks())
+    ).fetchone()
+    return row[0] if row else None
+
+
+@contextmanager
+def session_lock(
+    conn: psycopg.Connection,
+    key: AdvisoryKey,
+    *,
+    wait: bool = True,
+    busy: Callable[[], Exception] = lambda: LockError("the advisory lock is held by another session"),
+) -> Iterator[None]:
+    """Hold a session advisory lock on ``conn`` while inside: it outlives the transactions in between.
+
+    ``wait`` False: raise ``busy()`` at once when another session holds it. Unlocked on the way out
+    (closing the connection would release it too, but only once the server notices: a caller right
+    after this one could still find it taken); a closed or broken connection has lost it already.
+    """
+    if wait:
+        conn.execute(key.call("pg_advisory_lock"))
+    elif not try_lock(conn, key):
+        raise busy()
+    try:
+        yield
+    finally:
+        if not (conn.closed or conn.broken):
+            unlock(conn, key)
+
+
 @dataclass
 class Holder:
     name: str
@@ -77,7 +182,7 @@ class Holder:
         return f"{run}pid {self.pid} on {self.host}, since {self.since:%Y-%m-%d %H:%M:%S %Z}"
 
 
-_HOLDER_COLUMNS = "name, flow_run_id, host, pid, since, backend_pid, lease_id, pid_started_at"
+_HOLDER_COLUMNS = sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(Holder))  # in Holder's order
 
 
 @dataclass(frozen=True)
@@ -140,43 +245,34 @@ def guard_write(conn: psycopg.Connection, guards: Sequence[ActiveLock] | None = 
     if not mine:
         return
     if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
-        raise RuntimeError("guard_write must run inside the writing transaction (conn.transaction()), "
-                           "not on an autocommit connection outside one")
+        raise RuntimeError(
+            "guard_write must run inside the writing transaction (conn.transaction()), "
+            "not on an autocommit connection outside one"
+        )
     for g in mine:
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s::int4)", (WRITE_NAMESPACE, g.key))
+        xact_lock(conn, AdvisoryKey.pair(WRITE_NAMESPACE, g.key))
     for g in mine:
         alive = conn.execute(
-            """SELECT EXISTS (
-                 SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                  WHERE l.locktype = 'advisory' AND l.granted AND l.pid = %s AND l.classid = %s::oid
-                    AND l.objid = (%s::int4)::oid AND l.objsubid = 2
-                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                    AND (a.backend_start = %s OR a.backend_start IS NULL))""",
-            (g.backend_pid, LOCK_NAMESPACE, g.key, g.backend_start),
+            sql.SQL(
+                """SELECT EXISTS (
+                     SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                      WHERE l.granted AND l.pid = %s AND {}
+                        AND (a.backend_start = %s OR a.backend_start IS NULL))"""
+            ).format(AdvisoryKey.pair(LOCK_NAMESPACE, g.key).in_pg_locks()),
+            (g.backend_pid, g.backend_start),
         ).fetchone()[0]
         if not alive:
             raise LockLost(g.name, g.backend_pid)
 
 
-def _key_sql() -> str:
-    # hashtext is int4, stable across PostgreSQL versions for a given input.
-    return f"{LOCK_NAMESPACE}, hashtext(current_schema() || ':' || %s)"
-
-
-def try_advisory_lock(conn: psycopg.Connection, name: str) -> bool:
-    return bool(conn.execute(f"SELECT pg_try_advisory_lock({_key_sql()})", (name,)).fetchone()[0])
+def job_key(name: str) -> AdvisoryKey:
+    """The session advisory lock of the named job lock, in the hub's namespace and this schema."""
+    return AdvisoryKey.per_schema(LOCK_NAMESPACE, name)
 
 
 def advisory_lock_backend(conn: psycopg.Connection, name: str) -> int | None:
-    """The backend pid holding the named advisory lock, if any session holds it."""
-    row = conn.execute(
-        """SELECT l.pid FROM pg_locks l
-            WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s::oid
-              AND l.objid = (hashtext(current_schema() || ':' || %s))::oid AND l.objsubid = 2
-              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
-        (LOCK_NAMESPACE, name),
-    ).fetchone()
-    return row[0] if row else None
+    """The backend pid holding the named job's advisory lock, if any session holds it."""
+    return lock_holder_pid(conn, job_key(name))
 
 
 def lock_session(url: str, schema: str) -> psycopg.Connection:
@@ -221,7 +317,8 @@ def advisory_lock(
     try:
         deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
         delay = 0.05
-        while not try_advisory_lock(conn, name):
+        key = job_key(name)
+        while not try_lock(conn, key):
             if deadline is not None and time.monotonic() >= deadline:
                 holder = read_holder(conn, name)
                 if on_busy:
@@ -230,12 +327,18 @@ def advisory_lock(
             sleep(delay)
             delay = min(delay * 2, 1.0)
         pid = os.getpid()
-        holder = Holder(name, flow_run_id, socket.gethostname(), pid, datetime.now().astimezone(),
-                        conn.info.backend_pid, lease_id, _process_started_at(pid))
-        key, backend_start = conn.execute(
-            """SELECT hashtext(current_schema() || ':' || %s), backend_start
-                 FROM pg_stat_activity WHERE pid = pg_backend_pid()""",
-            (name,),
+        holder = Holder(
+            name,
+            flow_run_id,
+            socket.gethostname(),
+            pid,
+            datetime.now().astimezone(),
+            conn.info.backend_pid,
+            lease_id,
+            _process_started_at(pid),
+        )
+        key_id, backend_start = conn.execute(
+            sql.SQL("SELECT {}, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").format(key.second)
         ).fetchone()
         conn.execute(
             """INSERT INTO job_locks (name, flow_run_id, host, pid, backend_pid, since, lease_id, pid_started_at)
@@ -245,32 +348,35 @@ def advisory_lock(
                  lease_id = EXCLUDED.lease_id, pid_started_at = EXCLUDED.pid_started_at""",
             (name, flow_run_id, holder.host, holder.pid, holder.backend_pid, lease_id, holder.pid_started_at),
         )
-        active = ActiveLock(name, key, holder.backend_pid, backend_start, conn.info.dbname)
+        active = ActiveLock(name, key_id, holder.backend_pid, backend_start, conn.info.dbname)
         token = _ACTIVE.set((*_ACTIVE.get(), active))
         try:
             yield holder
         finally:
             _ACTIVE.reset(token)
             try:
-                conn.execute("DELETE FROM job_locks WHERE name = %s AND backend_pid = %s",
-                             (name, holder.backend_pid))
+                conn.execute("DELETE FROM job_locks WHERE name = %s AND backend_pid = %s", (name, holder.backend_pid))
             except psycopg.Error as exc:
                 # The session died while the job ran. Every writing transaction checked the lock
                 # (guard_write), so what committed was written under it: the job's outcome stands.
                 # The row stays behind; its holder shows as dead and the next holder replaces it.
-                log.warning("lock %s: its session was gone at release (%s); the holder row stays behind "
-                            "until the next holder replaces it", name, type(exc).__name__)
+                log.warning(
+                    "lock %s: its session was gone at release (%s); the holder row stays behind "
+                    "until the next holder replaces it",
+                    name,
+                    type(exc).__name__,
+                )
     finally:
         conn.close()  # ends the session: the advisory lock goes with it, whatever happened above
 
 
 def read_holder(conn: psycopg.Connection, name: str) -> Holder | None:
-    row = conn.execute(f"SELECT {_HOLDER_COLUMNS} FROM job_locks WHERE name = %s", (name,)).fetchone()
+    row = conn.execute(sql.SQL("SELECT {} FROM job_locks WHERE name = %s").format(_HOLDER_COLUMNS), (name,)).fetchone()
     return Holder(*row) if row else None
 
 
 def read_holders(conn: psycopg.Connection) -> dict[str, Holder]:
-    rows = conn.execute(f"SELECT {_HOLDER_COLUMNS} FROM job_locks").fetchall()
+    rows = conn.execute(sql.SQL("SELECT {} FROM job_locks").format(_HOLDER_COLUMNS)).fetchall()
     return {r[0]: Holder(*r) for r in rows}
 
 
@@ -315,9 +421,3 @@ def instance_id(conn: psycopg.Connection) -> str:
         conn.execute("INSERT INTO hub_instance DEFAULT VALUES ON CONFLICT DO NOTHING")
         return instance_id(conn)
     return row[0]
-
-
-def holder_dict(h: Holder | None) -> dict[str, Any] | None:
-    if h is None:
-        return None
-    return {"flow_run_id": h.flow_run_id, "host": h.host, "pid": h.pid, "since": h.since.isoformat()}

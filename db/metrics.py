@@ -52,13 +52,14 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from db.connection import connect
-from db.locks import guard_write
+from db.locks import AdvisoryKey, guard_write, session_lock
 from db.metrics_aggregate import (
     AGGREGATES,
     METRICS,
@@ -83,7 +84,7 @@ log = logging.getLogger(__name__)
 
 STATE_KEY = "customer_metrics"
 LOCK_NAMESPACE = 0x5B0C  # first key of the two-int advisory lock; the second is the schema's hash
-_LOCK = sql.SQL("SELECT {}(%s, hashtext(current_schema()))")
+_LOCK = AdvisoryKey.per_schema(LOCK_NAMESPACE)  # one run per schema at a time
 VACUUM_SHARE, VACUUM_MIN_ROWS = 0.1, 10_000  # a run writing more than this share of rows vacuums after
 
 
@@ -103,29 +104,22 @@ def recalculate(
     """Bring ``customer_metrics`` up to date (see the module docstring); raises MetricsBusyError."""
     started = time.perf_counter()
     cancelled = sorted({CANCELLED_STATUS, *cancelled_statuses})
-    with connect(url, schema, autocommit=True) as conn:
-        if not conn.execute(_LOCK.format(sql.SQL("pg_try_advisory_lock")), (LOCK_NAMESPACE,)).fetchone()[0]:
-            raise MetricsBusyError(
-                f"another customer metrics run is in progress on schema {schema!r}; try again when it ends"
-            )
-        try:
-            watermark = _next_watermark(conn)
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            with conn.transaction():
-                guard_write(conn)  # the first statement: see its docstring on REPEATABLE READ
-                result = _run(conn, full, as_of, cancelled, segment_rules, watermark)
-                save_watermark(conn, STATE_KEY, watermark, _state_details(result))
-            written = result.inserted + result.updated + result.removed + result.rescored
-            if written > max(VACUUM_MIN_ROWS, result.customers * VACUUM_SHARE):
-                # The next run reads its boundaries with index-only scans, which need the visibility map
-                # this rewrite cleared; autovacuum would restore it, but later.
-                conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(METRICS))
-                result.vacuumed = True
-        finally:
-            # Closing the connection would release it too, but only once the server notices: a run
-            # started right after this one could still find the lock taken.
-            if not conn.closed:
-                conn.execute(_LOCK.format(sql.SQL("pg_advisory_unlock")), (LOCK_NAMESPACE,))
+    busy = partial(
+        MetricsBusyError, f"another customer metrics run is in progress on schema {schema!r}; try again when it ends"
+    )
+    with connect(url, schema, autocommit=True) as conn, session_lock(conn, _LOCK, wait=False, busy=busy):
+        watermark = _next_watermark(conn)
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with conn.transaction():
+            guard_write(conn)  # the first statement: see its docstring on REPEATABLE READ
+            result = _run(conn, full, as_of, cancelled, segment_rules, watermark)
+            save_watermark(conn, STATE_KEY, watermark, _state_details(result))
+        written = result.inserted + result.updated + result.removed + result.rescored
+        if written > max(VACUUM_MIN_ROWS, result.customers * VACUUM_SHARE):
+            # The next run reads its boundaries with index-only scans, which need the visibility map
+            # this rewrite cleared; autovacuum would restore it, but later.
+            conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(METRICS))
+            result.vacuumed = True
     result.seconds = round(time.perf_counter() - started, 3)
     log.info(
         "customer metrics (%s, %s): %d customers, %d recomputed, %d removed, %d moved segment, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -11,11 +12,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import sql
 
-from db.connection import sqlalchemy_url
+from db.connection import libpq_url, sqlalchemy_url
+from db.locks import AdvisoryKey, session_lock
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "models" / "migrations"
-# Any constant works; it only has to be the same in every process of this project.
+# Any constant works; it only has to be the same in every process of this project. One bigint, not a
+# per-schema key: migrations of different schemas of one database are serialized too.
 MIGRATION_LOCK_KEY = 0x5B0_7E7
+_LOCK = AdvisoryKey.bigint(MIGRATION_LOCK_KEY)
 
 
 def _config() -> Config:
@@ -25,27 +29,23 @@ def _config() -> Config:
 
 
 def _run(url: str, schema: str, fn) -> None:  # noqa: ANN001
-    engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            # A session lock (not xact): it must outlive the migration's own transactions.
-            conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-            try:
+    # A session lock (not xact): it must outlive the migration's own transactions. It is held on a
+    # session of its own, next to the one Alembic drives, so it never mixes into that one's transactions.
+    with psycopg.connect(libpq_url(url), autocommit=True) as lock_conn, session_lock(lock_conn, _LOCK):
+        engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
                 raw = conn.connection.driver_connection
-                raw.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-                raw.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
-                conn.commit()
+                with conn.begin():  # commits the two statements sent past SQLAlchemy
+                    raw.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                    raw.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
                 cfg = _config()
                 cfg.attributes["connection"] = conn
                 cfg.attributes["schema"] = schema
                 fn(cfg)
                 conn.commit()
-            finally:
-                conn.rollback()
-                conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
-                conn.commit()
-    finally:
-        engine.dispose()
+        finally:
+            engine.dispose()
 
 
 def upgrade(url: str, schema: str = "public", revision: str = "heads") -> None:

@@ -24,7 +24,7 @@ from db import loader
 from db.connection import libpq_url, mask_url, with_database
 from db.loader import ApplyOptions
 from db.loader import workers as chunk_workers
-from flows import retrying, runtime
+from flows import runtime
 from flows.config import get_config
 from flows.entities import Entity
 from flows.snapshot import SnapshotFailed, import_snapshot
@@ -175,7 +175,7 @@ class _PopenSpy:
 
 
 @pytest.fixture
-def sentinel_hub(sentinel_db, prefect_harness, monkeypatch, tmp_path):
+def sentinel_hub(sentinel_db, prefect_harness, monkeypatch, tmp_path, no_retry_waits):
     """Flows configured as an operator would (HUB_* environment) with sentinel secrets, the sandbox as the
     shop, result files served from another port, and parse workers forced on (to see their environment)."""
     clock = ManualClock(REFERENCE + timedelta(days=1))
@@ -191,7 +191,6 @@ def sentinel_hub(sentinel_db, prefect_harness, monkeypatch, tmp_path):
     monkeypatch.setenv("HUB_SHOPTET_BASE_URL", sb.base_url)
     monkeypatch.setenv("HUB_DOWNLOAD_DIR", str(tmp_path / "downloads"))
     get_config.cache_clear()
-    monkeypatch.setattr(retrying, "_retry_base_seconds", 0.0)
     monkeypatch.setattr(loader, "default_workers", lambda path: 1)
     spy = _PopenSpy(chunk_workers.subprocess)
     monkeypatch.setattr(chunk_workers, "subprocess", spy)
@@ -279,11 +278,7 @@ def test_import_leaks_no_secret_no_result_url_and_no_personal_data(sentinel_hub,
 
 # SQL text built with f-strings, % or .format from values that are not user input (constants, numbers,
 # the names of a fixed list): reviewed, each with why it is safe. Anything new must use sql.Identifier.
-REVIEWED_DYNAMIC_SQL = {
-    ("db/locks.py", "try_advisory_lock"): "_key_sql(): a module constant (an int); the lock name is a parameter",
-    ("db/locks.py", "read_holder"): "_HOLDER_COLUMNS: a module constant list of column names",
-    ("db/locks.py", "read_holders"): "_HOLDER_COLUMNS: a module constant list of column names",
-}
+REVIEWED_DYNAMIC_SQL: dict[tuple[str, str], str] = {}
 _SQL_CALLS = {"execute", "executemany", "copy", "SQL", "stream"}  # where SQL text goes in
 
 

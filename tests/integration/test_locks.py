@@ -378,3 +378,31 @@ def test_private_prefect_names_still_exist(module, attr):
         params = inspect.signature(obj).parameters
         missing = {"timeout_seconds", "max_retries", "lease_duration", "strict"} - set(params)
         assert not missing, f"prefect {__version__}: {module}.{attr} lost parameters {missing}; port _prefect_slot"
+
+
+@pytest.mark.parametrize(
+    ("key", "raw_sql", "params"),
+    [
+        # The keys the three callers took by hand before db.locks had one helper: the same locks.
+        (dblocks.job_key("orders"), "pg_advisory_lock(%s, hashtext(current_schema() || ':' || %s))",
+         (dblocks.LOCK_NAMESPACE, "orders")),
+        (dblocks.AdvisoryKey.per_schema(0x5B0C), "pg_advisory_lock(%s, hashtext(current_schema()))", (0x5B0C,)),
+        (dblocks.AdvisoryKey.bigint(0x5B07E7), "pg_advisory_lock(%s::int8)", (0x5B07E7,)),
+        (dblocks.AdvisoryKey.bigint(-(2**63)), "pg_advisory_lock(%s::int8)", (-(2**63),)),
+        (dblocks.AdvisoryKey.pair(dblocks.WRITE_NAMESPACE, -7), "pg_advisory_lock(%s, %s)",
+         (dblocks.WRITE_NAMESPACE, -7)),
+    ],
+)  # fmt: skip
+def test_advisory_keys_are_the_locks_taken_by_hand(db_url, key, raw_sql, params):
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as a, psycopg.connect(libpq_url(db_url)) as b:
+        a.execute(f"SELECT {raw_sql}", params)
+        assert dblocks.lock_holder_pid(b, key) == a.info.backend_pid
+        assert not dblocks.try_lock(b, key)
+        with pytest.raises(dblocks.LockError):
+            with dblocks.session_lock(b, key, wait=False):
+                pass
+        a.execute(f"SELECT {raw_sql.replace('pg_advisory_lock', 'pg_advisory_unlock')}", params)
+        assert dblocks.lock_holder_pid(b, key) is None
+        with dblocks.session_lock(b, key, wait=False):
+            assert dblocks.lock_holder_pid(a, key) == b.info.backend_pid
+        assert dblocks.lock_holder_pid(a, key) is None
