@@ -125,10 +125,6 @@ def with_database(url: str, dbname: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/{dbname}" + (f"?{parts.query}" if parts.query else "")
 
 
-def database_name(url: str) -> str:
-    return unquote(urlsplit(as_url(url)).path.lstrip("/")) or "postgres"
-
-
 def sqlalchemy_url(url: str) -> str:
     """psycopg 3 dialect for SQLAlchemy/Alembic."""
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", as_url(url))

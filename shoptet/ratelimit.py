@@ -26,9 +26,9 @@ Worst case for ONE logical request with the defaults (max_retries=4, max_429_ret
 backoff_base=1 s, backoff_cap=30 s, max_retry_after=3600 s, timeout=30 s):
 
 * HTTP calls: 1 + max_retries + max_429_retries = 1 + 4 + 8 = **13** (the two retry budgets are
-  counted separately; whichever runs out first raises).
+  counted separately; whichever runs out first raises; ``tests/unit/test_client_http.py`` checks it).
 * Waiting (sleep) time: transient backoff <= 1 + 2 + 4 + 8 = 15 s, or <= 6 + 6 + 6 + 8 = 26 s when
-  some of them are 423 waits (``worst_case_wait`` counts the latter); 429
+  some of them are 423 waits; 429
   waits <= 8 x max_retry_after, and never past the caller's deadline; bucket pacing <= 6 s before
   each of the 13 calls = 78 s; plus up to 13 x the httpx timeout (30 s per connect/read/write phase)
   spent inside the calls themselves. Pauses are shared, so a 429 seen by another thread sharing the
@@ -64,17 +64,6 @@ class RetryPolicy:
     bucket_threshold: float = 0.7
     #: Seconds to wait after a 423 (Shoptet locks an identical write for ~5 s).
     lock_wait: float = 5.0
-
-    def worst_case_calls(self) -> int:
-        return 1 + self.max_retries + self.max_429_retries
-
-    def worst_case_wait(self, bucket_capacity: float = 200.0) -> float:
-        backoff = sum(
-            max(min(self.backoff_cap, self.backoff_base * 2**k), self.lock_wait + 1.0)
-            for k in range(self.max_retries)
-        )
-        pacing = bucket_wait(bucket_capacity, bucket_capacity, threshold=self.bucket_threshold)
-        return backoff + self.max_429_retries * self.max_retry_after + self.worst_case_calls() * pacing
 
 
 def parse_bucket_filling(value: str | None) -> tuple[float, float] | None:

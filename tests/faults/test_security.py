@@ -356,8 +356,9 @@ def test_a_hostile_schema_name_is_only_ever_an_identifier(db_url, tmp_path):
     with connect(db_url, HOSTILE_SCHEMA, autocommit=True) as c:
         run_id = start_run(c, "orders", source="file", full=False)
         email = c.execute("SELECT 1").fetchone() and None
-    r = loader.apply_snapshot_file(db_url, "orders", path, run_id=run_id,
-                                  options=ApplyOptions(schema=HOSTILE_SCHEMA, workers=0))
+    r = loader.apply_snapshot_file(
+        db_url, "orders", path, run_id=run_id, options=ApplyOptions(schema=HOSTILE_SCHEMA, workers=0)
+    )
     assert r.inserted == 50 and r.partitions_created
     recalculate(db_url, schema=HOSTILE_SCHEMA, full=True)
     with connect(db_url, HOSTILE_SCHEMA, autocommit=True) as c:

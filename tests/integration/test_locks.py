@@ -131,8 +131,9 @@ def test_held_lock_exits_75_naming_the_holder(env, hold, tmp_path):
 def test_wait_succeeds_once_the_holder_is_done(env, hold, tmp_path):
     stop = hold("orders")
     threading.Timer(1.0, stop.set).start()
-    res = runner.invoke(app, ["import-file", "orders", str(write_jsonl(tmp_path / "o.gz", [order("1")])),
-                              "--wait", "30"])
+    res = runner.invoke(
+        app, ["import-file", "orders", str(write_jsonl(tmp_path / "o.gz", [order("1")])), "--wait", "30"]
+    )
     assert res.exit_code == 0, res.output
 
 
@@ -169,8 +170,9 @@ def test_release_frees_a_slot_orphaned_by_a_crashed_holder(env):
     # A holder that died without releasing: its slot stays taken (ephemeral server: never reclaimed).
     acquire_concurrency_slots_with_lease([name], 1, lease_duration=600, strict=True)
     with psycopg.connect(libpq_url(env), autocommit=True) as c:
-        c.execute("INSERT INTO job_locks (name, flow_run_id, host, pid) VALUES (%s, 'crashed', 'gone-host', 1)",
-                  (name,))
+        c.execute(
+            "INSERT INTO job_locks (name, flow_run_id, host, pid) VALUES (%s, 'crashed', 'gone-host', 1)", (name,)
+        )
     assert _slots(name) == 1
     with pytest.raises(LockHeld):
         with job_lock("products", url=env, schema="public", wait=0):
@@ -242,8 +244,12 @@ def test_a_reused_pid_is_not_the_holder(env):
         )
         holder = dblocks.read_holder(c, name)
         assert dblocks.holder_alive(c, holder) is False
-        assert dblocks.holder_alive(c, replace(holder, pid_started_at=datetime.fromtimestamp(
-            psutil.Process().create_time(), UTC))) is True  # the same process: alive
+        assert (
+            dblocks.holder_alive(
+                c, replace(holder, pid_started_at=datetime.fromtimestamp(psutil.Process().create_time(), UTC))
+            )
+            is True
+        )  # the same process: alive
     assert release(env, "public", "products") == name  # the crashed holder's row does not block release
 
 
@@ -371,9 +377,11 @@ def test_private_prefect_names_still_exist(module, attr):
     try:
         obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        pytest.fail(f"prefect {__version__} no longer has {module}.{attr} ({exc}). flows/locks.py uses it to take "
-                    "a concurrency slot with a known lease id: port _prefect_slot (and the LockHeld mapping) to "
-                    "the new API, then move the pin in pyproject.toml to the tested minor version.")
+        pytest.fail(
+            f"prefect {__version__} no longer has {module}.{attr} ({exc}). flows/locks.py uses it to take "
+            "a concurrency slot with a known lease id: port _prefect_slot (and the LockHeld mapping) to "
+            "the new API, then move the pin in pyproject.toml to the tested minor version."
+        )
     if attr == "acquire_concurrency_slots_with_lease":
         params = inspect.signature(obj).parameters
         missing = {"timeout_seconds", "max_retries", "lease_duration", "strict"} - set(params)

@@ -12,7 +12,6 @@ import pytest
 from shoptet import errors as e
 from shoptet.ratelimit import (
     RateLimiter,
-    RetryPolicy,
     backoff_delay,
     bucket_wait,
     parse_bucket_filling,
@@ -60,13 +59,6 @@ def test_backoff_full_jitter_is_bounded_and_seedable() -> None:
     for attempt in range(12):
         for _ in range(50):
             assert 0.0 <= backoff_delay(attempt, rng, base=1.0, cap=30.0) <= min(30.0, 2**attempt)
-
-
-def test_worst_case_documented_numbers() -> None:
-    policy = RetryPolicy()
-    assert policy.worst_case_calls() == 13
-    # transient waits (423 waits are >= 5 s + 1 s jitter), 8 full Retry-After waits, bucket pacing
-    assert policy.worst_case_wait() == pytest.approx((6 + 6 + 6 + 8) + 8 * 3600 + 13 * 6)
 
 
 def test_rate_limiter_pause_and_slots() -> None:
