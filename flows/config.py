@@ -54,7 +54,6 @@ class HubConfig(BaseSettings):
 
     # Loader
     keep_raw_json: bool = True
-    batch_rows: int = 20_000
     reject_threshold: float = 0.01
     download_dir: Path | None = None
     min_free_disk_mb: int = 512

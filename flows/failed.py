@@ -10,15 +10,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect import flow
 
 from db.connection import connection
 from db.runs import due_failed_snapshots, update_failed_snapshot
 from flows import runtime
-from flows.config import get_config
-from flows.locks import LockHeld, run_locked
-from flows.snapshot import Entity, SnapshotFailed, import_snapshot
+from flows.entities import Entity
+from flows.locks import LockHeld, job_lock
+from flows.reporting import logger, table_artifact
+from flows.snapshot import SnapshotFailed, import_snapshot
 
 MAX_RETRY_ATTEMPTS = 3
 RETRY_GAP = timedelta(hours=1)
@@ -41,15 +41,43 @@ def retry_failed_snapshots(now: datetime | None = None, lock_wait: float | None 
 
     A snapshot whose entity lock is held by another job is left for the next run (no attempt used).
     """
-    cfg = get_config()
-    url = runtime.database_url(cfg)
-    runtime.ensure_schema(url, cfg.db_schema)
-    return run_locked(lambda: _retry_due(cfg, url, now or datetime.now(UTC)), "retry-failed-snapshots", url=url,
-                      schema=cfg.db_schema, wait=lock_wait)
+    hub = runtime.hub()
+    now = now or datetime.now(UTC)
+    with job_lock("retry-failed-snapshots", wait=lock_wait):
+        with connection(hub.url, hub.schema) as conn:
+            due = due_failed_snapshots(conn, now)
+        outcomes = [_retry(fs, now) for fs in due]
+    table_artifact(outcomes or [{"id": None, "status": "nothing due"}], key="retry-failed-snapshots",
+                   description="Outcome of each failed snapshot retried in this run")  # fmt: skip
+    return outcomes
+
+
+def _retry(fs: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """One attempt at one failed snapshot, and its outcome written back to its row."""
+    attempt = fs["attempts"] + 1
+    outcome = {"id": fs["id"], "entity": fs["entity"], "attempt": attempt, "error": None}
+    try:
+        counters = _attempt(fs)
+    except LockHeld as exc:
+        logger().info("failed snapshot %s (%s) skipped this run: %s", fs["id"], fs["entity"], exc)
+        return {**outcome, "attempt": fs["attempts"], "status": "skipped (lock held)"}
+    except SnapshotFailed as exc:
+        cause = exc.__cause__ or exc
+        gave_up = attempt >= MAX_RETRY_ATTEMPTS
+        status = "gave_up" if gave_up else "pending"
+        _update(fs["id"], attempts=attempt, status=status, error_class=type(cause).__name__,
+                error_message=str(cause)[:4000], stage=exc.stage, run_id=exc.run_id,
+                next_attempt_at=None if gave_up else now + RETRY_GAP)  # fmt: skip
+        logger().warning("failed snapshot %s (%s) attempt %d/%d failed: %s%s", fs["id"], fs["entity"], attempt,
+                         MAX_RETRY_ATTEMPTS, type(cause).__name__, " - gave up" if gave_up else "")  # fmt: skip
+        return {**outcome, "status": status, "error": type(cause).__name__}
+    _update(fs["id"], attempts=attempt, status="recovered", recovered_run_id=counters["run_id"], next_attempt_at=None)
+    logger().info("failed snapshot %s (%s) recovered by run %s", fs["id"], fs["entity"], counters["run_id"])
+    return {**outcome, "status": "recovered"}
 
 
 def _attempt(fs: dict[str, Any]) -> dict[str, Any]:
-    """One retry of one failed snapshot; raises SnapshotFailed or LockHeld."""
+    """Import the snapshot again; raises SnapshotFailed or LockHeld."""
     filters = fs["filters"] or {}
     changed_since = datetime.fromisoformat(filters["changeTimeFrom"]) if "changeTimeFrom" in filters else None
     reuse = _reuse_job(fs)
@@ -63,42 +91,7 @@ def _attempt(fs: dict[str, Any]) -> dict[str, Any]:
         return import_snapshot(entity, changed_since=changed_since, record_failure=False)
 
 
-def _retry_due(cfg: Any, url: str, now: datetime) -> list[dict[str, Any]]:
-    logger = get_run_logger()
-    with connection(url, cfg.db_schema) as conn:
-        due = due_failed_snapshots(conn, now)
-    outcomes = []
-    for fs in due:
-        attempt = fs["attempts"] + 1
-        outcome = {"id": fs["id"], "entity": fs["entity"], "attempt": attempt, "error": None}
-        try:
-            counters = _attempt(fs)
-        except LockHeld as exc:
-            logger.info("failed snapshot %s (%s) skipped this run: %s", fs["id"], fs["entity"], exc)
-            outcomes.append({**outcome, "attempt": fs["attempts"], "status": "skipped (lock held)"})
-            continue
-        except SnapshotFailed as exc:
-            cause = exc.__cause__ or exc
-            gave_up = attempt >= MAX_RETRY_ATTEMPTS
-            status = "gave_up" if gave_up else "pending"
-            with connection(url, cfg.db_schema) as conn:
-                update_failed_snapshot(
-                    conn, fs["id"], attempts=attempt, status=status, error_class=type(cause).__name__,
-                    error_message=str(cause)[:4000], stage=exc.stage, run_id=exc.run_id,
-                    next_attempt_at=None if gave_up else now + RETRY_GAP,
-                )  # fmt: skip
-            logger.warning("failed snapshot %s (%s) attempt %d/%d failed: %s%s", fs["id"], fs["entity"], attempt,
-                           MAX_RETRY_ATTEMPTS, type(cause).__name__, " - gave up" if gave_up else "")
-            outcomes.append({**outcome, "status": status, "error": type(cause).__name__})
-            continue
-        with connection(url, cfg.db_schema) as conn:
-            update_failed_snapshot(conn, fs["id"], attempts=attempt, status="recovered",
-                                   recovered_run_id=counters["run_id"], next_attempt_at=None)
-        logger.info("failed snapshot %s (%s) recovered by run %s", fs["id"], fs["entity"], counters["run_id"])
-        outcomes.append({**outcome, "status": "recovered"})
-    try:
-        create_table_artifact(outcomes or [{"id": None, "status": "nothing due"}], key="retry-failed-snapshots",
-                              description="Outcome of each failed snapshot retried in this run")
-    except Exception:  # noqa: BLE001 - outside a Prefect run
-        pass
-    return outcomes
+def _update(failed_snapshot_id: int, **fields: Any) -> None:
+    hub = runtime.hub()
+    with connection(hub.url, hub.schema) as conn:
+        update_failed_snapshot(conn, failed_snapshot_id, **fields)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +46,7 @@ from prefect.exceptions import ObjectNotFound
 from db import locks as dblocks
 from db.connection import connection
 from db.locks import LockError, LockLost
-from flows.runtime import current_flow_run_id
+from flows import runtime
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ LEASE_SECONDS = 600
 EX_TEMPFAIL = 75  # sysexits.h: "try again later" — the CLI's exit code when a lock is held
 
 
-__all__ = ["LockError", "LockHeld", "LockLost", "ensure_limits", "instance", "job_lock", "limit_name", "locked",
-           "lock_table", "release", "run_locked"]
+__all__ = ["LockError", "LockHeld", "LockLost", "ensure_limits", "instance", "job_lock", "limit_name", "lock_table",
+           "release"]
 
 
 def limit_name(group: str, instance: str) -> str:
@@ -151,18 +151,24 @@ def _checked(name: str, repair: bool) -> None:
 @contextmanager
 def job_lock(
     *groups: str,
-    url: str,
-    schema: str,
     wait: float | None = 0,
+    url: str | None = None,
+    schema: str | None = None,
     repair: bool = True,
     flow_run_id: str | None = None,
 ) -> Iterator[list[dblocks.Holder]]:
     """Hold the locks of ``groups`` (Prefect slot + advisory lock each) for the block.
 
-    ``wait``: 0 fails at once when a lock is held, N waits up to N seconds, None waits forever.
-    Raises LockHeld (exit code 75 in the CLI) or LockError; never runs the block unlocked. Inside,
-    ``db.locks.guard_write`` checks these locks in every writing transaction (``LockLost``).
+    A flow writes ``with job_lock("orders", wait=lock_wait):``. ``wait``: 0 fails at once when a lock
+    is held, N waits up to N seconds, None waits forever. Raises LockHeld (exit code 75 in the CLI) or
+    LockError; never runs the block unlocked. Inside, ``db.locks.guard_write`` checks these locks in
+    every writing transaction (``LockLost``). ``url``/``schema``: the hub's (``runtime.hub()``) unless
+    given; the holder is recorded with the current flow run's id.
     """
+    if url is None or schema is None:
+        hub = runtime.hub()
+        url, schema = url or hub.url, schema or hub.schema
+    flow_run_id = flow_run_id or runtime.current_flow_run_id()
     inst = instance(url, schema)
     names = [limit_name(g, inst) for g in sorted(set(groups), key=GROUPS.index)]
     holders: list[dblocks.Holder] = []
@@ -286,26 +292,3 @@ def release(url: str, schema: str, group_or_name: str) -> str:
                 log.info("lock %s: no recorded lease; slots in use reset to 0", name)
         dblocks.forget_holder(conn, name)
     return name
-
-
-@contextmanager
-def locked(*groups: str, url: str, schema: str, wait: float | None = 0) -> Iterator[None]:
-    """``job_lock`` for a flow body: the holder is recorded with the current flow run's id."""
-    with job_lock(*groups, url=url, schema=schema, wait=wait, flow_run_id=current_flow_run_id()):
-        yield
-
-
-def run_locked(fn: Callable[[], Any], *groups: str, url: str, schema: str, wait: float | None = 0) -> Any:
-    """Run a flow's body under its locks; a held lock ends the run in a Failed state named ``LockHeld``.
-
-    Returning that state (rather than raising) gives scheduled runs a clearly named final state; a
-    caller of the flow function still gets the LockHeld exception raised.
-    """
-    from prefect.states import Failed
-
-    try:
-        with locked(*groups, url=url, schema=schema, wait=wait):
-            return fn()
-    except LockHeld as exc:
-        log.warning("%s", exc)
-        return Failed(name="LockHeld", message=str(exc), data=exc)

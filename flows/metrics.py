@@ -6,12 +6,10 @@ algorithm are in ``db.metrics``; the rules and their settings keys in ``db.metri
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect import flow, task
 
 from db import metrics as db_metrics
 from db.metrics_rules import (
@@ -25,20 +23,11 @@ from db.metrics_rules import (
     rules_as_json,
 )
 from flows import runtime
-from flows.config import get_config
-from flows.locks import run_locked
-from flows.retrying import TASK_RETRIES, retry_delays, transient_only
-
-log = logging.getLogger(__name__)
+from flows.locks import job_lock
+from flows.reporting import logger, table_artifact
+from flows.retrying import RETRIES
 
 SEGMENT_COLUMNS = ("segment", "customers", "previous", "moved_in", "moved_out", "new", "removed")
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - called outside a run
-        return log
 
 
 def business_settings(url: str, schema: str) -> tuple[tuple[int, ...], tuple[SegmentRule, ...]]:
@@ -58,16 +47,14 @@ def business_settings(url: str, schema: str) -> tuple[tuple[int, ...], tuple[Seg
     )
 
 
-@task(name="recalculate-metrics", retries=TASK_RETRIES, retry_jitter_factor=0.5, retry_condition_fn=transient_only)
+@task(name="recalculate-metrics", **RETRIES)
 def recalculate_metrics(
     full: bool, as_of: datetime | None, cancelled_statuses: list[int], segment_rules: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    cfg = get_config()
+    hub = runtime.hub()
     rules = parse_segment_rules(segment_rules)
-    result = db_metrics.recalculate(
-        runtime.database_url(cfg), schema=cfg.db_schema, full=full, as_of=as_of,
-        cancelled_statuses=cancelled_statuses, segment_rules=rules,
-    )  # fmt: skip
+    result = db_metrics.recalculate(hub.url, schema=hub.schema, full=full, as_of=as_of,
+                                    cancelled_statuses=cancelled_statuses, segment_rules=rules)  # fmt: skip
     out = result.as_dict()
     out["segments"] = result.segment_rows([r.segment for r in rules])
     out["movement"] = result.movement_rows()
@@ -88,27 +75,16 @@ def recalculate_customer_metrics(
     ``settings`` table for this run; None reads it. ``as_of`` (default now) is the "today" of recency.
     Returns the counters, ``segments`` (customers per segment and movement) and ``movement`` (from → to).
     """
-    cfg = get_config()
-    url = runtime.database_url(cfg)
-    runtime.ensure_schema(url, cfg.db_schema)
-    return run_locked(lambda: _recalculate(cfg, url, full, as_of, cancelled_statuses, segment_rules),
-                      "customer-metrics", url=url, schema=cfg.db_schema, wait=lock_wait)
-
-
-def _recalculate(
-    cfg: Any, url: str, full: bool, as_of: datetime | None, cancelled_statuses: list[int] | None,
-    segment_rules: list[dict[str, Any]] | None,
-) -> dict[str, Any]:  # fmt: skip
+    hub = runtime.hub()
     if cancelled_statuses is None or segment_rules is None:
-        stored_cancelled, stored_rules = business_settings(url, cfg.db_schema)
+        stored_cancelled, stored_rules = business_settings(hub.url, hub.schema)
         cancelled_statuses = list(stored_cancelled) if cancelled_statuses is None else cancelled_statuses
         segment_rules = rules_as_json(stored_rules) if segment_rules is None else segment_rules
-    parse_cancelled_statuses(cancelled_statuses)  # fail before the task with the settings message
+    parse_cancelled_statuses(cancelled_statuses)  # fail before the lock with the settings message
     parse_segment_rules(segment_rules)
-    out = recalculate_metrics.with_options(retry_delay_seconds=retry_delays())(
-        full, as_of, list(cancelled_statuses), segment_rules
-    )
-    _logger().info(
+    with job_lock("customer-metrics", wait=lock_wait):
+        out = recalculate_metrics(full, as_of, list(cancelled_statuses), segment_rules)
+    logger().info(
         "customer metrics %s (%s): %d customers, %d recomputed, %d removed, %d moved between segments, "
         "%d unattributed orders (revenue %s), %.2f s", out["mode"], out["reason"], out["customers"],
         out["recomputed"], out["removed"], out["moved"], out["unattributed_orders"], out["unattributed_revenue"],
@@ -131,17 +107,10 @@ def segments_with_total(out: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _artifacts(out: dict[str, Any]) -> None:
-    try:
-        create_table_artifact(
-            segments_with_total(out), key="customer-metrics-segments",
-            description=f"Customers per RFM segment and movement since the last run ({out['mode']} run, "
-                        f"as of {out['as_of']})",
-        )  # fmt: skip
-        create_table_artifact(
-            out["movement"] or [{"from": "-", "to": "-", "customers": 0}], key="customer-metrics-movement",
-            description="Customers who changed segment since the last run, per (from, to)",
-        )  # fmt: skip
-        create_table_artifact(summary_rows(out), key="customer-metrics-summary",
-                              description="Counters of the last customer metrics run (counts only)")
-    except Exception:  # noqa: BLE001 - outside a Prefect run (a notebook calling .fn)
-        pass
+    table_artifact(segments_with_total(out), key="customer-metrics-segments",
+                   description=f"Customers per RFM segment and movement since the last run ({out['mode']} run, "
+                               f"as of {out['as_of']})")  # fmt: skip
+    table_artifact(out["movement"] or [{"from": "-", "to": "-", "customers": 0}], key="customer-metrics-movement",
+                   description="Customers who changed segment since the last run, per (from, to)")
+    table_artifact(summary_rows(out), key="customer-metrics-summary",
+                   description="Counters of the last customer metrics run (counts only)")

@@ -1,7 +1,9 @@
-"""Which failures a Prefect task retries: transient ones only.
+"""Task retries: transient failures only, with exponential backoff (10, 20, 40 s, ±50 % jitter).
 
 A 4xx from Shoptet, a failed Shoptet job, or a file refused by the loader will fail the same way
 again, so retrying wastes the shop's rate-limit budget; those go straight to ``failed_snapshots``.
+Spread ``RETRIES`` into a task's decorator: ``@task(name="…", **RETRIES)``. Tests make the waits 0
+with the ``no_retry_waits`` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -9,23 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from prefect.tasks import exponential_backoff
 
 from db.loader import ApplyError
 from shoptet.errors import ShoptetError
 
 TASK_RETRIES = 3
-_retry_base_seconds = 10.0
-
-
-def retry_delays() -> list[float]:
-    """Exponential backoff (jitter is added by ``retry_jitter_factor``)."""
-    return [_retry_base_seconds * 2**r for r in range(TASK_RETRIES)]
-
-
-def set_retry_base_seconds(seconds: float) -> None:
-    """Tests use 0 so a retried task does not sleep for real."""
-    global _retry_base_seconds
-    _retry_base_seconds = seconds
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -45,3 +36,11 @@ def is_transient(exc: BaseException | None) -> bool:
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:
     exc = getattr(state, "data", None)
     return is_transient(exc if isinstance(exc, BaseException) else None)
+
+
+RETRIES: dict[str, Any] = dict(
+    retries=TASK_RETRIES,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=transient_only,
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from db.connection import ensure_database
 from db.embedded import embedded_server_url
@@ -23,6 +24,26 @@ _database_url: str | None = None
 _client_factory: Callable[[], ShoptetClient] | None = None
 _webhook_url: str | None = None
 _migrated: set[tuple[str, str]] = set()
+
+
+@dataclass(frozen=True)
+class Hub:
+    """Where a flow works: the config, the database URL and schema (migrated)."""
+
+    cfg: HubConfig
+    url: str
+    schema: str
+
+
+def hub() -> Hub:
+    """The hub this process works on, its schema migrated (once per process; a cheap check afterwards).
+
+    Every flow and task starts here instead of repeating the config → URL → migrate block.
+    """
+    cfg = get_config()
+    url = database_url(cfg)
+    ensure_schema(url, cfg.db_schema)
+    return Hub(cfg, url, cfg.db_schema)
 
 
 def database_url(cfg: HubConfig | None = None) -> str:

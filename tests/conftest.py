@@ -109,3 +109,19 @@ def empty_db_url(pg_server_url: str):
 def conn(db_url: str):
     with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
         yield c
+
+
+@pytest.fixture
+def no_retry_waits(monkeypatch):
+    """Task retries without real waiting: the retry delays of every task in flows/ are 0 for the test."""
+    import importlib
+    import pkgutil
+
+    from prefect import Task
+
+    import flows
+
+    for info in pkgutil.iter_modules(flows.__path__, "flows."):
+        for obj in vars(importlib.import_module(info.name)).values():
+            if isinstance(obj, Task) and obj.retry_delay_seconds:
+                monkeypatch.setattr(obj, "retry_delay_seconds", 0)

@@ -8,7 +8,7 @@ import time
 
 from prefect import flow
 
-from flows.locks import run_locked
+from flows.locks import job_lock
 
 
 def _write(out: str) -> None:
@@ -21,7 +21,8 @@ def _write(out: str) -> None:
 
 @flow(name="lock-probe")
 def lock_probe(url: str, out: str) -> None:
-    run_locked(lambda: _write(out), "orders", url=url, schema="public", wait=None)
+    with job_lock("orders", wait=None, url=url, schema="public"):
+        _write(out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from db.connection import libpq_url
-from flows import retrying, runtime
+from flows import runtime
 from flows.config import get_config
 from flows.entities import Entity
 from flows.failed import retry_failed_snapshots
@@ -97,8 +97,7 @@ class Hub:
 
 
 @pytest.fixture
-def hub(db_url, sandbox, monkeypatch, tmp_path):
-    monkeypatch.setattr(retrying, "_retry_base_seconds", 0.0)
+def hub(db_url, sandbox, monkeypatch, tmp_path, no_retry_waits):
     monkeypatch.setenv("HUB_DOWNLOAD_DIR", str(tmp_path / "downloads"))
     get_config.cache_clear()
     h = Hub(sandbox, db_url)

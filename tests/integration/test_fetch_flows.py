@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from db.connection import libpq_url
 from db.sync_state import save_watermark
 from deployments.cli import app
-from flows import retrying, runtime
+from flows import runtime
 from flows.entities import Entity
 from flows.fetch import (
     WARNING_STATE,
@@ -38,9 +38,8 @@ def harness(prefect_harness):
 
 
 @pytest.fixture
-def hub(db_url, sandbox, monkeypatch):
+def hub(db_url, sandbox, monkeypatch, no_retry_waits):
     """Flows pointed at this test's database and the sandbox; every client sleep is recorded."""
-    monkeypatch.setattr(retrying, "_retry_base_seconds", 0.0)
     sleeps: list[float] = []
     clients: list[ShoptetClient] = []
 

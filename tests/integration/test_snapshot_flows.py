@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from db.connection import libpq_url
-from flows import retrying, runtime
+from flows import runtime
 from flows.entities import Entity
 from flows.failed import retry_failed_snapshots
 from flows.snapshot import SnapshotFailed, import_snapshot
@@ -23,10 +23,8 @@ def harness(prefect_harness):
 
 
 @pytest.fixture
-def hub(db_url, sandbox, monkeypatch):
+def hub(db_url, sandbox, monkeypatch, no_retry_waits):
     """Flows pointed at this test's database and the sandbox; task retries without real waiting."""
-    monkeypatch.setattr(retrying, "_retry_base_seconds", 0.0)
-
     def client() -> ShoptetClient:
         return ShoptetClient(sandbox.base_url, sandbox.token, clock=sandbox.clock.time, sleep=sandbox.clock.sleep)
 
