@@ -23,6 +23,7 @@ from psycopg import sql
 from db import loader
 from db.connection import libpq_url, mask_url, with_database
 from db.loader import ApplyOptions
+from db.loader import apply as loader_apply
 from db.loader import workers as chunk_workers
 from flows import runtime
 from flows.config import get_config
@@ -191,7 +192,7 @@ def sentinel_hub(sentinel_db, prefect_harness, monkeypatch, tmp_path, no_retry_w
     monkeypatch.setenv("HUB_SHOPTET_BASE_URL", sb.base_url)
     monkeypatch.setenv("HUB_DOWNLOAD_DIR", str(tmp_path / "downloads"))
     get_config.cache_clear()
-    monkeypatch.setattr(loader, "default_workers", lambda path: 1)
+    monkeypatch.setattr(loader_apply, "default_workers", lambda path: 1)
     spy = _PopenSpy(chunk_workers.subprocess)
     monkeypatch.setattr(chunk_workers, "subprocess", spy)
 
