@@ -19,10 +19,10 @@ import gzip
 import os
 import random
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import orjson
 
@@ -30,6 +30,7 @@ from . import vocab as V
 from .formats import REFERENCE, fmt_date, fmt_dt
 
 DAY = 86400
+_T = TypeVar("_T")
 YEAR = int(365.25 * DAY)
 
 ENTITIES = ("orders", "customers", "products")
@@ -59,9 +60,7 @@ class ShopSpec:
 
     @classmethod
     def for_orders(cls, orders: int, seed: int = 42, **kw: object) -> ShopSpec:
-        return cls(
-            orders=orders, customers=max(10, orders // 3), products=max(50, orders // 40), seed=seed, **kw
-        )  # type: ignore[arg-type]
+        return cls(orders=orders, customers=max(10, orders // 3), products=max(50, orders // 40), seed=seed, **kw)  # type: ignore[arg-type]
 
     @property
     def ref_epoch(self) -> int:
@@ -146,9 +145,7 @@ def _person(rng: random.Random, tag: int | None) -> Person:
     street = streets[rng.randrange(len(streets))]
     phone = f"{phone_prefix}{rng.randrange(600000000, 799999999)}"
     if r() < 0.12:
-        company = (
-            f"{V.COMPANY_WORDS[rng.randrange(10)]} {last.split()[0]} {V.COMPANY_FORMS[rng.randrange(4)]}"
-        )
+        company = f"{V.COMPANY_WORDS[rng.randrange(10)]} {last.split()[0]} {V.COMPANY_FORMS[rng.randrange(4)]}"
         company_id = f"{rng.randrange(10**7, 10**8)}"
         vat_id = f"{country}{company_id}" if r() < 0.8 else None
     else:
@@ -169,18 +166,9 @@ def _person(rng: random.Random, tag: int | None) -> Person:
 
 
 def _billing_address(p: Person, vat_status: str | None = None) -> dict:
+    """The delivery address's fields, then the company's identifiers (in the API's key order)."""
     return {
-        "company": p.company,
-        "fullName": p.full_name,
-        "street": p.street,
-        "houseNumber": p.house,
-        "city": p.city,
-        "district": None,
-        "additional": None,
-        "zip": p.zip,
-        "countryCode": p.country,
-        "regionName": None,
-        "regionShortcut": None,
+        **_delivery_address(p),
         "companyId": p.company_id,
         "vatId": p.vat_id,
         "vatIdValidationStatus": vat_status,
@@ -358,9 +346,7 @@ def build_product(spec: ShopSpec, k: int, *, now: int | None = None) -> tuple[di
     variants = []
     for v in range(nvar):
         price = base + v * (base // 2000) * 100
-        stock = (
-            None if ptype == "service" or r() < 0.04 else (0 if r() < 0.15 else rng.randrange(1, 80) * 1000)
-        )
+        stock = None if ptype == "service" or r() < 0.04 else (0 if r() < 0.15 else rng.randrange(1, 80) * 1000)
         if stock and decimals:
             stock += rng.randrange(10) * 100
         value = pvalues[(k + v) % len(pvalues)]
@@ -558,8 +544,182 @@ _EXTRA_TYPES = (
 _EXTRA_RATES = (0.07, 0.03, 0.05, 0.04, 0.04, 0.03, 0.02, 0.02, 0.03)
 
 
+class _OrderLines:
+    """The item rows of one order as they are added, with the running totals in whole cents."""
+
+    def __init__(self, idx: int, status: int, *, as_number: bool) -> None:
+        self.items: list[dict] = []
+        self.completion: list[dict] = []
+        self.item_id = 1000 + idx * 12
+        self.products_sum = 0  # the lines of catalogue items
+        self.tot_with = self.tot_wo = 0
+        self.status = status
+        self.as_number = as_number
+        self.done = status == -3
+
+    def amount(self, milli: int) -> str | float:
+        return milli / 1000 if self.as_number else f"{milli / 1000:.3f}"
+
+    def add(
+        self,
+        item_type: str,
+        ci: CatalogItem | None,
+        name: str,
+        unit_c: int,
+        milli: int,
+        vat: int,
+        ratio: str = "1.0000",
+        code: str | None = None,
+        unit: str | None = None,
+    ) -> dict:
+        self.item_id += 1
+        line_c = (abs(unit_c) * milli + 500) // 1000 * (1 if unit_c >= 0 else -1)
+        rate_s = _RATE_S[vat]
+        line_wo, line_vat = _split(line_c, vat)
+        self.tot_with += line_c
+        self.tot_wo += line_wo
+        a = self.amount(milli)
+        item = {
+            "itemId": self.item_id,
+            "itemType": item_type,
+            "productGuid": ci.product_guid if ci else None,
+            "code": ci.code if ci else code,
+            "ean": ci.ean if ci else None,
+            "productType": ci.product_type if ci else None,
+            "name": ci.name if ci else name,
+            "variantName": ci.variant_name if ci else None,
+            "brand": ci.brand if ci else None,
+            "remark": None,
+            "weight": f"{(ci.weight_g * milli // 1000 if ci else 0) / 1000:.3f}",
+            "additionalField": None,
+            "amount": a,
+            "amountUnit": (ci.unit if ci else unit),
+            "amountCompleted": (a if self.done else ("0.000" if not self.as_number else 0.0)),
+            "priceRatio": ratio,
+            "status": {"id": self.status, "name": V.ORDER_STATUSES[self.status]},
+            "itemPrice": {
+                "withVat": f"{line_c / 100:.2f}",
+                "withoutVat": f"{line_wo / 100:.2f}",
+                "vat": f"{line_vat / 100:.2f}",
+                "vatRate": rate_s,
+            },
+            "unitPrice": _price(unit_c, vat, rate_s),
+            "purchasePrice": None,
+            "recyclingFee": None,
+            "warrantyDescription": "24 měsíců" if ci and item_type == "product" else None,
+        }
+        self.items.append(item)
+        if ci is not None:
+            self.products_sum += line_c
+            self.completion.append(
+                {
+                    "productGuid": ci.product_guid,
+                    "code": ci.code,
+                    "itemType": item_type,
+                    "name": ci.name,
+                    "variantName": ci.variant_name,
+                    "amount": a,
+                    "amountUnit": ci.unit,
+                    "itemId": self.item_id,
+                    "amountCompleted": item["amountCompleted"],
+                }
+            )
+        return item
+
+    def add_set_parts(self, parts: list[tuple[CatalogItem, int]], parent_item_id: int) -> None:
+        """A product set's components: completion rows only, no item rows of their own."""
+        for part, a in parts:
+            self.completion.append(
+                {
+                    "productGuid": part.product_guid,
+                    "code": part.code,
+                    "itemType": "product-set-item",
+                    "name": part.name,
+                    "variantName": part.variant_name,
+                    "amount": self.amount(a * 1000),
+                    "amountUnit": part.unit,
+                    "itemId": None,
+                    "amountCompleted": self.amount(a * 1000 if self.done else 0),
+                    "parentProductSetItemId": parent_item_id,
+                }
+            )
+
+
+# Statuses of orders younger than three weeks: (upper bound of the draw, status); -4 above the last.
+_RECENT_STATUSES = ((0.3, -1), (0.55, -2), (0.65, 5), (0.8, 6), (0.93, -3))
+
+
+def _order_status(rng: random.Random, age: int) -> int:
+    x = rng.random()
+    if age > 21 * DAY:
+        return -3 if x < 0.92 else (-4 if x < 0.99 else 6)
+    return next((status for bound, status in _RECENT_STATUSES if x < bound), -4)
+
+
+def _nullable(rng: random.Random, value: _T, rate: float) -> _T | None:
+    """``value``, or None for the share ``rate`` of orders (a draw made after the value's own)."""
+    return None if rng.random() < rate else value
+
+
+def _shipping_and_payment(rng: random.Random) -> tuple[int, int]:
+    ship_i = _cum_pick(rng.random(), V.SHIPPING_CUM)
+    pay_i = _cum_pick(rng.random(), V.PAYMENT_CUM)
+    if ship_i == 4 and pay_i == 1:  # no cash on delivery for pick-up
+        pay_i = 3
+    return ship_i, pay_i
+
+
+def _from_czk(czk_c: int, rate_milli: int) -> int:
+    """Whole cents of CZK in the order's currency, ``rate_milli`` CZK per 1000 units (1000: CZK itself)."""
+    return (czk_c * 1000 + rate_milli // 2) // rate_milli
+
+
+def _change_time(rng: random.Random, created: int, cap: int) -> int | None:
+    if rng.random() < 0.03:
+        changed = max(created, cap - rng.randrange(30 * DAY))
+    else:
+        delta = rng.randrange(60, 7 * DAY)
+        # recent orders: spread the change over the time left, don't pile them up at `cap`
+        changed = created + delta if created + delta < cap else created + int((cap - created) * rng.random())
+    return _nullable(rng, changed, NULL_CHANGETIME_RATE)
+
+
+def _delivery(rng: random.Random, p: Person, ship_i: int, equal: bool) -> dict | None:
+    if ship_i == 4:  # pick-up
+        return None
+    delivery = _delivery_address(p)
+    if not equal:
+        streets = V.COUNTRIES[p.country][4]
+        delivery["street"] = streets[rng.randrange(len(streets))]
+        delivery["houseNumber"] = str(rng.randrange(1, 250))
+    return delivery
+
+
+def _shipping_details(rng: random.Random, p: Person, company: str) -> dict:
+    return {
+        "branchId": str(rng.randrange(1000, 30000)),
+        "shippingCompanyCode": company,
+        "shippingServiceCode": None,
+        "name": f"Z-BOX {p.city}",
+        "note": None,
+        "place": p.city,
+        "street": p.street,
+        "city": p.city,
+        "zipCode": p.zip,
+        "countryCode": p.country,
+        "link": None,
+        "latitude": None,
+        "longitude": None,
+        "carrierId": None,
+    }
+
+
 class OrderFactory:
-    """Builds realistic orders referencing the shop's customers and catalogue."""
+    """Builds realistic orders referencing the shop's customers and catalogue.
+
+    Every draw comes from the one ``rng`` in a fixed order: the same seed gives the same orders, so a
+    change that adds, drops or reorders a draw changes every order after it.
+    """
 
     def __init__(self, spec: ShopSpec, catalog: Catalog) -> None:
         self.spec = spec
@@ -568,245 +728,59 @@ class OrderFactory:
         if not self.plain:
             raise ValueError("the catalogue has no plain products")
 
-    def build(
-        self, rng: random.Random, idx: int, created: int, code: str, cap: int
-    ) -> tuple[dict, int, int | None]:
+    def build(self, rng: random.Random, idx: int, created: int, code: str, cap: int) -> tuple[dict, int, int | None]:
         """Order #idx created at `created`; `cap` bounds its changeTime (the shop's "now")."""
-        spec = self.spec
         r = rng.random
-        if spec.customers == 0 or r() < GUEST_RATE:
-            customer_guid = None
-            p = _person(rng, None)
-        else:
-            customer_guid, p, _ = customer_core(spec.seed, rng.randrange(spec.customers))
+        customer_guid, p = self._buyer(rng)
         currency, _, language, _, _ = V.COUNTRIES[p.country]
         eur = currency == "EUR"
         # CZK per EUR drifts over time; 3 decimals like the CNB fixing
         rate_milli = 24000 + (created // (7 * DAY)) % 1500 + rng.randrange(-50, 50) if eur else 1000
-        age = cap - created
-        if age > 21 * DAY:
-            x = r()
-            status = -3 if x < 0.92 else (-4 if x < 0.99 else 6)
-        else:
-            x = r()
-            status = (
-                -1
-                if x < 0.3
-                else -2
-                if x < 0.55
-                else 5
-                if x < 0.65
-                else 6
-                if x < 0.8
-                else -3
-                if x < 0.93
-                else -4
-            )
-        status_name = V.ORDER_STATUSES[status]
-        done = status == -3
+        status = _order_status(rng, cap - created)
         cancelled = status == -4
-        cash_desk: bool | None = r() < 0.02
-        if r() < NULL_CASHDESK_RATE:
-            cash_desk = None
-        num = r() < spec.amount_as_number_rate
-        ship_i = _cum_pick(r(), V.SHIPPING_CUM)
-        pay_i = _cum_pick(r(), V.PAYMENT_CUM)
-        if ship_i == 4 and pay_i == 1:  # no cash on delivery for pick-up
-            pay_i = 3
+        cash_desk = _nullable(rng, r() < 0.02, NULL_CASHDESK_RATE)
+        lines = _OrderLines(idx, status, as_number=r() < self.spec.amount_as_number_rate)
+        ship_i, pay_i = _shipping_and_payment(rng)
         ship_guid, ship_name, ship_price, ship_company = V.SHIPPINGS[ship_i]
         pay_guid, pay_name, bill_id, bill_name, pay_price = V.PAYMENTS[pay_i]
 
         def conv(czk_c: int) -> int:
-            return czk_c if not eur else (czk_c * 1000 + rate_milli // 2) // rate_milli
+            return _from_czk(czk_c, rate_milli)
 
-        items: list[dict] = []
-        completion: list[dict] = []
-        item_id = 1000 + idx * 12
-        products_sum = 0
-        tot_with = tot_wo = 0
-
-        def amount_val(milli: int) -> str | float:
-            return milli / 1000 if num else f"{milli / 1000:.3f}"
-
-        def add_line(
-            item_type: str,
-            ci: CatalogItem | None,
-            name: str,
-            unit_c: int,
-            milli: int,
-            vat: int,
-            ratio: str = "1.0000",
-            code: str | None = None,
-            unit: str | None = None,
-        ) -> dict:
-            nonlocal item_id, products_sum, tot_with, tot_wo
-            item_id += 1
-            line_c = (abs(unit_c) * milli + 500) // 1000 * (1 if unit_c >= 0 else -1)
-            rate_s = _RATE_S[vat]
-            line_wo, line_vat = _split(line_c, vat)
-            tot_with += line_c
-            tot_wo += line_wo
-            a = amount_val(milli)
-            item = {
-                "itemId": item_id,
-                "itemType": item_type,
-                "productGuid": ci.product_guid if ci else None,
-                "code": ci.code if ci else code,
-                "ean": ci.ean if ci else None,
-                "productType": ci.product_type if ci else None,
-                "name": ci.name if ci else name,
-                "variantName": ci.variant_name if ci else None,
-                "brand": ci.brand if ci else None,
-                "remark": None,
-                "weight": f"{(ci.weight_g * milli // 1000 if ci else 0) / 1000:.3f}",
-                "additionalField": None,
-                "amount": a,
-                "amountUnit": (ci.unit if ci else unit),
-                "amountCompleted": (a if done else ("0.000" if not num else 0.0)),
-                "priceRatio": ratio,
-                "status": {"id": status, "name": status_name},
-                "itemPrice": {
-                    "withVat": f"{line_c / 100:.2f}",
-                    "withoutVat": f"{line_wo / 100:.2f}",
-                    "vat": f"{line_vat / 100:.2f}",
-                    "vatRate": rate_s,
-                },
-                "unitPrice": _price(unit_c, vat, rate_s),
-                "purchasePrice": None,
-                "recyclingFee": None,
-                "warrantyDescription": "24 měsíců" if ci and item_type == "product" else None,
-            }
-            items.append(item)
-            if ci is not None:
-                products_sum += line_c
-                completion.append(
-                    {
-                        "productGuid": ci.product_guid,
-                        "code": ci.code,
-                        "itemType": item_type,
-                        "name": ci.name,
-                        "variantName": ci.variant_name,
-                        "amount": a,
-                        "amountUnit": ci.unit,
-                        "itemId": item_id,
-                        "amountCompleted": item["amountCompleted"],
-                    }
-                )
-            return item
-
-        # product lines: 1-4 (avg ~2.3), so an order has ~5 rows with shipping and billing
-        x = r()
-        n_lines = 1 if x < 0.3 else 2 if x < 0.6 else 3 if x < 0.85 else 4
-        plain = self.plain
-        for _ in range(n_lines):
-            ci = plain[rng.randrange(len(plain))]
-            if ci.decimals:
-                milli = rng.randrange(5, 40) * 100
-            else:
-                y = r()
-                milli = 1000 if y < 0.7 else 2000 if y < 0.9 else rng.randrange(3, 6) * 1000
-            if r() < 0.1:
-                ratio_bp = 9000
-                ratio = "0.9000"
-            else:
-                ratio_bp, ratio = 10000, "1.0000"
-            add_line("product", ci, ci.name, conv(ci.price_c * ratio_bp // 10000), milli, ci.vat, ratio)
-
-        # occasional extra rows of other item types
-        for t, rate in zip(_EXTRA_TYPES, _EXTRA_RATES, strict=True):
-            if r() >= rate:
-                continue
-            if t == "discount-coupon":
-                coupon = V.COUPONS[rng.randrange(len(V.COUPONS))]
-                add_line(
-                    t,
-                    None,
-                    f"Slevový kupón {coupon}",
-                    -(products_sum // 10),
-                    1000,
-                    21,
-                    code=coupon,
-                )
-            elif t == "volume-discount":
-                add_line(t, None, "Množstevní sleva 5 %", -(products_sum // 20), 1000, 21)
-            elif t == "gift":
-                add_line(t, plain[rng.randrange(len(plain))], "", 0, 1000, 21)
-            elif t in ("service", "bazar", "product-set"):
-                pool = self.catalog.by_type.get(t)
-                if not pool:
-                    continue
-                ci = pool[rng.randrange(len(pool))]
-                item = add_line(t, ci, ci.name, conv(ci.price_c), 1000, ci.vat)
-                if t == "product-set":
-                    for part, a in self.catalog.set_parts.get(ci.code, []):
-                        completion.append(
-                            {
-                                "productGuid": part.product_guid,
-                                "code": part.code,
-                                "itemType": "product-set-item",
-                                "name": part.name,
-                                "variantName": part.variant_name,
-                                "amount": amount_val(a * 1000),
-                                "amountUnit": part.unit,
-                                "itemId": None,
-                                "amountCompleted": amount_val(a * 1000 if done else 0),
-                                "parentProductSetItemId": item["itemId"],
-                            }
-                        )
-            elif t == "deposit":
-                add_line(
-                    t, None, "Záloha za vratný obal", conv(500), rng.randrange(1, 7) * 1000, 21, unit="ks"
-                )
-            elif t == "generic-item":
-                add_line(t, None, "Manipulační poplatek", conv(2900), 1000, 21)
-            elif t == "gift-certificate":
-                add_line(t, None, "Dárkový poukaz 500 Kč", conv(50000), 1000, 0)
-
-        free_shipping = products_sum >= conv(150000)
-        add_line("shipping", None, ship_name, 0 if free_shipping else conv(ship_price), 1000, 21)
-        ship_item_id = item_id
-        add_line("billing", None, pay_name, conv(pay_price), 1000, 21)
-        bill_item_id = item_id
-
+        self._add_product_lines(rng, lines, conv)
+        self._add_extra_lines(rng, lines, conv)
+        free_shipping = lines.products_sum >= conv(150000)
+        shipping = lines.add("shipping", None, ship_name, 0 if free_shipping else conv(ship_price), 1000, 21)
+        billing = lines.add("billing", None, pay_name, conv(pay_price), 1000, 21)
         if cancelled:
             h_with = h_wo = h_vat = "0.00"
         else:
-            h_with, h_wo, h_vat = _m(tot_with), _m(tot_wo), _m(tot_with - tot_wo)
+            h_with, h_wo, h_vat = _m(lines.tot_with), _m(lines.tot_wo), _m(lines.tot_with - lines.tot_wo)
 
-        changed: int | None
-        if r() < 0.03:
-            changed = max(created, cap - rng.randrange(30 * DAY))
-        else:
-            delta = rng.randrange(60, 7 * DAY)
-            # recent orders: spread the change over the time left, don't pile them up at `cap`
-            changed = created + delta if created + delta < cap else created + int((cap - created) * r())
-        if r() < NULL_CHANGETIME_RATE:
-            changed = None
-        paid: bool | None = done or pay_i == 2 and not cancelled
-        if r() < NULL_PAID_RATE:
-            paid = None
-        vat_payer: bool | None = r() >= 0.02
-        if r() < NULL_VATPAYER_RATE:
-            vat_payer = None
-        guid = _guid(rng)
-        if idx < spec.orders * OLD_NULL_GUID_SHARE and r() < OLD_NULL_GUID_RATE:
-            guid = None
+        changed = _change_time(rng, created, cap)
+        paid = _nullable(rng, lines.done or pay_i == 2 and not cancelled, NULL_PAID_RATE)
+        vat_payer = _nullable(rng, r() >= 0.02, NULL_VATPAYER_RATE)
+        guid = self._order_guid(rng, idx)
         email: str | None = p.email
         if cash_desk or (customer_guid is None and r() < NO_EMAIL_RATE * 3):
             email = None
         equal = ship_i != 4 and r() < 0.88
-        delivery = None if ship_i == 4 else _delivery_address(p)
-        if delivery is not None and not equal:
-            delivery["street"] = V.COUNTRIES[p.country][4][rng.randrange(len(V.COUNTRIES[p.country][4]))]
-            delivery["houseNumber"] = str(rng.randrange(1, 250))
-        shipped = done or status == 6
+        delivery = _delivery(rng, p, ship_i, equal)
+        shipped = lines.done or status == 6
         tracking = f"DR{rng.randrange(10**9):09d}CZ" if shipped and ship_i in (0, 2, 3) else None
         ip = (
-            None
-            if cash_desk
-            else f"{rng.randrange(31, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{idx % 254 + 1}"
+            None if cash_desk else f"{rng.randrange(31, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{idx % 254 + 1}"
         )
         remark = V.CUSTOMER_REMARKS[rng.randrange(5)] if r() < 0.15 else None
+        phone = p.phone if r() < 0.9 else None
+        referer = "https://www.google.com/" if r() < 0.2 else None
+        notes = {  # include=notes / include=shippingDetails only
+            "customerRemark": remark,
+            "eshopRemark": "Zákazník volal" if r() < 0.03 else None,
+            "trackingNumber": tracking,
+            "trackingUrl": f"https://tracking.example.cz/?id={tracking}" if tracking else None,
+            "additionalFields": [],
+        }
         order = {
             "code": code,
             "guid": guid,
@@ -814,7 +788,7 @@ class OrderFactory:
             "creationTime": fmt_dt(created),
             "changeTime": fmt_dt(changed) if changed is not None else None,
             "email": email,
-            "phone": p.phone if r() < 0.9 else None,
+            "phone": phone,
             "birthDate": None,
             "clientIPAddress": ip,
             "customerGuid": customer_guid,
@@ -827,7 +801,7 @@ class OrderFactory:
             "paymentMethod": {"guid": pay_guid, "name": pay_name},
             "shipping": {"guid": ship_guid, "name": ship_name},
             "adminUrl": f"{V.SHOP_URL}/admin/objednavky-detail?id={idx + 1}",
-            "status": {"id": status, "name": status_name},
+            "status": {"id": status, "name": V.ORDER_STATUSES[status]},
             "source": {"id": -3, "name": "Pokladna"} if cash_desk else {"id": -1, "name": "E-shop"},
             "salesChannelGuid": None,
             "price": {
@@ -841,46 +815,79 @@ class OrderFactory:
             "paid": paid,
             "billingAddress": _billing_address(p, "verified" if p.vat_id else None),
             "deliveryAddress": delivery,
-            "onlinePaymentLink": f"{V.SHOP_URL}/objednavka/platba/{code}/"
-            if pay_i == 2 and not paid
-            else None,
+            "onlinePaymentLink": f"{V.SHOP_URL}/objednavka/platba/{code}/" if pay_i == 2 and not paid else None,
             "language": language,
-            "referer": "https://www.google.com/" if r() < 0.2 else None,
-            "paymentMethods": [
-                {"paymentMethod": {"guid": pay_guid, "name": pay_name}, "itemId": bill_item_id}
-            ],
-            "shippings": [{"shipping": {"guid": ship_guid, "name": ship_name}, "itemId": ship_item_id}],
-            "items": items,
-            # include=notes / include=shippingDetails only:
-            "notes": {
-                "customerRemark": remark,
-                "eshopRemark": "Zákazník volal" if r() < 0.03 else None,
-                "trackingNumber": tracking,
-                "trackingUrl": f"https://tracking.example.cz/?id={tracking}" if tracking else None,
-                "additionalFields": [],
-            },
-            "shippingDetails": {
-                "branchId": str(rng.randrange(1000, 30000)),
-                "shippingCompanyCode": ship_company,
-                "shippingServiceCode": None,
-                "name": f"Z-BOX {p.city}",
-                "note": None,
-                "place": p.city,
-                "street": p.street,
-                "city": p.city,
-                "zipCode": p.zip,
-                "countryCode": p.country,
-                "link": None,
-                "latitude": None,
-                "longitude": None,
-                "carrierId": None,
-            }
-            if ship_i == 1
-            else None,
+            "referer": referer,
+            "paymentMethods": [{"paymentMethod": {"guid": pay_guid, "name": pay_name}, "itemId": billing["itemId"]}],
+            "shippings": [{"shipping": {"guid": ship_guid, "name": ship_name}, "itemId": shipping["itemId"]}],
+            "items": lines.items,
+            "notes": notes,
+            "shippingDetails": _shipping_details(rng, p, ship_company) if ship_i == 1 else None,
             "preAuthorization": {"hasPendingPreAuthorization": False, "preAuthorizationAmount": "0.00"},
-            "completion": completion,
+            "completion": lines.completion,
         }
         return order, created, changed
+
+    def _buyer(self, rng: random.Random) -> tuple[str | None, Person]:
+        """The ordering customer's GUID (None for a guest) and person."""
+        spec = self.spec
+        if spec.customers == 0 or rng.random() < GUEST_RATE:
+            return None, _person(rng, None)
+        customer_guid, p, _ = customer_core(spec.seed, rng.randrange(spec.customers))
+        return customer_guid, p
+
+    def _order_guid(self, rng: random.Random, idx: int) -> str | None:
+        guid = _guid(rng)
+        if idx < self.spec.orders * OLD_NULL_GUID_SHARE and rng.random() < OLD_NULL_GUID_RATE:
+            return None  # the shop's oldest orders predate GUIDs
+        return guid
+
+    def _add_product_lines(self, rng: random.Random, lines: _OrderLines, conv: Callable[[int], int]) -> None:
+        """1-4 product lines (avg ~2.3), so an order has ~5 rows with shipping and billing."""
+        r = rng.random
+        x = r()
+        n_lines = 1 if x < 0.3 else 2 if x < 0.6 else 3 if x < 0.85 else 4
+        plain = self.plain
+        for _ in range(n_lines):
+            ci = plain[rng.randrange(len(plain))]
+            if ci.decimals:
+                milli = rng.randrange(5, 40) * 100
+            else:
+                y = r()
+                milli = 1000 if y < 0.7 else 2000 if y < 0.9 else rng.randrange(3, 6) * 1000
+            ratio_bp, ratio = (9000, "0.9000") if r() < 0.1 else (10000, "1.0000")
+            lines.add("product", ci, ci.name, conv(ci.price_c * ratio_bp // 10000), milli, ci.vat, ratio)
+
+    def _add_extra_lines(self, rng: random.Random, lines: _OrderLines, conv: Callable[[int], int]) -> None:
+        """Occasional rows of the other item types, each at its own rate."""
+        for t, rate in zip(_EXTRA_TYPES, _EXTRA_RATES, strict=True):
+            if rng.random() < rate:
+                self._add_extra_line(t, rng, lines, conv)
+
+    def _add_extra_line(self, t: str, rng: random.Random, lines: _OrderLines, conv: Callable[[int], int]) -> None:
+        plain = self.plain
+        if t == "discount-coupon":
+            coupon = V.COUPONS[rng.randrange(len(V.COUPONS))]
+            name = f"Slevový kupón {coupon}"
+            lines.add(t, None, name, -(lines.products_sum // 10), 1000, 21, code=coupon)
+        elif t == "volume-discount":
+            lines.add(t, None, "Množstevní sleva 5 %", -(lines.products_sum // 20), 1000, 21)
+        elif t == "gift":
+            lines.add(t, plain[rng.randrange(len(plain))], "", 0, 1000, 21)
+        elif t in ("service", "bazar", "product-set"):
+            pool = self.catalog.by_type.get(t)
+            if not pool:
+                return
+            ci = pool[rng.randrange(len(pool))]
+            item = lines.add(t, ci, ci.name, conv(ci.price_c), 1000, ci.vat)
+            if t == "product-set":
+                lines.add_set_parts(self.catalog.set_parts.get(ci.code, []), item["itemId"])
+        elif t == "deposit":
+            lines.add(t, None, "Záloha za vratný obal", conv(500), rng.randrange(1, 7) * 1000, 21, unit="ks")
+        elif t == "generic-item":
+            lines.add(t, None, "Manipulační poplatek", conv(2900), 1000, 21)
+        elif t == "gift-certificate":
+            lines.add(t, None, "Dárkový poukaz 500 Kč", conv(50000), 1000, 0)
 
 
 class OrderStream:
