@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -221,13 +222,7 @@ def find_matching_job(
     created_from = datetime.fromtimestamp(since - skew, tz=UTC)
     wanted = encode_params(params)
     best: Job | None = None
-    for item in client.iter_pages(
-        "/api/system/jobs",
-        "jobs",
-        params={"creationTimeFrom": created_from},
-        per_page=JOBS_PER_PAGE,
-        key=lambda j: j.get("jobId"),
-    ):
+    for item in _listed_jobs(client, created_from):
         job = Job.from_api(item)
         listed = urlsplit(job.endpoint or "")
         if listed.path.rstrip("/") != endpoint.rstrip("/") or job.failed:
@@ -250,15 +245,20 @@ def get_job(client: ShoptetClient, job_id: str) -> Job:
     return Job.from_api(job)
 
 
-def find_listed_job(client: ShoptetClient, job_id: str, created_from: datetime) -> Job | None:
-    """Look the job up in ``GET /api/system/jobs`` (created at or after ``created_from``)."""
-    for item in client.iter_pages(
+def _listed_jobs(client: ShoptetClient, created_from: datetime) -> Iterator[dict]:
+    """The items of ``GET /api/system/jobs`` created at or after ``created_from``, every page."""
+    return client.iter_pages(
         "/api/system/jobs",
         "jobs",
         params={"creationTimeFrom": created_from},
         per_page=JOBS_PER_PAGE,
         key=lambda j: j.get("jobId"),
-    ):
+    )
+
+
+def find_listed_job(client: ShoptetClient, job_id: str, created_from: datetime) -> Job | None:
+    """Look the job up in ``GET /api/system/jobs`` (created at or after ``created_from``)."""
+    for item in _listed_jobs(client, created_from):
         if str(item.get("jobId")) == job_id:
             return Job.from_api(item)
     return None
@@ -333,9 +333,7 @@ def _finish(job: Job) -> Job:
         raise e.JobFailedError(
             f"snapshot job ended with status {job.status}", job_id=job.job_id, status=job.status, log=job.log
         )
-    log.info(
-        "job %s completed; result %s valid until %s", job.job_id, mask_url(job.result_url), job.valid_until
-    )
+    log.info("job %s completed; result %s valid until %s", job.job_id, mask_url(job.result_url), job.valid_until)
     return job
 
 

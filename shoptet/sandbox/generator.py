@@ -983,16 +983,22 @@ def write_snapshot(
         it = iter_customers(count, seed, spec=spec)
     else:
         it = iter_products(count, seed, spec=spec, include=include)
-    dumps = orjson.dumps
+    return write_gzip_lines(out, map(orjson.dumps, it))
+
+
+def write_gzip_lines(out: str | os.PathLike[str], lines: Iterable[bytes]) -> int:
+    """Write ``lines`` (without their newlines) as a gzip file, in batches; return how many.
+
+    mtime=0 keeps the gzip header free of the wall clock: same input -> same bytes.
+    """
     n = 0
     batch: list[bytes] = []
-    # mtime=0 keeps the gzip header free of the wall clock: same input -> same bytes
     with (
         open(out, "wb") as raw,
         gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz,
     ):
-        for entity_obj in it:
-            batch.append(dumps(entity_obj))
+        for line in lines:
+            batch.append(line)
             n += 1
             if len(batch) >= 512:
                 gz.write(b"\n".join(batch) + b"\n")

@@ -8,7 +8,6 @@ ticker), so a test moves a job along just by advancing a ManualClock.
 
 from __future__ import annotations
 
-import gzip
 import random
 import shutil
 import string
@@ -21,6 +20,7 @@ from pathlib import Path
 import orjson
 
 from .clock import Clock
+from .generator import write_gzip_lines
 from .render import render_order, render_product
 from .store import Record
 
@@ -207,18 +207,8 @@ class JobManager:
             def render(rec: Record) -> bytes:
                 return rec.raw
 
-        n = 0
-        batch: list[bytes] = []
-        with gzip.open(path, "wb", compresslevel=1) as gz:
-            for rec in records:
-                n += 1
-                batch.append(MALFORMED_LINE if n == faults.malformed_line_at else render(rec))
-                if len(batch) >= 512:
-                    gz.write(b"\n".join(batch) + b"\n")
-                    batch.clear()
-            if batch:
-                gz.write(b"\n".join(batch) + b"\n")
-        return n
+        lines = (MALFORMED_LINE if n == faults.malformed_line_at else render(rec) for n, rec in enumerate(records, 1))
+        return write_gzip_lines(path, lines)
 
     def close(self) -> None:
         with self._lock:
