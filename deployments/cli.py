@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from deployments.cli_forget import forget as forget_cmd
 from deployments.cli_metrics import metrics as metrics_cmd
 from deployments.cli_sandbox import sandbox_cmd
 from deployments.cli_settings import settings_app
-from deployments.options import fail, parse_when
+from deployments.options import fail, parse_when, quiet_prefect
 from flows.entities import Entity
 
 app = typer.Typer(help="Shoptet Commerce Hub: mirror a Shoptet e-shop into PostgreSQL.", no_args_is_help=True)
@@ -30,13 +29,6 @@ WAIT_OPTION = typer.Option(
     0.0, "--wait", metavar="SECONDS",
     help="Wait up to SECONDS for the job's lock; without it a held lock exits at once with code 75.",
 )  # fmt: skip
-
-
-
-
-def _quiet_prefect() -> None:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 # --- db -----------------------------------------------------------------------------------------------
@@ -157,14 +149,15 @@ def sync(
     wait: float = WAIT_OPTION,
 ) -> None:
     """Import ENTITY from the shop through a Shoptet snapshot."""
-    _quiet_prefect()
+    quiet_prefect()
     from flows.locks import LockHeld
     from flows.snapshot import SnapshotFailed, counters_table, import_snapshot
 
     changed_since = parse_when(since, "--since")
     try:
-        counters = import_snapshot(entity, changed_since=changed_since, allow_mass_delete=allow_mass_delete,
-                                   lock_wait=wait)
+        counters = import_snapshot(
+            entity, changed_since=changed_since, allow_mass_delete=allow_mass_delete, lock_wait=wait
+        )
     except LockHeld as exc:
         fail(str(exc), exc.exit_code)
     except SnapshotFailed as exc:
@@ -181,7 +174,7 @@ def import_file_cmd(
     wait: float = WAIT_OPTION,
 ) -> None:
     """Apply a local snapshot FILE (gzip or plain JSON Lines) through the same loader."""
-    _quiet_prefect()
+    quiet_prefect()
     from db.loader import ApplyError
     from flows.locks import LockHeld
     from flows.snapshot import counters_table, import_file
@@ -200,7 +193,7 @@ def import_file_cmd(
 @app.command("retry-failed")
 def retry_failed(wait: float = WAIT_OPTION) -> None:
     """Retry due failed snapshots (3 attempts each, then gave_up)."""
-    _quiet_prefect()
+    quiet_prefect()
     from flows.failed import retry_failed_snapshots
     from flows.locks import LockHeld
 
@@ -323,7 +316,7 @@ def demo(
 ) -> None:
     """Run the whole pipeline on embedded defaults: embedded PostgreSQL + sandbox API + ephemeral Prefect."""
     if not verbose:
-        _quiet_prefect()
+        quiet_prefect()
     from deployments.demo import run_demo
 
     sys.exit(run_demo(orders=orders, seed=seed))

@@ -6,14 +6,13 @@ commands, after the CLI has quietened it.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from deployments.options import fail, parse_when
+from deployments.options import fail, parse_when, quiet_prefect
 from flows.entities import Entity
 
 console = Console(stderr=True)
@@ -43,8 +42,7 @@ def fetch_changes_cmd(
 
 
 def _run(entity: Entity, lookback_hours: float, since: str | None, wait: float) -> None:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    quiet_prefect()
     from flows.fetch import FetchFailed, fetch_changes, fetch_new_orders
     from flows.locks import LockHeld
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import typer
 from rich.console import Console
 
-from deployments.options import fail
+from deployments.options import fail, quiet_prefect
 
 EX_TEMPFAIL = 75  # sysexits.h "try again later", as for the other jobs' locks
 
@@ -27,8 +25,7 @@ def forget(
     """Erase a person's personal data: blank names, e-mails, phones, addresses in customers and orders
     (amounts and dates stay) and record it in `erasures`. A later snapshot restores it only if the shop
     still holds it: erase it in Shoptet too."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    quiet_prefect()
     from pydantic import SecretStr
 
     from db.forget import ForgetError

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +10,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from deployments.options import fail, parse_when
+from deployments.options import fail, parse_when, quiet_prefect
 
 EX_TEMPFAIL = 75  # sysexits.h "try again later", as for the other jobs' locks
 
@@ -26,13 +25,14 @@ def metrics(
         None, "--as-of", help="ISO 8601 time recency is measured from (UTC if no offset); default now."
     ),
     wait: float = typer.Option(
-        0.0, "--wait", metavar="SECONDS",
+        0.0,
+        "--wait",
+        metavar="SECONDS",
         help="Wait up to SECONDS for the metrics lock; without it a held lock exits at once with code 75.",
     ),
 ) -> None:
     """Recompute customer metrics and RFM segments (incremental unless --full)."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    quiet_prefect()
     from db.metrics import MetricsBusyError
     from db.metrics_rules import MetricsSettingsError
     from flows.locks import LockHeld
@@ -53,8 +53,11 @@ def metrics(
 def print_result(out: dict[str, Any], segments: list[dict[str, Any]]) -> None:
     as_of = datetime.fromisoformat(out["as_of"]).strftime("%Y-%m-%d %H:%M %z")
     # Short headers and no vertical rules: the seven columns fit an 80-column terminal.
-    table = Table(title=f"Customer segments ({out['mode']} run, as of {as_of})", box=box.SIMPLE_HEAD,
-                  caption="in / out: moved from / to another segment since the last run")
+    table = Table(
+        title=f"Customer segments ({out['mode']} run, as of {as_of})",
+        box=box.SIMPLE_HEAD,
+        caption="in / out: moved from / to another segment since the last run",
+    )
     headers = ("segment", "customers", "last run", "in", "out", "new", "removed")
     for i, h in enumerate(headers):
         table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
@@ -68,5 +71,3 @@ def print_result(out: dict[str, Any], segments: list[dict[str, Any]]) -> None:
         f"({out['reason']}, {out['seconds']:.2f} s). Unattributed orders (no e-mail, no customer GUID): "
         f"{out['unattributed_orders']}, revenue {out['unattributed_revenue']}."
     )
-
-

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import typer
 from rich.console import Console
 
 console = Console(stderr=True)
+
+
+def quiet_prefect() -> None:
+    """Before a command imports Prefect: no analytics, and only its warnings in the terminal."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def fail(message: str, code: int = 1) -> None:
