@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import typer
+from pydantic_core import to_jsonable_python
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ def parse_cli_value(text: str) -> Any:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    """A value as JSON; a default that is no JSON type (a date) in its JSON form, as it would be stored."""
+    return json.dumps(to_jsonable_python(value), ensure_ascii=False)
 
 
 def _fail(message: str) -> None:
