@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import typer
+from pydantic_core import to_jsonable_python
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ def parse_cli_value(text: str) -> Any:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    # to_jsonable_python: a rule's value may be a date or a Decimal, which json cannot write as they are.
+    return json.dumps(to_jsonable_python(value), ensure_ascii=False)
 
 
 def _fail(message: str) -> None:

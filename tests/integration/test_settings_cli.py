@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from db.settings_rules import RULES
 from deployments.cli import app
 from flows.config import get_config
 
@@ -57,7 +58,8 @@ def test_list_delete_and_stats(hub_env):
     res = hub("stats")
     assert res.exit_code == 0, res.output
     stats = dict(line.split(maxsplit=1) for line in res.stdout.splitlines())
-    assert stats["listening"] == "True" and int(stats["loads"]) == int(stats["hits"]) == 3
+    keys = 1 + len(RULES)  # alpha and every known rule: one load each, then one hit each
+    assert stats["listening"] == "True" and int(stats["loads"]) == int(stats["hits"]) == keys
 
     assert hub("delete", "alpha").exit_code == 0
     assert hub("get", "alpha").exit_code == 1
