@@ -79,9 +79,11 @@ def main() -> None:
     main_cpu = self1.ru_utime - self0.ru_utime + self1.ru_stime - self0.ru_stime
     workers_cpu = kids1.ru_utime - kids0.ru_utime + kids1.ru_stime - kids0.ru_stime
     pg_cpu = max(backends.values())  # the main connection's backend; the side one only writes rejects and DDL
-    print(f"raw JSON {args.raw}: {r.child_rows:,} items in {wall:.1f} s ({r.child_rows / wall:,.0f} items/s); CPU s: "
-          f"loader process {main_cpu:.1f}, parse workers {workers_cpu:.1f}, PostgreSQL backend {pg_cpu:.1f}, "
-          f"total {main_cpu + workers_cpu + pg_cpu:.1f} on {os.cpu_count()} cores")
+    print(
+        f"raw JSON {args.raw}: {r.child_rows:,} items in {wall:.1f} s ({r.child_rows / wall:,.0f} items/s); CPU s: "
+        f"loader process {main_cpu:.1f}, parse workers {workers_cpu:.1f}, PostgreSQL backend {pg_cpu:.1f}, "
+        f"total {main_cpu + workers_cpu + pg_cpu:.1f} on {os.cpu_count()} cores"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ from db.metrics import recalculate  # noqa: E402
 from db.metrics_scores import ORDERINGS  # noqa: E402
 
 INDEXES = {  # built after the bulk insert (faster, and their build time is a figure of its own)
-    "ix_orders_customer_key":
-        "CREATE INDEX ix_orders_customer_key ON orders (metrics_customer_key(email, customer_guid))",
+    "ix_orders_customer_key": (
+        "CREATE INDEX ix_orders_customer_key ON orders (metrics_customer_key(email, customer_guid))"
+    ),
     "ix_orders_synced_at": "CREATE INDEX ix_orders_synced_at ON orders (synced_at)",
 }
 
@@ -105,10 +106,13 @@ def generate(url: str, customers: int, orders: int) -> dict[str, float]:
 
 def touch(url: str, customers: int, round_no: int) -> None:
     with connect(url, autocommit=True) as c:
-        keys = [r[0] for r in c.execute(
-            "SELECT customer_key FROM customer_metrics ORDER BY md5(customer_key || %s) LIMIT %s",
-            (str(round_no), customers),
-        )]  # fmt: skip
+        keys = [
+            r[0]
+            for r in c.execute(
+                "SELECT customer_key FROM customer_metrics ORDER BY md5(customer_key || %s) LIMIT %s",
+                (str(round_no), customers),
+            )
+        ]
         c.execute(TOUCH, {"keys": keys, "round": round_no})
 
 
@@ -123,8 +127,11 @@ def trigger_overhead(url: str, rows: int, repeat: int = 4) -> tuple[float, float
         codes = [r[0] for r in c.execute("SELECT code FROM orders ORDER BY code LIMIT %s", (rows,))]
         for i in range(2 * repeat):
             on = i % 2 == 0
-            c.execute(sql.SQL("ALTER TABLE orders {} TRIGGER metrics_moved_order").format(
-                sql.SQL("ENABLE" if on else "DISABLE")))
+            c.execute(
+                sql.SQL("ALTER TABLE orders {} TRIGGER metrics_moved_order").format(
+                    sql.SQL("ENABLE" if on else "DISABLE")
+                )
+            )
             c.execute("VACUUM orders")
             times[on].append(timed(c.execute, stmt, (codes,))[0])
         c.execute("ALTER TABLE orders ENABLE TRIGGER metrics_moved_order")
@@ -170,8 +177,10 @@ def main() -> None:
     url = fresh_db(server, "hub_bench_metrics")
     with connect(url) as c:
         version = c.execute("SHOW server_version").fetchone()[0]
-    print(f"PostgreSQL {version}; {os.cpu_count()} cores; {args.orders:,} orders for {args.customers:,} customers",
-          flush=True)  # fmt: skip
+    print(
+        f"PostgreSQL {version}; {os.cpu_count()} cores; {args.orders:,} orders for {args.customers:,} customers",
+        flush=True,
+    )
     figures = generate(url, args.customers, args.orders)
     print("generated: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()), flush=True)
 
@@ -179,8 +188,11 @@ def main() -> None:
 
     def record(label: str, seconds: float, r) -> None:  # noqa: ANN001
         rows.append((label, seconds, r))
-        print(f"  {label:<44} {seconds:7.2f} s  mode {r.mode:<11} customers {r.customers:>9,}  recomputed "
-              f"{r.recomputed:>9,}  rescored {r.rescored:>9,}  moved {r.moved:>7,}", flush=True)
+        print(
+            f"  {label:<44} {seconds:7.2f} s  mode {r.mode:<11} customers {r.customers:>9,}  recomputed "
+            f"{r.recomputed:>9,}  rescored {r.rescored:>9,}  moved {r.moved:>7,}",
+            flush=True,
+        )
 
     record("full, first run", *timed(recalculate, url, full=True))
     as_of = rows[0][2].as_of
@@ -211,25 +223,41 @@ def main() -> None:
         explain(url)
 
     with_t, without_t = trigger_overhead(url, 100_000)
-    print(f"identity trigger on a 100k-row upsert-like UPDATE: {with_t:.2f} s with, {without_t:.2f} s without "
-          f"({100 * (with_t - without_t) / without_t:+.1f} %)")
+    print(
+        f"identity trigger on a 100k-row upsert-like UPDATE: {with_t:.2f} s with, {without_t:.2f} s without "
+        f"({100 * (with_t - without_t) / without_t:+.1f} %)"
+    )
 
     full_s = min(rows[0][1], full_again[0])
     inc_median = statistics.median(inc)
     print()
     checks = [
         (f"full recompute <= 30 s (first run {rows[0][1]:.1f} s)", rows[0][1] <= 30),
-        (f"incremental, {args.touched:,} touched customers <= 1 s, back to back (median {inc_median:.2f} s, "
-         f"worst {max(inc):.2f} s)", inc_median <= 1),
-        (f"incremental, {args.touched:,} touched customers <= 1 s, vacuumed between runs (median "
-         f"{statistics.median(vacuumed):.2f} s)", statistics.median(vacuumed) <= 1),
+        (
+            f"incremental, {args.touched:,} touched customers <= 1 s, back to back (median {inc_median:.2f} s, "
+            f"worst {max(inc):.2f} s)",
+            inc_median <= 1,
+        ),
+        (
+            f"incremental, {args.touched:,} touched customers <= 1 s, vacuumed between runs (median "
+            f"{statistics.median(vacuumed):.2f} s)",
+            statistics.median(vacuumed) <= 1,
+        ),
     ]
     for name, ok in checks:
         print(f"  {'PASS' if ok else 'MISS'}  {name}")
-    print(json.dumps({"generate": figures, "runs": {label: round(s, 3) for label, s, _ in rows},
-                      "incremental_median_s": round(inc_median, 3), "full_best_s": round(full_s, 3),
-                      "incremental_vacuumed_median_s": round(statistics.median(vacuumed), 3),
-                      "trigger_s": {"with": round(with_t, 3), "without": round(without_t, 3)}}))
+    print(
+        json.dumps(
+            {
+                "generate": figures,
+                "runs": {label: round(s, 3) for label, s, _ in rows},
+                "incremental_median_s": round(inc_median, 3),
+                "full_best_s": round(full_s, 3),
+                "incremental_vacuumed_median_s": round(statistics.median(vacuumed), 3),
+                "trigger_s": {"with": round(with_t, 3), "without": round(without_t, 3)},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

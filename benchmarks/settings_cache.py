@@ -74,8 +74,12 @@ def latency(url: str, n_cached: int, n_db: int) -> None:
             miss()
         rows.append(row("DB: service miss path (invalidate+get)", timed(miss, n_db)))
     with connect(url, autocommit=True) as conn:
-        rows.append(row("DB: bare SELECT on a held connection", timed(
-            lambda: fetch_json(conn, "public", "cancelled_statuses"), n_db)))  # fmt: skip
+        rows.append(
+            row(
+                "DB: bare SELECT on a held connection",
+                timed(lambda: fetch_json(conn, "public", "cancelled_statuses"), n_db),
+            )
+        )
 
     def connect_and_read() -> None:  # what a task without the cache does: db.connection.connection() per call
         with connect(url, autocommit=True) as conn:
@@ -111,12 +115,15 @@ def workload(url: str, reads: int, keys: int, write_share: float, seed: int) -> 
             while reader.stats().notifications < writes and time.monotonic() < deadline:
                 time.sleep(0.01)
             s = reader.stats()
-    print(f"\nworkload: {reads:,} reads over {keys} keys, {writes} writes from another service "
-          f"({write_share:.2%}), seed {seed}")  # fmt: skip
-    print(f"hits {s.hits:,}  misses {s.misses:,}  loads {s.loads:,}  notifications {s.notifications:,}  "
-          f"invalidations {s.invalidations:,}")  # fmt: skip
-    print(f"hit rate {s.hit_rate:.4%}  (cold misses alone: {keys}; reads/s incl. writes "
-          f"{reads / elapsed:,.0f})")  # fmt: skip
+    print(
+        f"\nworkload: {reads:,} reads over {keys} keys, {writes} writes from another service "
+        f"({write_share:.2%}), seed {seed}"
+    )
+    print(
+        f"hits {s.hits:,}  misses {s.misses:,}  loads {s.loads:,}  notifications {s.notifications:,}  "
+        f"invalidations {s.invalidations:,}"
+    )
+    print(f"hit rate {s.hit_rate:.4%}  (cold misses alone: {keys}; reads/s incl. writes {reads / elapsed:,.0f})")
 
 
 def main() -> None:

@@ -76,21 +76,26 @@ def raw_copy_seconds(url: str, work: Path) -> float:
         files = {}
         for table in ("orders", "order_items"):
             out = work / f"{table}.copy"
-            with open(out, "wb") as f, c.cursor().copy(
-                sql.SQL("COPY (SELECT * FROM {}) TO STDOUT").format(sql.Identifier(table))
-            ) as cp:
+            with (
+                open(out, "wb") as f,
+                c.cursor().copy(sql.SQL("COPY (SELECT * FROM {}) TO STDOUT").format(sql.Identifier(table))) as cp,
+            ):
                 for chunk in cp:
                     f.write(chunk)
             files[table] = out
             c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"raw_{table}")))
             # Columns, types and how the raw column is stored and compressed; no indexes, no partitioning.
-            c.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING STORAGE INCLUDING COMPRESSION)").format(
-                sql.Identifier(f"raw_{table}"), sql.Identifier(table)))
+            c.execute(
+                sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING STORAGE INCLUDING COMPRESSION)").format(
+                    sql.Identifier(f"raw_{table}"), sql.Identifier(table)
+                )
+            )
         t = time.perf_counter()
         for table, path in files.items():
-            with open(path, "rb") as f, c.cursor().copy(
-                sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(f"raw_{table}"))
-            ) as cp:
+            with (
+                open(path, "rb") as f,
+                c.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(f"raw_{table}"))) as cp,
+            ):
                 while chunk := f.read(1 << 20):
                     cp.write(chunk)
         seconds = time.perf_counter() - t
@@ -133,8 +138,12 @@ def json_vs_jsonb(url: str, path: Path, limit: int = 40_000) -> dict[str, float]
     out = {}
     with connect(url, autocommit=True) as c:
         # "json uncompressed": STORAGE EXTERNAL, the TOAST compression (pglz without lz4) left out
-        for label, typ, storage in (("text", "text", None), ("json", "json", None), ("jsonb", "jsonb", None),
-                                    ("json uncompressed", "json", "EXTERNAL")):  # fmt: skip
+        for label, typ, storage in (
+            ("text", "text", None),
+            ("json", "json", None),
+            ("jsonb", "jsonb", None),
+            ("json uncompressed", "json", "EXTERNAL"),
+        ):
             times = []
             for _ in range(3):
                 c.execute(sql.SQL("DROP TABLE IF EXISTS bench_raw"))
@@ -167,8 +176,10 @@ def main() -> None:
     lines, raw_bytes, items = file_stats(path)
     with psycopg.connect(libpq_url(with_database(server, "postgres"))) as c:
         version = c.execute("SHOW server_version").fetchone()[0]
-    print(f"PostgreSQL {version}; {os.cpu_count()} cores; file: {lines:,} orders, {items:,} items, "
-          f"{raw_bytes / 1e6:,.0f} MB JSON ({raw_bytes / lines:,.0f} B/order), {path.stat().st_size / 1e6:,.0f} MB gz")
+    print(
+        f"PostgreSQL {version}; {os.cpu_count()} cores; file: {lines:,} orders, {items:,} items, "
+        f"{raw_bytes / 1e6:,.0f} MB JSON ({raw_bytes / lines:,.0f} B/order), {path.stat().st_size / 1e6:,.0f} MB gz"
+    )
 
     results = {}
     for keep_raw in (True, False):
@@ -180,18 +191,32 @@ def main() -> None:
             applies.append(s)
             reapplies.append(apply(url, path, keep_raw)[0])
             raws.append(raw_copy_seconds(url, args.data_dir))
-            print(f"  raw json {'kept' if keep_raw else 'off '} run {i + 1}: apply {s:.1f} s, re-apply "
-                  f"{reapplies[-1]:.1f} s, raw COPY {raws[-1]:.1f} s", flush=True)
+            print(
+                f"  raw json {'kept' if keep_raw else 'off '} run {i + 1}: apply {s:.1f} s, re-apply "
+                f"{reapplies[-1]:.1f} s, raw COPY {raws[-1]:.1f} s",
+                flush=True,
+            )
         a, r, c = map(statistics.median, (applies, reapplies, raws))
-        results[keep_raw] = {"apply_s": a, "reapply_s": r, "copy_s": c, "apply_rate": items / a,
-                             "reapply_rate": items / r, "copy_rate": items / c, "ratio": c / a}
+        results[keep_raw] = {
+            "apply_s": a,
+            "reapply_s": r,
+            "copy_s": c,
+            "apply_rate": items / a,
+            "reapply_rate": items / r,
+            "copy_rate": items / c,
+            "ratio": c / a,
+        }
 
     print()
-    print(f"{'raw JSON':<9} {'apply items/s':>14} {'raw COPY items/s':>17} {'apply/COPY':>11} "
-          f"{'re-apply items/s':>17} {'re-apply/apply':>15}")
+    print(
+        f"{'raw JSON':<9} {'apply items/s':>14} {'raw COPY items/s':>17} {'apply/COPY':>11} "
+        f"{'re-apply items/s':>17} {'re-apply/apply':>15}"
+    )
     for keep_raw, m in results.items():
-        print(f"{'kept' if keep_raw else 'off':<9} {m['apply_rate']:>14,.0f} {m['copy_rate']:>17,.0f} "
-              f"{m['ratio']:>11.2f} {m['reapply_rate']:>17,.0f} {m['reapply_rate'] / m['apply_rate']:>15.2f}")
+        print(
+            f"{'kept' if keep_raw else 'off':<9} {m['apply_rate']:>14,.0f} {m['copy_rate']:>17,.0f} "
+            f"{m['ratio']:>11.2f} {m['reapply_rate']:>17,.0f} {m['reapply_rate'] / m['apply_rate']:>15.2f}"
+        )
 
     rss = {}
     if not args.skip_rss:
@@ -200,9 +225,12 @@ def main() -> None:
         for label, p in (("~1M", path), (f"~{args.rss_items // 1_000_000}M", big)):
             rss[label], workers_rss[label] = peak_rss_mb(fresh_db(server, "hub_bench_rss"), p)
         a, b = rss.values()
-        print("loader peak RSS (main process): " + ", ".join(f"{k} items {v:.0f} MB" for k, v in rss.items())
-              + f" (difference {100 * (b - a) / a:+.1f} %); parse worker processes peaked at (at most) "
-              + ", ".join(f"{v:.0f} MB" for v in workers_rss.values()))
+        print(
+            "loader peak RSS (main process): "
+            + ", ".join(f"{k} items {v:.0f} MB" for k, v in rss.items())
+            + f" (difference {100 * (b - a) / a:+.1f} %); parse worker processes peaked at (at most) "
+            + ", ".join(f"{v:.0f} MB" for v in workers_rss.values())
+        )
 
     raw_type = json_vs_jsonb(fresh_db(server, "hub_bench"), path)
     print("raw column COPY MB/s: " + ", ".join(f"{k} {v:.0f}" for k, v in raw_type.items()))
@@ -217,13 +245,23 @@ def main() -> None:
     ]
     if rss:
         a, b = rss.values()
-        checks += [("loader peak RSS <= 100 MB", max(a, b) <= 100),
-                   ("RSS within +-10 % between sizes", abs(b - a) / a <= 0.10)]
+        checks += [
+            ("loader peak RSS <= 100 MB", max(a, b) <= 100),
+            ("RSS within +-10 % between sizes", abs(b - a) / a <= 0.10),
+        ]
     print()
     for name, ok in checks:
         print(f"  {'PASS' if ok else 'MISS'}  {name}")
-    print(json.dumps({"results": {("kept" if k else "off"): v for k, v in results.items()}, "rss_mb": rss,
-                      "raw_type_mb_s": raw_type}, default=float))
+    print(
+        json.dumps(
+            {
+                "results": {("kept" if k else "off"): v for k, v in results.items()},
+                "rss_mb": rss,
+                "raw_type_mb_s": raw_type,
+            },
+            default=float,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -115,8 +115,9 @@ def as_url(dsn: str) -> str:
     if password is not None:
         userinfo += ":" + quote(str(password), safe="")
     query = urlencode({k: str(v) for k, v in params.items()}, quote_via=quote)
-    return (f"postgresql://{userinfo + '@' if userinfo else ''}/{quote(dbname, safe='')}"
-            + (f"?{query}" if query else ""))  # fmt: skip
+    return f"postgresql://{userinfo + '@' if userinfo else ''}/{quote(dbname, safe='')}" + (
+        f"?{query}" if query else ""
+    )
 
 
 def with_database(url: str, dbname: str) -> str:

@@ -145,8 +145,7 @@ def embedded_status(home: Path) -> EmbeddedStatus:
         raise EmbeddedServerError(
             f"cannot read {pgdata}: it belongs to another user; run as that user, or set HUB_HOME to your own"
         ) from None
-    base = EmbeddedStatus(home=home, pgdata=pgdata, initialized=major is not None, major_version=major,
-                          running=False)  # fmt: skip
+    base = EmbeddedStatus(home=home, pgdata=pgdata, initialized=major is not None, major_version=major, running=False)
     if len(lines) < 8:
         return base
     pid, started, port, socket_dir, state = int(lines[0]), int(lines[2]), lines[3], lines[4], lines[7].strip()
@@ -156,9 +155,18 @@ def embedded_status(home: Path) -> EmbeddedStatus:
     url = f"postgresql://postgres:@/postgres?host={socket_dir}" if socket_dir else None
     if url and port.strip() not in ("", "5432"):
         url += f"&port={port.strip()}"
-    return EmbeddedStatus(home=home, pgdata=pgdata, initialized=True, major_version=major, running=True,
-                          pid=pid, started_at=datetime.fromtimestamp(started, UTC), state=state, url=url,
-                          owner=owner)  # fmt: skip
+    return EmbeddedStatus(
+        home=home,
+        pgdata=pgdata,
+        initialized=True,
+        major_version=major,
+        running=True,
+        pid=pid,
+        started_at=datetime.fromtimestamp(started, UTC),
+        state=state,
+        url=url,
+        owner=owner,
+    )
 
 
 def _postmaster_owner(pid: int, started: int) -> str | None:
@@ -220,8 +228,12 @@ def stop_embedded_server(home: Path, *, force: bool = False, timeout: int = 60) 
         user = owner if os.geteuid() == 0 and owner != 0 else None
         done = subprocess.run(
             [str(bin_dir / "pg_ctl"), "stop", "-D", str(status.pgdata), "-m", "fast", "-w", "-t", str(timeout)],
-            user=user, capture_output=True, text=True, cwd="/", check=False,
-        )  # fmt: skip
+            user=user,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            check=False,
+        )
         if done.returncode != 0 and embedded_status(home).running:
             raise EmbeddedServerError(
                 f"pg_ctl could not stop the server (pid {status.pid}): {done.stderr.strip() or done.stdout.strip()}"

@@ -47,19 +47,48 @@ ERASED_HASH = "erased"  # content_hash of an erased row: never equal to a line's
 _ADDRESS = ("company", "full_name", "street", "house_number", "city", "zip", "company_id", "vat_id")
 PERSONAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "orders": (
-        "email", "phone",
+        "email",
+        "phone",
         *(f"billing_{c}" for c in _ADDRESS),
         *(f"delivery_{c}" for c in _ADDRESS if c not in ("company_id", "vat_id")),
     ),
     "customers": ("email", "full_name", "phone", *(f"billing_{c}" for c in _ADDRESS)),
-}  # fmt: skip
+}
 # Keys whose values are about the person wherever they appear in an order or customer line.
-PERSONAL_JSON_KEYS = frozenset({
-    "email", "phone", "fullName", "firstName", "lastName", "company", "street", "houseNumber", "city",
-    "district", "additional", "zip", "zipCode", "companyId", "vatId", "taxId", "birthDate", "clientIPAddress",
-    "remark", "remarks", "customerRemark", "eshopRemark", "note", "additionalFields", "trackingNumber",
-    "trackingUrl", "place", "latitude", "longitude", "onlinePaymentLink",
-})  # fmt: skip
+PERSONAL_JSON_KEYS = frozenset(
+    {
+        "email",
+        "phone",
+        "fullName",
+        "firstName",
+        "lastName",
+        "company",
+        "street",
+        "houseNumber",
+        "city",
+        "district",
+        "additional",
+        "zip",
+        "zipCode",
+        "companyId",
+        "vatId",
+        "taxId",
+        "birthDate",
+        "clientIPAddress",
+        "remark",
+        "remarks",
+        "customerRemark",
+        "eshopRemark",
+        "note",
+        "additionalFields",
+        "trackingNumber",
+        "trackingUrl",
+        "place",
+        "latitude",
+        "longitude",
+        "onlinePaymentLink",
+    }
+)
 # Inside these objects every text is about the person (a pickup point named after their town, …).
 _PERSONAL_OBJECT_KEYS = {"shippingDetails": frozenset({"name"})}
 
@@ -118,8 +147,12 @@ class ForgetResult:
         return sum(self.rows.values())
 
     def as_dict(self) -> dict[str, Any]:
-        return {"subject_sha256": self.subject_sha256, "rows": dict(self.rows), "dry_run": self.dry_run,
-                "erasure_id": self.erasure_id}  # fmt: skip
+        return {
+            "subject_sha256": self.subject_sha256,
+            "rows": dict(self.rows),
+            "dry_run": self.dry_run,
+            "erasure_id": self.erasure_id,
+        }
 
 
 _CUSTOMER_MATCH = """
@@ -151,8 +184,12 @@ def forget(url: str, email: str, *, schema: str = "public", dry_run: bool = Fals
                 ).fetchone()[0]
     finally:
         conn.close()
-    log.info("erasure %s: %s rows %s", result.erasure_id or "(dry run)", "would change" if dry_run else "changed",
-             result.rows)  # fmt: skip
+    log.info(
+        "erasure %s: %s rows %s",
+        result.erasure_id or "(dry run)",
+        "would change" if dry_run else "changed",
+        result.rows,
+    )
     return result
 
 
@@ -173,8 +210,12 @@ def _erase(conn: psycopg.Connection, e: str, dry_run: bool) -> dict[str, int]:
     rejects = conn.execute("SELECT count(*) FROM snapshot_rejects WHERE strpos(lower(line), %s) > 0", (e,)).fetchone()[
         0
     ]
-    rows = {"customers": len(customers), "orders": len(orders), "customer_metrics": metrics,
-            "snapshot_rejects": rejects}  # fmt: skip
+    rows = {
+        "customers": len(customers),
+        "orders": len(orders),
+        "customer_metrics": metrics,
+        "snapshot_rejects": rejects,
+    }
     if dry_run:
         return rows
     _blank(conn, "customers", "guid", customers)

@@ -166,8 +166,18 @@ ITEM_COLUMNS = columns(
 _ORDER_FIELDS = ("guid", "externalCode", "email", "phone", "customerGuid", "paid", "vatPayer", "cashDeskOrder")
 _PRICE_FIELDS = ("currencyCode", "exchangeRate", "withVat", "withoutVat", "vat", "toPay")
 _ADDRESS_FIELDS = ("company", "fullName", "street", "houseNumber", "city", "zip", "countryCode")
-_ITEM_FIELDS = ("itemType", "productGuid", "code", "ean", "name", "variantName", "brand", "amount", "amountUnit",
-                "priceRatio")  # fmt: skip
+_ITEM_FIELDS = (
+    "itemType",
+    "productGuid",
+    "code",
+    "ean",
+    "name",
+    "variantName",
+    "brand",
+    "amount",
+    "amountUnit",
+    "priceRatio",
+)
 _LINE_PRICE_FIELDS = ("withVat", "withoutVat", "vat", "vatRate")
 
 
@@ -210,12 +220,30 @@ def order_rows(o: dict) -> Mapped:
     ba = _obj(get("billingAddress"), "billingAddress")
     da = _obj(get("deliveryAddress"), "deliveryAddress")
     row = (
-        code, guid, external, created_s, changed_s, status.get("id"), status.get("name"),
-        _obj(get("source"), "source").get("name"), email, phone, customer,
-        *_price_fields(_obj(get("price"), "price")), paid, vat_payer, cash_desk, bm.get("id"), bm.get("name"),
-        pm.get("guid"), pm.get("name"), sh.get("guid"), sh.get("name"),
-        *(_billing_fields(ba) if ba else _NO_ADDRESS), *(_delivery_fields(da) if da else _NO_ADDRESS[:7]),
-    )  # fmt: skip
+        code,
+        guid,
+        external,
+        created_s,
+        changed_s,
+        status.get("id"),
+        status.get("name"),
+        _obj(get("source"), "source").get("name"),
+        email,
+        phone,
+        customer,
+        *_price_fields(_obj(get("price"), "price")),
+        paid,
+        vat_payer,
+        cash_desk,
+        bm.get("id"),
+        bm.get("name"),
+        pm.get("guid"),
+        pm.get("name"),
+        sh.get("guid"),
+        sh.get("name"),
+        *(_billing_fields(ba) if ba else _NO_ADDRESS),
+        *(_delivery_fields(da) if da else _NO_ADDRESS[:7]),
+    )
     items = get("items")
     if items is None:
         items = []
@@ -239,9 +267,21 @@ def order_rows(o: dict) -> Mapped:
         up = _line_price_fields(up) if type(up) is dict else _line_price_fields(_obj(up, f"items[{pos}].unitPrice"))
         st = st if type(st) is dict else _obj(st, f"items[{pos}].status")
         out.append(
-            (code, item_id, created_s, pos, *_item_fields(it), st.get("id"), up[0], up[1], ip[0], ip[1], ip[2],
-             ip[3] or up[3])
-        )  # fmt: skip
+            (
+                code,
+                item_id,
+                created_s,
+                pos,
+                *_item_fields(it),
+                st.get("id"),
+                up[0],
+                up[1],
+                ip[0],
+                ip[1],
+                ip[2],
+                ip[3] or up[3],
+            )
+        )
     return Mapped(code, changed, created, row, out)
 
 
@@ -274,11 +314,27 @@ def customer_rows(c: dict) -> Mapped:
     pl = _obj(c.get("priceList"), "priceList")
     g = _obj(c.get("billingAddress"), "billingAddress").get
     row = (
-        guid, created_s, changed_s, acc.get("email"), acc.get("fullName") or g("fullName"), acc.get("phone"),
-        grp.get("id"), grp.get("name"), pl.get("id"), pl.get("name"), c.get("disabledOrders"),
-        g("company"), g("fullName"), g("street"), g("houseNumber"), g("city"), g("zip"), g("countryCode"),
-        g("companyId"), g("vatId"),
-    )  # fmt: skip
+        guid,
+        created_s,
+        changed_s,
+        acc.get("email"),
+        acc.get("fullName") or g("fullName"),
+        acc.get("phone"),
+        grp.get("id"),
+        grp.get("name"),
+        pl.get("id"),
+        pl.get("name"),
+        c.get("disabledOrders"),
+        g("company"),
+        g("fullName"),
+        g("street"),
+        g("houseNumber"),
+        g("city"),
+        g("zip"),
+        g("countryCode"),
+        g("companyId"),
+        g("vatId"),
+    )
     return Mapped(guid, changed, created, row, [])
 
 
@@ -301,10 +357,19 @@ def product_rows(p: dict) -> Mapped:
     brand = _obj(p.get("brand"), "brand")
     cat = _obj(p.get("defaultCategory"), "defaultCategory")
     row = (
-        guid, p.get("type"), p.get("name"), p.get("visibility"), brand.get("code"), brand.get("name"),
-        _obj(p.get("supplier"), "supplier").get("name"), cat.get("guid"), cat.get("name"), p.get("url"),
-        created_s, changed_s,
-    )  # fmt: skip
+        guid,
+        p.get("type"),
+        p.get("name"),
+        p.get("visibility"),
+        brand.get("code"),
+        brand.get("name"),
+        _obj(p.get("supplier"), "supplier").get("name"),
+        cat.get("guid"),
+        cat.get("name"),
+        p.get("url"),
+        created_s,
+        changed_s,
+    )
     variants = p.get("variants") or []
     if not isinstance(variants, list):
         raise RowError("variants: expected a list")
@@ -315,12 +380,22 @@ def product_rows(p: dict) -> Mapped:
         ap = v.get("actionPrice")
         out.append(
             (
-                _key(v.get("code"), f"variants[{pos}].code"), guid, pos, v.get("ean"), v.get("name"),
-                v.get("price"), v.get("commonPrice"), ap.get("price") if isinstance(ap, dict) else None,
-                v.get("includingVat"), v.get("vatRate"), v.get("currencyCode"), v.get("stock"), v.get("unit"),
+                _key(v.get("code"), f"variants[{pos}].code"),
+                guid,
+                pos,
+                v.get("ean"),
+                v.get("name"),
+                v.get("price"),
+                v.get("commonPrice"),
+                ap.get("price") if isinstance(ap, dict) else None,
+                v.get("includingVat"),
+                v.get("vatRate"),
+                v.get("currencyCode"),
+                v.get("stock"),
+                v.get("unit"),
                 v.get("visible"),
             )
-        )  # fmt: skip
+        )
     return Mapped(guid, changed, created, row, out)
 
 
@@ -349,9 +424,19 @@ class EntitySpec:
 
 
 ENTITIES: dict[str, EntitySpec] = {
-    "orders": EntitySpec("orders", "orders", "code", ORDER_COLUMNS, order_rows, "order_items", "order_code",
-                         ITEM_COLUMNS),
+    "orders": EntitySpec(
+        "orders", "orders", "code", ORDER_COLUMNS, order_rows, "order_items", "order_code", ITEM_COLUMNS
+    ),
     "customers": EntitySpec("customers", "customers", "guid", CUSTOMER_COLUMNS, customer_rows),
-    "products": EntitySpec("products", "products", "guid", PRODUCT_COLUMNS, product_rows, "product_variants",
-                           "product_guid", VARIANT_COLUMNS, child_upsert_key="code"),
-}  # fmt: skip
+    "products": EntitySpec(
+        "products",
+        "products",
+        "guid",
+        PRODUCT_COLUMNS,
+        product_rows,
+        "product_variants",
+        "product_guid",
+        VARIANT_COLUMNS,
+        child_upsert_key="code",
+    ),
+}

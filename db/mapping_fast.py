@@ -126,12 +126,49 @@ def order_rows_fast(line: bytes) -> Mapped:
     if ba is None:
         ba = _NO_ADDRESS
     row = (
-        code, o.guid, o.externalCode, created_s, changed_s, st.id, st.name, src.name, o.email, o.phone,
-        o.customerGuid, pr.currencyCode, pr.exchangeRate, pr.withVat, pr.withoutVat, pr.vat, pr.toPay, o.paid,
-        o.vatPayer, o.cashDeskOrder, bm.id, bm.name, pm.guid, pm.name, sh.guid, sh.name,
-        ba.company, ba.fullName, ba.street, ba.houseNumber, ba.city, ba.zip, ba.countryCode, ba.companyId, ba.vatId,
-        da.company, da.fullName, da.street, da.houseNumber, da.city, da.zip, da.countryCode,
-    )  # fmt: skip
+        code,
+        o.guid,
+        o.externalCode,
+        created_s,
+        changed_s,
+        st.id,
+        st.name,
+        src.name,
+        o.email,
+        o.phone,
+        o.customerGuid,
+        pr.currencyCode,
+        pr.exchangeRate,
+        pr.withVat,
+        pr.withoutVat,
+        pr.vat,
+        pr.toPay,
+        o.paid,
+        o.vatPayer,
+        o.cashDeskOrder,
+        bm.id,
+        bm.name,
+        pm.guid,
+        pm.name,
+        sh.guid,
+        sh.name,
+        ba.company,
+        ba.fullName,
+        ba.street,
+        ba.houseNumber,
+        ba.city,
+        ba.zip,
+        ba.countryCode,
+        ba.companyId,
+        ba.vatId,
+        da.company,
+        da.fullName,
+        da.street,
+        da.houseNumber,
+        da.city,
+        da.zip,
+        da.countryCode,
+    )
     out = []
     seen: set = set()
     for pos, it in enumerate(o.items or (), 1):
@@ -145,8 +182,28 @@ def order_rows_fast(line: bytes) -> Mapped:
         seen.add(item_id)
         ip, up = it.itemPrice or _NONE_LINE_PRICE, it.unitPrice or _NONE_LINE_PRICE
         out.append(
-            (code, item_id, created_s, pos, it.itemType, it.productGuid, it.code, it.ean, it.name, it.variantName,
-             it.brand, it.amount, it.amountUnit, it.priceRatio, (it.status or _NONE_NAMED).id, up.withVat,
-             up.withoutVat, ip.withVat, ip.withoutVat, ip.vat, ip.vatRate or up.vatRate)
-        )  # fmt: skip
+            (
+                code,
+                item_id,
+                created_s,
+                pos,
+                it.itemType,
+                it.productGuid,
+                it.code,
+                it.ean,
+                it.name,
+                it.variantName,
+                it.brand,
+                it.amount,
+                it.amountUnit,
+                it.priceRatio,
+                (it.status or _NONE_NAMED).id,
+                up.withVat,
+                up.withoutVat,
+                ip.withVat,
+                ip.withoutVat,
+                ip.vat,
+                ip.vatRate or up.vatRate,
+            )
+        )
     return Mapped(code, changed, created, row, out)

@@ -123,9 +123,16 @@ def recalculate(
     result.seconds = round(time.perf_counter() - started, 3)
     log.info(
         "customer metrics (%s, %s): %d customers, %d recomputed, %d removed, %d moved segment, "
-        "%d unattributed orders, %.2f s", result.mode, result.reason, result.customers, result.recomputed,
-        result.removed, result.moved, result.unattributed_orders, result.seconds,
-    )  # fmt: skip
+        "%d unattributed orders, %.2f s",
+        result.mode,
+        result.reason,
+        result.customers,
+        result.recomputed,
+        result.removed,
+        result.moved,
+        result.unattributed_orders,
+        result.seconds,
+    )
     return result
 
 
@@ -139,23 +146,34 @@ def _next_watermark(conn: psycopg.Connection) -> datetime:
 
 
 def _run(
-    conn: psycopg.Connection, full: bool, as_of: datetime | None, cancelled: list[int],
-    rules: Sequence[SegmentRule], watermark: datetime,
-) -> MetricsResult:  # fmt: skip
+    conn: psycopg.Connection,
+    full: bool,
+    as_of: datetime | None,
+    cancelled: list[int],
+    rules: Sequence[SegmentRule],
+    watermark: datetime,
+) -> MetricsResult:
     as_of = conn.execute("SELECT coalesce(%s::timestamptz, now())", (as_of,)).fetchone()[0]
     state = get_state(conn, STATE_KEY)
     reset = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE customer_key IS NULL").format(QUEUE)).fetchone()[0]
     reason = (
-        "requested" if full
-        else "first run" if state is None or state.watermark is None
-        else "orders were truncated" if reset
-        else "cancelled statuses changed" if state.details.get("cancelled_statuses") != cancelled
+        "requested"
+        if full
+        else "first run"
+        if state is None or state.watermark is None
+        else "orders were truncated"
+        if reset
+        else "cancelled statuses changed"
+        if state.details.get("cancelled_statuses") != cancelled
         else None
-    )  # fmt: skip
+    )
     result = MetricsResult(
-        mode="full" if reason else "incremental", reason=reason or "changes since the last run", as_of=as_of,
-        watermark=watermark, cancelled_statuses=cancelled,
-    )  # fmt: skip
+        mode="full" if reason else "incremental",
+        reason=reason or "changes since the last run",
+        as_of=as_of,
+        watermark=watermark,
+        cancelled_statuses=cancelled,
+    )
     params = {"cancelled": cancelled, "as_of": as_of}
     if reason:
         removed, moves = _full(conn, result, rules, params)
@@ -178,8 +196,9 @@ Removed = list[tuple[str | None, int]]
 Moves = list[tuple[str | None, str | None, int]]
 
 
-def _full(conn: psycopg.Connection, result: MetricsResult, rules: Sequence[SegmentRule],
-          params: dict[str, Any]) -> tuple[Removed, Moves]:  # fmt: skip
+def _full(
+    conn: psycopg.Connection, result: MetricsResult, rules: Sequence[SegmentRule], params: dict[str, Any]
+) -> tuple[Removed, Moves]:
     conn.execute(sql.SQL("DELETE FROM {}").format(QUEUE))  # rows this snapshot sees; later ones stay
     result.recomputed = aggregate(conn, None, params)
     removed = delete_vanished(conn, None)
@@ -192,9 +211,13 @@ def _full(conn: psycopg.Connection, result: MetricsResult, rules: Sequence[Segme
 
 
 def _incremental(
-    conn: psycopg.Connection, result: MetricsResult, rules: Sequence[SegmentRule], params: dict[str, Any],
-    since: datetime, last: dict[str, Any],
-) -> tuple[Removed, Moves]:  # fmt: skip
+    conn: psycopg.Connection,
+    result: MetricsResult,
+    rules: Sequence[SegmentRule],
+    params: dict[str, Any],
+    since: datetime,
+    last: dict[str, Any],
+) -> tuple[Removed, Moves]:
     collect_touched(conn, since)
     result.recomputed = aggregate(conn, TOUCHED, params)
     removed = delete_vanished(conn, TOUCHED)
@@ -218,9 +241,14 @@ def _state_details(result: MetricsResult) -> dict[str, Any]:
         if segment is not None:
             segments[segment] = segments.get(segment, 0) + n
     return {
-        "cancelled_statuses": result.cancelled_statuses, "segments": segments, "mode": result.mode,
+        "cancelled_statuses": result.cancelled_statuses,
+        "segments": segments,
+        "mode": result.mode,
         "as_of": result.as_of.isoformat(),
-        "customers": result.customers, "recomputed": result.recomputed, "removed": result.removed,
-        "moved": result.moved, "unattributed_orders": result.unattributed_orders,
+        "customers": result.customers,
+        "recomputed": result.recomputed,
+        "removed": result.removed,
+        "moved": result.moved,
+        "unattributed_orders": result.unattributed_orders,
         "unattributed_revenue": str(result.unattributed_revenue),
-    }  # fmt: skip
+    }

@@ -16,9 +16,16 @@ TOUCHED, NEW = _I("cm_touched"), _I("cm_new")
 KEY_FUNCTION = _I("metrics_customer_key")
 # Columns the aggregate step owns (the score step owns days/scores/segments).
 AGGREGATES = (
-    "customer_guid", "email", "orders_count", "revenue_with_vat", "revenue_without_vat", "avg_order_value",
-    "first_order_at", "last_order_at", "avg_days_between_orders",
-)  # fmt: skip
+    "customer_guid",
+    "email",
+    "orders_count",
+    "revenue_with_vat",
+    "revenue_without_vat",
+    "avg_order_value",
+    "first_order_at",
+    "last_order_at",
+    "avg_days_between_orders",
+)
 # Score columns of customer_metrics → the names ``db.metrics_scores.scored`` gives them.
 SCORE_COLUMNS = {"days_since_last_order": "days", "r_score": "r", "f_score": "f", "m_score": "m", "segment": "segment"}
 
@@ -76,7 +83,11 @@ def aggregate(conn: psycopg.Connection, touched: sql.Identifier | None, params: 
                WHERE {key} IS NOT NULL AND (o.status_id = ANY(%(cancelled)s::int[])) IS NOT TRUE {only}
                GROUP BY 1"""
         ).format(
-            new=NEW, orders=ORDERS, key=customer_key("o"), only=only, base=base,
+            new=NEW,
+            orders=ORDERS,
+            key=customer_key("o"),
+            only=only,
+            base=base,
             # The identity function with no GUID is the normalized e-mail, or NULL.
             email=sql.SQL("{}({}, NULL)").format(KEY_FUNCTION, _I("o", "email")),
         ),
@@ -88,8 +99,11 @@ def aggregate(conn: psycopg.Connection, touched: sql.Identifier | None, params: 
 
 def delete_vanished(conn: psycopg.Connection, touched: sql.Identifier | None) -> list[tuple[str | None, int]]:
     """Delete (touched) customers without a counted order left; their count per old segment."""
-    scope = sql.SQL("") if touched is None else sql.SQL(
-        "AND m.customer_key IN (SELECT customer_key FROM {})").format(touched)
+    scope = (
+        sql.SQL("")
+        if touched is None
+        else sql.SQL("AND m.customer_key IN (SELECT customer_key FROM {})").format(touched)
+    )
     rows = conn.execute(
         sql.SQL(
             """WITH d AS (
@@ -130,9 +144,14 @@ def upsert(conn: psycopg.Connection, scored_source: tuple[sql.Composed, dict] | 
                  RETURNING (xmax = 0) AS inserted)
                SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"""
         ).format(
-            metrics=METRICS, targets=sql.SQL(", ").join(map(_I, cols)), values=sql.SQL(", ").join(values),
-            source=source, sets=sql.SQL(", ").join(sets), current=sql.SQL(", ").join(_I("m", c) for c in cols),
-            excluded=sql.SQL(", ").join(_I("excluded", c) for c in cols), stale=stale,
+            metrics=METRICS,
+            targets=sql.SQL(", ").join(map(_I, cols)),
+            values=sql.SQL(", ").join(values),
+            source=source,
+            sets=sql.SQL(", ").join(sets),
+            current=sql.SQL(", ").join(_I("m", c) for c in cols),
+            excluded=sql.SQL(", ").join(_I("excluded", c) for c in cols),
+            stale=stale,
         ),
         params,
     ).fetchone()

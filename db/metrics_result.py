@@ -39,27 +39,30 @@ class MetricsResult:
         ordered = [s for s in order if s in names] + sorted(names - set(order))
         rows = []
         for s in ordered:
-            rows.append({
-                "segment": s,
-                "customers": sum(n for _, c, n in self.moves if c == s),
-                "previous": sum(n for p, _, n in self.moves if p == s),
-                "moved_in": sum(n for p, c, n in self.moves if c == s and p is not None and p != s),
-                "moved_out": sum(n for p, c, n in self.moves if p == s and c is not None and c != s),
-                "new": sum(n for p, c, n in self.moves if c == s and p is None),
-                "removed": sum(n for p, c, n in self.moves if p == s and c is None),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "segment": s,
+                    "customers": sum(n for _, c, n in self.moves if c == s),
+                    "previous": sum(n for p, _, n in self.moves if p == s),
+                    "moved_in": sum(n for p, c, n in self.moves if c == s and p is not None and p != s),
+                    "moved_out": sum(n for p, c, n in self.moves if p == s and c is not None and c != s),
+                    "new": sum(n for p, c, n in self.moves if c == s and p is None),
+                    "removed": sum(n for p, c, n in self.moves if p == s and c is None),
+                }
+            )
         return rows
 
     def movement_rows(self) -> list[dict[str, Any]]:
         """Customers per (from, to) pair that changed, largest first; "(new)"/"(removed)" for the ends."""
-        rows = [
-            {"from": p or "(new)", "to": c or "(removed)", "customers": n}
-            for p, c, n in self.moves if p != c
-        ]  # fmt: skip
+        rows = [{"from": p or "(new)", "to": c or "(removed)", "customers": n} for p, c, n in self.moves if p != c]
         return sorted(rows, key=lambda r: (-r["customers"], r["from"], r["to"]))
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(as_of=self.as_of.isoformat(), watermark=self.watermark.isoformat(),
-                 unattributed_revenue=str(self.unattributed_revenue), moved=self.moved)
+        d.update(
+            as_of=self.as_of.isoformat(),
+            watermark=self.watermark.isoformat(),
+            unattributed_revenue=str(self.unattributed_revenue),
+            moved=self.moved,
+        )
         return d

@@ -139,10 +139,11 @@ def _parse_rule(i: int, item: Any, example: str) -> SegmentRule:
     for axis in ("r", "fm"):
         pair = item[axis]
         ok = (
-            isinstance(pair, list) and len(pair) == 2
+            isinstance(pair, list)
+            and len(pair) == 2
             and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in pair)
             and 1 <= pair[0] <= pair[1] <= 5
-        )  # fmt: skip
+        )
         if not ok:
             raise MetricsSettingsError(f"{where}: {axis} must be [low, high] with 1 <= low <= high <= 5")
         bounds[axis] = pair
@@ -166,17 +167,29 @@ def segment_case(rules: Sequence[SegmentRule], r: sql.Composable, fm: sql.Compos
     whens, params = [], {}
     for i, rule in enumerate(rules):
         p = f"seg{i}"
-        params.update({
-            f"{p}_r_lo": rule.r[0], f"{p}_r_hi": rule.r[1], f"{p}_fm_lo": rule.fm[0], f"{p}_fm_hi": rule.fm[1],
-            f"{p}_name": rule.segment,
-        })  # fmt: skip
+        params.update(
+            {
+                f"{p}_r_lo": rule.r[0],
+                f"{p}_r_hi": rule.r[1],
+                f"{p}_fm_lo": rule.fm[0],
+                f"{p}_fm_hi": rule.fm[1],
+                f"{p}_name": rule.segment,
+            }
+        )
         whens.append(
-            sql.SQL("WHEN {r} BETWEEN {rl}::numeric AND {rh}::numeric AND {fm} BETWEEN {fl}::numeric AND {fh}::numeric "
-                    "THEN {name}::text").format(
-                r=r, fm=fm, rl=sql.Placeholder(f"{p}_r_lo"), rh=sql.Placeholder(f"{p}_r_hi"),
-                fl=sql.Placeholder(f"{p}_fm_lo"), fh=sql.Placeholder(f"{p}_fm_hi"), name=sql.Placeholder(f"{p}_name"),
+            sql.SQL(
+                "WHEN {r} BETWEEN {rl}::numeric AND {rh}::numeric AND {fm} BETWEEN {fl}::numeric AND {fh}::numeric "
+                "THEN {name}::text"
+            ).format(
+                r=r,
+                fm=fm,
+                rl=sql.Placeholder(f"{p}_r_lo"),
+                rh=sql.Placeholder(f"{p}_r_hi"),
+                fl=sql.Placeholder(f"{p}_fm_lo"),
+                fh=sql.Placeholder(f"{p}_fm_hi"),
+                name=sql.Placeholder(f"{p}_name"),
             )
-        )  # fmt: skip
+        )
     params["seg_unmatched"] = UNMATCHED_SEGMENT
     case = sql.SQL("CASE {} ELSE {}::text END").format(sql.SQL(" ").join(whens), sql.Placeholder("seg_unmatched"))
     return case, params

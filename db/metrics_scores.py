@@ -56,8 +56,11 @@ def boundaries(conn: psycopg.Connection, n: int) -> tuple[dict[str, list[tuple]]
         columns = sql.SQL(", ").join(map(_I, cols))
         # A cursor is planned for a fast start: an index-only scan in this order, no sort (EXPLAIN in
         # benchmarks/customer_metrics.py --explain).
-        conn.execute(sql.SQL("DECLARE {} NO SCROLL CURSOR FOR SELECT {} FROM {} ORDER BY {}").format(
-            cursor, columns, METRICS, columns))  # fmt: skip
+        conn.execute(
+            sql.SQL("DECLARE {} NO SCROLL CURSOR FOR SELECT {} FROM {} ORDER BY {}").format(
+                cursor, columns, METRICS, columns
+            )
+        )
         rows: list[tuple] = []
         pos, last = 0, None  # rows the cursor has passed; the last one fetched
         for p in positions:
@@ -115,9 +118,11 @@ def scored(source: sql.Composable, columns: Sequence[str], rules: Sequence[Segme
 
 
 def rescore(
-    conn: psycopg.Connection, rules: Sequence[SegmentRule], as_of: datetime,
+    conn: psycopg.Connection,
+    rules: Sequence[SegmentRule],
+    as_of: datetime,
     expected: dict[str | None, int] | None = None,
-) -> tuple[int, Moves]:  # fmt: skip
+) -> tuple[int, Moves]:
     """Score everyone in one statement; write only the rows whose values change.
 
     ``previous_segment`` takes the old segment (rows not written already hold it). ``expected`` are the

@@ -119,8 +119,10 @@ def _create_partition(conn: psycopg.Connection, quarter: Quarter, lock_timeout: 
         if quarter.name in existing_partitions(conn):
             return
         conn.execute(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
-                    "INCLUDING STORAGE INCLUDING COMMENTS)").format(ident, parent)
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                "INCLUDING STORAGE INCLUDING COMMENTS)"
+            ).format(ident, parent)
         )
         conn.execute(
             sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(

@@ -85,8 +85,17 @@ def record_failed_snapshot(
             """INSERT INTO failed_snapshots (entity, filters, "full", job_id, stage, error_class, error_message,
                    attempts, next_attempt_at, status, run_id)
                VALUES (%s, %s, %s, %s, %s, %s, %s, 0, %s, 'pending', %s) RETURNING id""",
-            (entity, Jsonb(filters or {}), full, job_id, stage, type(error).__name__, str(error)[:4000],
-             next_attempt_at, run_id),
+            (
+                entity,
+                Jsonb(filters or {}),
+                full,
+                job_id,
+                stage,
+                type(error).__name__,
+                str(error)[:4000],
+                next_attempt_at,
+                run_id,
+            ),
         ).fetchone()
     return row[0]
 
@@ -107,9 +116,7 @@ def update_failed_snapshot(conn: psycopg.Connection, fs_id: int, **fields: Any) 
 
     if "filters" in fields:
         fields["filters"] = Jsonb(fields["filters"])
-    sets = sql.SQL(", ").join(
-        sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in fields
-    )
+    sets = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in fields)
     with conn.transaction():
         conn.execute(
             sql.SQL("UPDATE failed_snapshots SET {}, updated_at = now() WHERE id = {}").format(

@@ -149,9 +149,13 @@ class SettingsService:
         self._listener: Listener | None = None
         if listen:
             self._listener = Listener(
-                url, schema, on_connect=self._on_listener_connect, on_change=self._on_change,
-                poll_interval=poll_interval, backoff=reconnect_backoff,
-            )  # fmt: skip
+                url,
+                schema,
+                on_connect=self._on_listener_connect,
+                on_change=self._on_change,
+                poll_interval=poll_interval,
+                backoff=reconnect_backoff,
+            )
             self._listener.start()
 
     # --- reads ----------------------------------------------------------------------------------------
@@ -214,8 +218,7 @@ class SettingsService:
                 value = ta.dump_python(ta.validate_python(value), mode="json")
             except ValidationError as exc:
                 raise SettingValueError(
-                    f"{_short(value)} is not a valid {_type_name(rule.type_)} for {key!r}: "
-                    f"{_first_error(exc)}"
+                    f"{_short(value)} is not a valid {_type_name(rule.type_)} for {key!r}: {_first_error(exc)}"
                 ) from None
         try:
             text = json.dumps(to_jsonable_python(value), allow_nan=False, ensure_ascii=False)
@@ -272,11 +275,17 @@ class SettingsService:
         with self._lock:
             self._cache.expire()
             return SettingsStats(
-                hits=self._hits, misses=self._misses, loads=self._loads, load_errors=self._load_errors,
-                invalidations=self._invalidations, clears=self._clears, notifications=self._notifications,
-                connects=self._connects, size=len(self._cache),
+                hits=self._hits,
+                misses=self._misses,
+                loads=self._loads,
+                load_errors=self._load_errors,
+                invalidations=self._invalidations,
+                clears=self._clears,
+                notifications=self._notifications,
+                connects=self._connects,
+                size=len(self._cache),
                 listening=self._listener is not None and self._listener.backend_pid is not None,
-            )  # fmt: skip
+            )
 
     @property
     def listener_pid(self) -> int | None:

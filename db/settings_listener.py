@@ -76,8 +76,9 @@ class Listener:
             except psycopg.Error as exc:
                 # The message names host/database at most, never the password.
                 reason = (str(exc).strip().splitlines() or [""])[0]
-                log.warning("settings listener disconnected (%s: %s); reconnecting in %.2f s",
-                            type(exc).__name__, reason, delay)  # fmt: skip
+                log.warning(
+                    "settings listener disconnected (%s: %s); reconnecting in %.2f s", type(exc).__name__, reason, delay
+                )
             except Exception:  # a bug in a callback must not end invalidation for the process's lifetime
                 log.exception("settings listener failed; reconnecting in %.2f s", delay)
             finally:

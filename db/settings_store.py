@@ -43,9 +43,7 @@ def _table(schema: str) -> sql.Composable:
 
 def fetch_json(conn: psycopg.Connection, schema: str, key: str) -> bytes | None:
     """The stored value as JSON bytes, or None when the key is absent."""
-    row = conn.execute(
-        sql.SQL("SELECT value::text FROM {} WHERE key = %s").format(_table(schema)), (key,)
-    ).fetchone()
+    row = conn.execute(sql.SQL("SELECT value::text FROM {} WHERE key = %s").format(_table(schema)), (key,)).fetchone()
     return None if row is None else row[0].encode()
 
 

@@ -32,9 +32,7 @@ class SyncState:
 
 
 def get_state(conn: psycopg.Connection, key: str) -> SyncState | None:
-    row = conn.execute(
-        "SELECT key, watermark, details, updated_at FROM sync_state WHERE key = %s", (key,)
-    ).fetchone()
+    row = conn.execute("SELECT key, watermark, details, updated_at FROM sync_state WHERE key = %s", (key,)).fetchone()
     return None if row is None else SyncState(row[0], row[1], row[2] or {}, row[3])
 
 
@@ -61,9 +59,7 @@ def newest_changed_at(conn: psycopg.Connection, entity: str) -> datetime | None:
     return conn.execute(sql.SQL("SELECT max(changed_at) FROM {}").format(table)).fetchone()[0]
 
 
-def delete_from_change_log(
-    conn: psycopg.Connection, entity: str, deletes: Iterable[tuple[str, datetime]]
-) -> int:
+def delete_from_change_log(conn: psycopg.Connection, entity: str, deletes: Iterable[tuple[str, datetime]]) -> int:
     """Delete rows (and their children) the change log reports deleted; returns the parents deleted.
 
     A row is deleted only when its ``changed_at`` is not newer than the delete's ``changeTime``: the
@@ -104,6 +100,4 @@ def delete_from_change_log(
 def add_run_deletes(conn: psycopg.Connection, run_id: int, deleted: int) -> None:
     """Count change-log deletes on the run's row (the loader has already written its counters)."""
     guard_write(conn)
-    conn.execute(
-        "UPDATE snapshot_runs SET deleted = coalesce(deleted, 0) + %s WHERE id = %s", (deleted, run_id)
-    )
+    conn.execute("UPDATE snapshot_runs SET deleted = coalesce(deleted, 0) + %s WHERE id = %s", (deleted, run_id))

@@ -26,9 +26,11 @@ console = Console(stderr=True)
 
 
 WAIT_OPTION = typer.Option(
-    0.0, "--wait", metavar="SECONDS",
+    0.0,
+    "--wait",
+    metavar="SECONDS",
     help="Wait up to SECONDS for the job's lock; without it a held lock exits at once with code 75.",
-)  # fmt: skip
+)
 
 
 # --- db -----------------------------------------------------------------------------------------------

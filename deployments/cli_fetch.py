@@ -24,9 +24,11 @@ _SINCE = typer.Option(
 
 
 _WAIT = typer.Option(
-    0.0, "--wait", metavar="SECONDS",
+    0.0,
+    "--wait",
+    metavar="SECONDS",
     help="Wait up to SECONDS for the entity's lock; without it a held lock exits at once with code 75.",
-)  # fmt: skip
+)
 
 
 def fetch_orders_cmd(lookback_hours: float = _LOOKBACK, since: str | None = _SINCE, wait: float = _WAIT) -> None:

@@ -46,7 +46,10 @@ def forget(
     elif total == 0:
         print(f"no personal data of that e-mail in the mirror; recorded as erasure {out['erasure_id']}")
     else:
-        print(f"erased: {total} rows changed ({detail}); recorded as erasure {out['erasure_id']} "
-              f"(subject sha256 {out['subject_sha256'][:12]}…)")  # fmt: skip
-        console.print("The next snapshot brings the data back if the shop still holds it: erase the person in "
-                      "Shoptet too.")  # fmt: skip
+        print(
+            f"erased: {total} rows changed ({detail}); recorded as erasure {out['erasure_id']} "
+            f"(subject sha256 {out['subject_sha256'][:12]}…)"
+        )
+        console.print(
+            "The next snapshot brings the data back if the shop still holds it: erase the person in Shoptet too."
+        )

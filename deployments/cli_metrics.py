@@ -62,8 +62,9 @@ def print_result(out: dict[str, Any], segments: list[dict[str, Any]]) -> None:
     for i, h in enumerate(headers):
         table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
     for r in segments:
-        table.add_row(r["segment"], *(str(r[k]) for k in ("customers", "previous", "moved_in", "moved_out",
-                                                          "new", "removed")))  # fmt: skip
+        table.add_row(
+            r["segment"], *(str(r[k]) for k in ("customers", "previous", "moved_in", "moved_out", "new", "removed"))
+        )
     out_console = Console()
     out_console.print(table)
     out_console.print(

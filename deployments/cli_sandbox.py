@@ -32,10 +32,12 @@ def sandbox_cmd(
     seed: int = typer.Option(42, help="Data generator seed (same seed, same shop)."),
     token: str | None = typer.Option(None, help="Accept this private API token (default: a random one)."),
     rights: list[str] = typer.Option(
-        [], "--rights", metavar="TOKEN=GROUPS",
+        [],
+        "--rights",
+        metavar="TOKEN=GROUPS",
         help="Extra token with endpoint-group rights, e.g. ro-token=orders,system (groups: orders, customers, "
-             "products, webhooks, system, all). Repeatable.",
-    ),  # fmt: skip
+        "products, webhooks, system, all). Repeatable.",
+    ),
     oauth_token: str | None = typer.Option(
         None, help="Accept this add-on OAuth token at /action/ApiOAuthServer/getAccessToken (default: random)."
     ),
@@ -72,13 +74,30 @@ def sandbox_cmd(
     if not 0.0 <= error_rate <= 1.0:
         fail("--error-rate must be between 0 and 1")
     faults = Faults(
-        error_5xx_rate=error_rate, fail_next_n=fail_next, storm_429=storm_429, slow_seconds=slow,
-        job_outcome=job_outcome, truncate_gzip=truncate_gzip, malformed_line_at=malformed_line,
-        expire_results=expire_results, jobs_listed=not jobs_unlisted,
-    )  # fmt: skip
+        error_5xx_rate=error_rate,
+        fail_next_n=fail_next,
+        storm_429=storm_429,
+        slow_seconds=slow,
+        job_outcome=job_outcome,
+        truncate_gzip=truncate_gzip,
+        malformed_line_at=malformed_line,
+        expire_results=expire_results,
+        jobs_listed=not jobs_unlisted,
+    )
     run_standalone(
-        port=port, orders=orders, seed=seed, host=host, job_seconds=job_seconds, scale=scale, token=token,
-        send_webhooks=webhooks, extra_tokens=_rights(rights), oauth_token=oauth_token, faults=faults,
+        port=port,
+        orders=orders,
+        seed=seed,
+        host=host,
+        job_seconds=job_seconds,
+        scale=scale,
+        token=token,
+        send_webhooks=webhooks,
+        extra_tokens=_rights(rights),
+        oauth_token=oauth_token,
+        faults=faults,
         limits=Limits(enabled=limits, retry_after_seconds=retry_after_seconds),
-        access_token_ttl=access_token_ttl, write_lock_seconds=write_lock, amount_as_number=amount_as_number,
-    )  # fmt: skip
+        access_token_ttl=access_token_ttl,
+        write_lock_seconds=write_lock,
+        amount_as_number=amount_as_number,
+    )

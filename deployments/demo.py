@@ -45,8 +45,9 @@ def run_demo(orders: int = 20_000, seed: int = 42, console: Console | None = Non
     results: dict[str, dict] = {}
     # Fixed data reference (not "today"): a re-run on another day serves the same shop, so it is unchanged.
     # The sandbox's clock runs 10x fast and the client sleeps on it: job waits take a tenth of the time.
-    with SandboxServer(orders=orders, seed=seed, job_seconds=5.0, clock=RealClock(scale=10.0),
-                       reference=REFERENCE) as sb:
+    with SandboxServer(
+        orders=orders, seed=seed, job_seconds=5.0, clock=RealClock(scale=10.0), reference=REFERENCE
+    ) as sb:
         console.print(f"sandbox Shoptet API: {sb.base_url}")
 
         def client() -> ShoptetClient:
@@ -54,9 +55,12 @@ def run_demo(orders: int = 20_000, seed: int = 42, console: Console | None = Non
 
         with runtime.override(database_url=url, client_factory=client, webhook_url=DEMO_WEBHOOK):
             with Progress(
-                TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.fields[lines]:>9,} lines"),
-                TimeElapsedColumn(), console=console,
-            ) as bar:  # fmt: skip
+                TextColumn("{task.description:<10}"),
+                BarColumn(),
+                TextColumn("{task.fields[lines]:>9,} lines"),
+                TimeElapsedColumn(),
+                console=console,
+            ) as bar:
                 for entity in ENTITIES:
                     task_id = bar.add_task(entity, total=1.0, lines=0)
 
@@ -93,9 +97,12 @@ def _summary(console: Console, url: str, schema: str, results: dict[str, dict]) 
     for col in ("entity", "lines", "new", "updated", "same", "rejected", "deleted", "apply s", "total s"):
         table.add_column(col, justify="right" if col != "entity" else "left")
     for entity, c in results.items():
-        table.add_row(entity, *(f"{c[k]:,}" for k in ("lines", "inserted", "updated", "unchanged", "rejected",
-                                                        "deleted")),
-                      f"{c['seconds']:.1f}", f"{c['wall_seconds']:.1f}")
+        table.add_row(
+            entity,
+            *(f"{c[k]:,}" for k in ("lines", "inserted", "updated", "unchanged", "rejected", "deleted")),
+            f"{c['seconds']:.1f}",
+            f"{c['wall_seconds']:.1f}",
+        )
     console.print(table)
 
     counts = Table(title="Rows per table")

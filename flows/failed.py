@@ -25,8 +25,16 @@ RETRY_GAP = timedelta(hours=1)
 # Failures after which the old job's file is no use: re-request instead of re-downloading.
 # JobPollLimitError: the job's 10 detail polls are spent (counted across retries, reference §5.3), so
 # its resultUrl can no longer be read safely: a new job is the only way on.
-_REQUEST_AGAIN = {"ResultExpiredError", "TooManyRejectsError", "MassDeleteRefusedError", "JobFailedError",
-                  "JobDeadlineExceededError", "JobNotFoundError", "CorruptResultError", "JobPollLimitError"}
+_REQUEST_AGAIN = {
+    "ResultExpiredError",
+    "TooManyRejectsError",
+    "MassDeleteRefusedError",
+    "JobFailedError",
+    "JobDeadlineExceededError",
+    "JobNotFoundError",
+    "CorruptResultError",
+    "JobPollLimitError",
+}
 
 
 def _reuse_job(fs: dict[str, Any]) -> str | None:
@@ -47,8 +55,11 @@ def retry_failed_snapshots(now: datetime | None = None, lock_wait: float | None 
         with connection(hub.url, hub.schema) as conn:
             due = due_failed_snapshots(conn, now)
         outcomes = [_retry(fs, now) for fs in due]
-    table_artifact(outcomes or [{"id": None, "status": "nothing due"}], key="retry-failed-snapshots",
-                   description="Outcome of each failed snapshot retried in this run")  # fmt: skip
+    table_artifact(
+        outcomes or [{"id": None, "status": "nothing due"}],
+        key="retry-failed-snapshots",
+        description="Outcome of each failed snapshot retried in this run",
+    )
     return outcomes
 
 
@@ -65,11 +76,25 @@ def _retry(fs: dict[str, Any], now: datetime) -> dict[str, Any]:
         cause = exc.__cause__ or exc
         gave_up = attempt >= MAX_RETRY_ATTEMPTS
         status = "gave_up" if gave_up else "pending"
-        _update(fs["id"], attempts=attempt, status=status, error_class=type(cause).__name__,
-                error_message=str(cause)[:4000], stage=exc.stage, run_id=exc.run_id,
-                next_attempt_at=None if gave_up else now + RETRY_GAP)  # fmt: skip
-        logger().warning("failed snapshot %s (%s) attempt %d/%d failed: %s%s", fs["id"], fs["entity"], attempt,
-                         MAX_RETRY_ATTEMPTS, type(cause).__name__, " - gave up" if gave_up else "")  # fmt: skip
+        _update(
+            fs["id"],
+            attempts=attempt,
+            status=status,
+            error_class=type(cause).__name__,
+            error_message=str(cause)[:4000],
+            stage=exc.stage,
+            run_id=exc.run_id,
+            next_attempt_at=None if gave_up else now + RETRY_GAP,
+        )
+        logger().warning(
+            "failed snapshot %s (%s) attempt %d/%d failed: %s%s",
+            fs["id"],
+            fs["entity"],
+            attempt,
+            MAX_RETRY_ATTEMPTS,
+            type(cause).__name__,
+            " - gave up" if gave_up else "",
+        )
         return {**outcome, "status": status, "error": type(cause).__name__}
     _update(fs["id"], attempts=attempt, status="recovered", recovered_run_id=counters["run_id"], next_attempt_at=None)
     logger().info("failed snapshot %s (%s) recovered by run %s", fs["id"], fs["entity"], counters["run_id"])

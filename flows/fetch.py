@@ -29,7 +29,6 @@ markdown artifact and sets ``deletes_may_be_missed`` in the result and in ``sync
 (for customers and products, edits may be missed too): import a full snapshot.
 """
 
-
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -59,8 +58,15 @@ from flows.runs import recorded_run
 from flows.shoptet_api import make_client
 from flows.snapshot_tasks import apply_snapshot, counters_table
 
-__all__ = ["FetchFailed", "NoStartingPoint", "WARNING_STATE", "fetch_changes", "fetch_new_orders", "plan_window",
-           "write_details"]
+__all__ = [
+    "FetchFailed",
+    "NoStartingPoint",
+    "WARNING_STATE",
+    "fetch_changes",
+    "fetch_new_orders",
+    "plan_window",
+    "write_details",
+]
 
 DEFAULT_LOOKBACK_HOURS = 2.0
 WARNING_STATE = "CompletedWithWarnings"
@@ -100,8 +106,14 @@ def _fetch(entity: Entity, lookback_hours: float, since: datetime | None, lock_w
         started = _shop_now()
         window = _plan(entity, started, timedelta(hours=lookback_hours), since)
         filters = {"window_start": window.start.isoformat(), "basis": window.basis, "lookback_hours": lookback_hours}
-        with recorded_run(entity, full=False, filters=filters, what=f"{entity.value} fetch", failure=FetchFailed,
-                          advice=". The watermark did not move; the next run retries the same window") as run:
+        with recorded_run(
+            entity,
+            full=False,
+            filters=filters,
+            what=f"{entity.value} fetch",
+            failure=FetchFailed,
+            advice=". The watermark did not move; the next run retries the same window",
+        ) as run:
             run_id = run.start(source="fetch")
             # The log holds nothing older than its horizon; asking for less keeps `from` in its documented range.
             changes = read_change_log(entity, max(window.start, started - CHANGE_LOG_HORIZON))
@@ -113,10 +125,14 @@ def _fetch(entity: Entity, lookback_hours: float, since: datetime | None, lock_w
             details = _watermark_details(run_id, window, lookback_hours, counters, fetched)
             deleted = commit_deletes_and_watermark(entity, changes.deletes, run_id, started, details)
     result = {
-        **counters, "deleted": deleted, "fetched": fetched.fetched, "vanished": fetched.vanished,
-        "window_start": window.start.isoformat(), "watermark": started.isoformat(),
+        **counters,
+        "deleted": deleted,
+        "fetched": fetched.fetched,
+        "vanished": fetched.vanished,
+        "window_start": window.start.isoformat(),
+        "watermark": started.isoformat(),
         "deletes_may_be_missed": window.horizon_exceeded,
-    }  # fmt: skip
+    }
     _artifact(entity, result)
     if not window.horizon_exceeded:
         return result
@@ -132,15 +148,20 @@ def _plan(entity: Entity, started: datetime, lookback: timedelta, since: datetim
         state = get_state(conn, sync_key(entity))
         watermark = state.watermark if state else None
         newest = newest_changed_at(conn, entity.value) if watermark is None and since is None else None
-    window = plan_window(started=started, lookback=lookback, watermark=watermark, since=since,
-                         newest_mirrored=newest)  # fmt: skip
-    logger().info("%s: window from %s (%s), new watermark %s", entity.value, window.start.isoformat(),
-                  window.basis, started.isoformat())  # fmt: skip
+    window = plan_window(started=started, lookback=lookback, watermark=watermark, since=since, newest_mirrored=newest)
+    logger().info(
+        "%s: window from %s (%s), new watermark %s",
+        entity.value,
+        window.start.isoformat(),
+        window.basis,
+        started.isoformat(),
+    )
     return window
 
 
-def _watermark_details(run_id: int, window: Window, lookback_hours: float, counters: dict[str, Any],
-                       fetched: Any) -> dict[str, Any]:  # fmt: skip
+def _watermark_details(
+    run_id: int, window: Window, lookback_hours: float, counters: dict[str, Any], fetched: Any
+) -> dict[str, Any]:
     """What ``sync_state.details`` keeps about the run that moved the watermark."""
     details = {
         "run_id": run_id,
@@ -149,11 +170,12 @@ def _watermark_details(run_id: int, window: Window, lookback_hours: float, count
         "basis": window.basis,
         "lookback_hours": lookback_hours,
         "deletes_may_be_missed": window.horizon_exceeded,
-        "counters": {k: counters.get(k, 0) for k in ("lines", "inserted", "updated", "unchanged", "rejected",
-                                                     "skipped_older")},
+        "counters": {
+            k: counters.get(k, 0) for k in ("lines", "inserted", "updated", "unchanged", "rejected", "skipped_older")
+        },
         "fetched": fetched.fetched,
         "vanished": fetched.vanished,
-    }  # fmt: skip
+    }
     if window.horizon_exceeded:
         details["last_horizon_warning"] = {"run_id": run_id, "previous": window.reference.isoformat()}
     return details
@@ -172,13 +194,17 @@ def _artifact(entity: Entity, result: dict[str, Any]) -> None:
     rows = counters_table(result) + [
         {"counter": k, "value": result[k]} for k in ("fetched", "vanished", "deletes_may_be_missed")
     ]
-    table_artifact(rows, key=f"fetch-{entity.value}-counters",
-                   description=f"Counters of the last {entity.value} fetch (run {result.get('run_id')})")
+    table_artifact(
+        rows,
+        key=f"fetch-{entity.value}-counters",
+        description=f"Counters of the last {entity.value} fetch (run {result.get('run_id')})",
+    )
 
 
 def _warning_artifact(entity: Entity, warning: str) -> None:
     try:
-        create_markdown_artifact(f"**Warning:** {warning}", key=f"fetch-{entity.value}-warning",
-                                 description="Change log horizon exceeded")  # fmt: skip
+        create_markdown_artifact(
+            f"**Warning:** {warning}", key=f"fetch-{entity.value}-warning", description="Change log horizon exceeded"
+        )
     except Exception as exc:  # noqa: BLE001 - a report: the fetch itself is done
         logger().warning("could not store the warning artifact: %s", exc)

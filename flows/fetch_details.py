@@ -39,9 +39,7 @@ def detail_getter(client: ShoptetClient, entity: Entity) -> Getter:
     return get
 
 
-def write_details(
-    get: Getter, keys: Iterable[str], out: BinaryIO, workers: int = DETAIL_WORKERS
-) -> tuple[int, int]:
+def write_details(get: Getter, keys: Iterable[str], out: BinaryIO, workers: int = DETAIL_WORKERS) -> tuple[int, int]:
     """Fetch with ``workers`` threads, writing each detail as it arrives; returns (fetched, vanished).
 
     At most ``2 * workers`` requests are queued, so memory holds a handful of details, never all.

@@ -64,8 +64,11 @@ def read_change_log(entity: Entity, since: datetime) -> ChangeSet:
             out.edits.append(key)
     logger().info(
         "%s change log: %d edited, %d deleted, %d malformed entries",
-        entity.value, len(out.edits), len(out.deletes), out.malformed,
-    )  # fmt: skip
+        entity.value,
+        len(out.edits),
+        len(out.deletes),
+        out.malformed,
+    )
     return out
 
 

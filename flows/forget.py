@@ -43,8 +43,16 @@ def forget_person(email: SecretStr | str, dry_run: bool = False, lock_wait: floa
         out = erase_personal_data(secret, dry_run)
     verb = "would change" if dry_run else "changed"
     erasure = out["erasure_id"] or "(dry run)"
-    logger().info("erasure %s: %s %s rows (%s)", erasure, verb, sum(out["rows"].values()),
-                  ", ".join(f"{t} {n}" for t, n in out["rows"].items()))  # fmt: skip
-    table_artifact([{"table": t, "rows": n} for t, n in out["rows"].items()], key="personal-data-erasure",
-                   description=f"Rows {verb} by erasure {erasure} (counts only, no personal data)")
+    logger().info(
+        "erasure %s: %s %s rows (%s)",
+        erasure,
+        verb,
+        sum(out["rows"].values()),
+        ", ".join(f"{t} {n}" for t, n in out["rows"].items()),
+    )
+    table_artifact(
+        [{"table": t, "rows": n} for t, n in out["rows"].items()],
+        key="personal-data-erasure",
+        description=f"Rows {verb} by erasure {erasure} (counts only, no personal data)",
+    )
     return out

@@ -58,8 +58,17 @@ LEASE_SECONDS = 600
 EX_TEMPFAIL = 75  # sysexits.h: "try again later" — the CLI's exit code when a lock is held
 
 
-__all__ = ["LockError", "LockHeld", "LockLost", "ensure_limits", "instance", "job_lock", "limit_name", "lock_table",
-           "release"]
+__all__ = [
+    "LockError",
+    "LockHeld",
+    "LockLost",
+    "ensure_limits",
+    "instance",
+    "job_lock",
+    "limit_name",
+    "lock_table",
+    "release",
+]
 
 
 def limit_name(group: str, instance: str) -> str:
@@ -137,8 +146,10 @@ def _checked(name: str, repair: bool) -> None:
         return
     problem = "missing" if not status.exists else f"inactive or limit {status.limit}"
     if not repair:
-        raise LockError(f"concurrency limit {name} is {problem}; run `hub bootstrap` to repair it. "
-                        "The job did not run (it never runs unlocked).")
+        raise LockError(
+            f"concurrency limit {name} is {problem}; run `hub bootstrap` to repair it. "
+            "The job did not run (it never runs unlocked)."
+        )
     if status.exists:  # someone changed it: say so
         log.warning("concurrency limit %s was %s; repairing it", name, problem)
     else:  # a new Prefect server (every first run in ephemeral mode): nothing is wrong
@@ -190,8 +201,9 @@ def job_lock(
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             holders.append(
                 stack.enter_context(
-                    dblocks.advisory_lock(url, schema, name, wait_seconds=left, flow_run_id=flow_run_id,
-                                          lease_id=lease_id, on_busy=busy)
+                    dblocks.advisory_lock(
+                        url, schema, name, wait_seconds=left, flow_run_id=flow_run_id, lease_id=lease_id, on_busy=busy
+                    )
                 )
             )
         yield holders
@@ -223,8 +235,12 @@ def _prefect_slot(name: str, wait: float | None) -> Iterator[str]:
             with get_client(sync_client=True) as client:
                 client.release_concurrency_slots_with_lease(acquired.lease_id)
         except Exception as exc:  # noqa: BLE001 - logged; the lease expires after LEASE_SECONDS
-            log.warning("could not release the slot of %s (lease %s): %s; it comes back when the lease expires",
-                        name, acquired.lease_id, exc)
+            log.warning(
+                "could not release the slot of %s (lease %s): %s; it comes back when the lease expires",
+                name,
+                acquired.lease_id,
+                exc,
+            )
 
 
 def _is_locked(exc: BaseException) -> bool:
@@ -247,11 +263,17 @@ def lock_table(url: str, schema: str) -> list[dict[str, Any]]:
             name = limit_name(g, inst)
             st = limit_status(name)
             h = holders.get(name)
-            rows.append({
-                "lock": name, "exists": st.exists, "active": st.active, "limit": st.limit,
-                "slots_in_use": st.active_slots, "holder": h.describe() if h else None,
-                "holder_alive": dblocks.holder_alive(conn, h) if h else None,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "lock": name,
+                    "exists": st.exists,
+                    "active": st.active,
+                    "limit": st.limit,
+                    "slots_in_use": st.active_slots,
+                    "holder": h.describe() if h else None,
+                    "holder_alive": dblocks.holder_alive(conn, h) if h else None,
+                }
+            )
     return rows
 
 
@@ -260,8 +282,10 @@ def _own_name(group_or_name: str, inst: str) -> str:
         return limit_name(group_or_name, inst)
     mine = [limit_name(g, inst) for g in GROUPS]
     if group_or_name not in mine:
-        raise ValueError(f"{group_or_name} is not a lock of this hub instance ({inst}): its locks are "
-                         f"{', '.join(mine)}. Point HUB_DATABASE_URL at the hub that owns it.")
+        raise ValueError(
+            f"{group_or_name} is not a lock of this hub instance ({inst}): its locks are "
+            f"{', '.join(mine)}. Point HUB_DATABASE_URL at the hub that owns it."
+        )
     return group_or_name
 
 
@@ -280,8 +304,9 @@ def release(url: str, schema: str, group_or_name: str) -> str:
             raise LockHeld(name, holder, None)
         backend = dblocks.advisory_lock_backend(conn, name)
         if backend is not None:
-            raise LockError(f"lock {name}: a session (backend pid {backend}) still holds its advisory lock; "
-                            "its job is running")
+            raise LockError(
+                f"lock {name}: a session (backend pid {backend}) still holds its advisory lock; its job is running"
+            )
         with get_client(sync_client=True) as client:
             if holder is not None and holder.lease_id:
                 # Decrements the slots the lease holds and deletes the lease; a no-op once it is gone.

@@ -53,8 +53,9 @@ def recalculate_metrics(
 ) -> dict[str, Any]:
     hub = runtime.hub()
     rules = parse_segment_rules(segment_rules)
-    result = db_metrics.recalculate(hub.url, schema=hub.schema, full=full, as_of=as_of,
-                                    cancelled_statuses=cancelled_statuses, segment_rules=rules)  # fmt: skip
+    result = db_metrics.recalculate(
+        hub.url, schema=hub.schema, full=full, as_of=as_of, cancelled_statuses=cancelled_statuses, segment_rules=rules
+    )
     out = result.as_dict()
     out["segments"] = result.segment_rows([r.segment for r in rules])
     out["movement"] = result.movement_rows()
@@ -86,17 +87,36 @@ def recalculate_customer_metrics(
         out = recalculate_metrics(full, as_of, list(cancelled_statuses), segment_rules)
     logger().info(
         "customer metrics %s (%s): %d customers, %d recomputed, %d removed, %d moved between segments, "
-        "%d unattributed orders (revenue %s), %.2f s", out["mode"], out["reason"], out["customers"],
-        out["recomputed"], out["removed"], out["moved"], out["unattributed_orders"], out["unattributed_revenue"],
+        "%d unattributed orders (revenue %s), %.2f s",
+        out["mode"],
+        out["reason"],
+        out["customers"],
+        out["recomputed"],
+        out["removed"],
+        out["moved"],
+        out["unattributed_orders"],
+        out["unattributed_revenue"],
         out["seconds"],
-    )  # fmt: skip
+    )
     _artifacts(out)
     return out
 
 
 def summary_rows(out: dict[str, Any]) -> list[dict[str, Any]]:
-    keys = ("mode", "reason", "customers", "recomputed", "inserted", "updated", "removed", "moved", "rescored",
-            "unattributed_orders", "unattributed_revenue", "seconds")  # fmt: skip
+    keys = (
+        "mode",
+        "reason",
+        "customers",
+        "recomputed",
+        "inserted",
+        "updated",
+        "removed",
+        "moved",
+        "rescored",
+        "unattributed_orders",
+        "unattributed_revenue",
+        "seconds",
+    )
     return [{"counter": k, "value": out[k]} for k in keys]
 
 
@@ -107,10 +127,19 @@ def segments_with_total(out: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _artifacts(out: dict[str, Any]) -> None:
-    table_artifact(segments_with_total(out), key="customer-metrics-segments",
-                   description=f"Customers per RFM segment and movement since the last run ({out['mode']} run, "
-                               f"as of {out['as_of']})")  # fmt: skip
-    table_artifact(out["movement"] or [{"from": "-", "to": "-", "customers": 0}], key="customer-metrics-movement",
-                   description="Customers who changed segment since the last run, per (from, to)")
-    table_artifact(summary_rows(out), key="customer-metrics-summary",
-                   description="Counters of the last customer metrics run (counts only)")
+    table_artifact(
+        segments_with_total(out),
+        key="customer-metrics-segments",
+        description=f"Customers per RFM segment and movement since the last run ({out['mode']} run, "
+        f"as of {out['as_of']})",
+    )
+    table_artifact(
+        out["movement"] or [{"from": "-", "to": "-", "customers": 0}],
+        key="customer-metrics-movement",
+        description="Customers who changed segment since the last run, per (from, to)",
+    )
+    table_artifact(
+        summary_rows(out),
+        key="customer-metrics-summary",
+        description="Counters of the last customer metrics run (counts only)",
+    )

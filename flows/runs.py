@@ -49,9 +49,15 @@ class RecordedRun:
         hub = runtime.hub()
         self.job_id = job_id
         with connection(hub.url, hub.schema) as conn:
-            self.run_id = start_run(conn, self.entity.value, source=source, full=self.full,
-                                    filters=filters if filters is not None else self.filters, job_id=job_id,
-                                    flow_run_id=runtime.current_flow_run_id())  # fmt: skip
+            self.run_id = start_run(
+                conn,
+                self.entity.value,
+                source=source,
+                full=self.full,
+                filters=filters if filters is not None else self.filters,
+                job_id=job_id,
+                flow_run_id=runtime.current_flow_run_id(),
+            )
         return self.run_id
 
 
@@ -95,8 +101,12 @@ def recorded_run(
         logger().error("%s failed at %s: %s: %s", what, run.stage, type(exc).__name__, exc)
         if failure is None:
             raise
-        raise failure(f"{what} failed at stage {run.stage!r}: {type(exc).__name__}: {exc}{advice}",
-                      stage=run.stage, run_id=run.run_id, failed_snapshot_id=fs_id) from exc  # fmt: skip
+        raise failure(
+            f"{what} failed at stage {run.stage!r}: {type(exc).__name__}: {exc}{advice}",
+            stage=run.stage,
+            run_id=run.run_id,
+            failed_snapshot_id=fs_id,
+        ) from exc
     finally:
         _CURRENT.reset(token)
 
@@ -109,6 +119,13 @@ def _record_failure(run: RecordedRun, exc: Exception, failed_snapshot_row: bool)
         if not failed_snapshot_row:
             return None
         return record_failed_snapshot(
-            conn, entity=run.entity.value, filters=run.filters, full=run.full, job_id=run.job_id, stage=run.stage,
-            error=exc, run_id=run.run_id, next_attempt_at=datetime.now(UTC),
-        )  # fmt: skip
+            conn,
+            entity=run.entity.value,
+            filters=run.filters,
+            full=run.full,
+            job_id=run.job_id,
+            stage=run.stage,
+            error=exc,
+            run_id=run.run_id,
+            next_attempt_at=datetime.now(UTC),
+        )

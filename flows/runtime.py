@@ -72,9 +72,7 @@ def make_client(cfg: HubConfig | None = None) -> ShoptetClient:
         return _client_factory()
     if cfg.shoptet_token is None:
         raise RuntimeError("HUB_SHOPTET_TOKEN is not set: a Shoptet API token is needed to talk to a shop")
-    return ShoptetClient(
-        cfg.shoptet_base_url, cfg.shoptet_token.get_secret_value(), token_kind=cfg.shoptet_token_kind
-    )
+    return ShoptetClient(cfg.shoptet_base_url, cfg.shoptet_token.get_secret_value(), token_kind=cfg.shoptet_token_kind)
 
 
 def webhook_url(cfg: HubConfig | None = None) -> str | None:

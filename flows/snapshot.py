@@ -57,17 +57,24 @@ def import_snapshot(
     sweep_old_downloads()
     with (
         job_lock(entity.value, wait=lock_wait),
-        recorded_run(entity, full=full, filters=_jsonable(params), what=f"{entity.value} snapshot",
-                     failure=SnapshotFailed, record_failed_snapshot_row=record_failure) as run,
-    ):  # fmt: skip
+        recorded_run(
+            entity,
+            full=full,
+            filters=_jsonable(params),
+            what=f"{entity.value} snapshot",
+            failure=SnapshotFailed,
+            record_failed_snapshot_row=record_failure,
+        ) as run,
+    ):
         if reuse_job_id is None:
             ensure_webhook()
         job_id = reuse_job_id or request_snapshot(entity, params)
         run_id = run.start(source="api", job_id=job_id)
         job = wait_for_job(job_id, run_id)
         with downloaded(job) as path:
-            counters = apply_snapshot(entity, path, run_id, full, as_of=job.creation_time,
-                                      allow_mass_delete=allow_mass_delete)  # fmt: skip
+            counters = apply_snapshot(
+                entity, path, run_id, full, as_of=job.creation_time, allow_mass_delete=allow_mass_delete
+            )
     publish_counters(entity, counters)
     return counters
 
@@ -84,9 +91,10 @@ def import_file(
     path = Path(path)
     with (
         job_lock(entity.value, wait=lock_wait),
-        recorded_run(entity, full=full, filters={"file": path.name}, what=f"{entity.value} file {path.name}",
-                     failure=None) as run,
-    ):  # fmt: skip
+        recorded_run(
+            entity, full=full, filters={"file": path.name}, what=f"{entity.value} file {path.name}", failure=None
+        ) as run,
+    ):
         run_id = run.start(source="file")
         counters = apply_snapshot(entity, path, run_id, full, allow_mass_delete=allow_mass_delete)
     publish_counters(entity, counters)

@@ -93,9 +93,13 @@ def downloaded(job: Job) -> Iterator[Path]:
 
 @task(name="apply-snapshot", on_failure=[failed_at("apply")], **RETRIES)
 def apply_snapshot(
-    entity: Entity, path: Path, run_id: int, full: bool, as_of: datetime | None = None,
+    entity: Entity,
+    path: Path,
+    run_id: int,
+    full: bool,
+    as_of: datetime | None = None,
     allow_mass_delete: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     hub = runtime.hub()
     # An operator's runtime rules (hub settings set reject_threshold 0.02) win over the env defaults.
     rules = get_settings_service(hub.url, hub.schema)
@@ -110,8 +114,9 @@ def apply_snapshot(
         window=DateWindow.of(rules.get("dates_accepted_from"), rules.get("dates_accepted_ahead_days")),
     )
     reporter = _ProgressReporter(f"Applying {Entity(entity).value} snapshot (run {run_id})")
-    result = apply_snapshot_file(hub.url, Entity(entity).value, Path(path), run_id=run_id, options=options,
-                                 progress=reporter)  # fmt: skip
+    result = apply_snapshot_file(
+        hub.url, Entity(entity).value, Path(path), run_id=run_id, options=options, progress=reporter
+    )
     reporter.done()
     _log_result(result)
     return result.counters()
@@ -137,9 +142,11 @@ def counters_table(counters: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def publish_counters(entity: Entity, counters: dict[str, Any]) -> None:
-    table_artifact(counters_table(counters), key=f"snapshot-{Entity(entity).value}-counters",
-                   description=f"Counters of the last {Entity(entity).value} snapshot apply "
-                               f"(run {counters.get('run_id')})")  # fmt: skip
+    table_artifact(
+        counters_table(counters),
+        key=f"snapshot-{Entity(entity).value}-counters",
+        description=f"Counters of the last {Entity(entity).value} snapshot apply (run {counters.get('run_id')})",
+    )
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -189,8 +196,16 @@ def _log_result(result: ApplyResult) -> None:
     logger().info(
         "%s: %d lines, %d inserted, %d updated, %d unchanged, %d rejected, %d skipped as older, %d deleted, "
         "%d child rows, %.1f s",
-        result.entity, result.lines, result.inserted, result.updated, result.unchanged, result.rejected,
-        result.skipped_older, result.deleted, result.child_rows, result.seconds,
-    )  # fmt: skip
+        result.entity,
+        result.lines,
+        result.inserted,
+        result.updated,
+        result.unchanged,
+        result.rejected,
+        result.skipped_older,
+        result.deleted,
+        result.child_rows,
+        result.seconds,
+    )
     if result.deletes_skipped_reason:
         logger().warning(result.deletes_skipped_reason)

@@ -229,9 +229,7 @@ class ShoptetClient:
             headers = {_TOKEN_HEADERS[self.token_kind]: token}
             try:
                 with self.limiter.slot(), self._cross_process_slot():
-                    response = self._http.request(
-                        method, path, params=query, content=content, headers=headers
-                    )
+                    response = self._http.request(method, path, params=query, content=content, headers=headers)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 if transient_retries < max_transient:
                     self._backoff(transient_retries, f"{type(exc).__name__}", method, path)
@@ -303,9 +301,7 @@ class ShoptetClient:
     def _wait_after_429(self, error: e.RateLimitedError, attempt: int, method: str, path: str) -> None:
         wait = error.retry_after
         if not wait:  # missing, unparsable or in the past (clock skew): back off instead
-            wait = backoff_delay(
-                attempt, self.rng, base=self.policy.backoff_base, cap=self.policy.backoff_cap
-            )
+            wait = backoff_delay(attempt, self.rng, base=self.policy.backoff_base, cap=self.policy.backoff_cap)
         # Honour the whole wait (retrying early only earns another 429); if it reaches past what we may
         # wait - the caller's deadline or max_retry_after - give up now instead of retrying early.
         limit, why = self.policy.max_retry_after, f"max_retry_after ({self.policy.max_retry_after:.0f}s)"
@@ -395,9 +391,7 @@ class ShoptetClient:
         message = self._scrub(message)
         instance = self._scrub(str(instance)) if instance is not None else None
         cls = e.error_class(status, code)
-        kw: dict[str, Any] = dict(
-            status=status, error_code=code, instance=instance, request_id=request_id, path=path
-        )
+        kw: dict[str, Any] = dict(status=status, error_code=code, instance=instance, request_id=request_id, path=path)
         if cls is e.RateLimitedError:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock())
             return e.RateLimitedError(message, retry_after=retry_after, **kw)
@@ -493,9 +487,7 @@ class ShoptetClient:
     def ensure_job_finished_webhook(self, url: str | None) -> dict[str, Any]:
         return webhooks.ensure_job_finished_webhook(self, url)
 
-    def request_snapshot(
-        self, entity: str, params: Params | None = None, *, reuse_since: float | None = None
-    ) -> str:
+    def request_snapshot(self, entity: str, params: Params | None = None, *, reuse_since: float | None = None) -> str:
         return snapshots.request_snapshot(self, entity, params, reuse_since=reuse_since)
 
     def _poll_counter(self, job_id: str) -> snapshots.LocalPollCounter:

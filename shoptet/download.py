@@ -113,8 +113,7 @@ class GzipVerifier:
             assert self._inflater is not None
             if not self._inflater.eof:
                 raise e.CorruptResultError(
-                    f"gzip stream truncated after {self.raw_bytes} bytes "
-                    f"({self.decompressed_bytes} decompressed)"
+                    f"gzip stream truncated after {self.raw_bytes} bytes ({self.decompressed_bytes} decompressed)"
                 )
         elif self.kind == "plain" and self._first_text_byte not in (None, ord("{")):
             raise e.CorruptResultError("result file is neither gzip nor JSON Lines")

@@ -45,14 +45,10 @@ def ensure_job_finished_webhook(client: ShoptetClient, url: str | None) -> dict[
             )
         return existing
     if not url:
-        raise e.WebhookNotConfiguredError(
-            "no job:finished webhook is registered and no URL was given to register one"
-        )
+        raise e.WebhookNotConfiguredError("no job:finished webhook is registered and no URL was given to register one")
     _validate_url(url)
     try:
-        response = client.request(
-            "POST", "/api/webhooks", json={"data": [{"event": JOB_FINISHED, "url": url}]}
-        )
+        response = client.request("POST", "/api/webhooks", json={"data": [{"event": JOB_FINISHED, "url": url}]})
     except e.PermissionDeniedError as exc:
         raise _no_rights(exc) from exc
     except e.UnprocessableError:

@@ -74,8 +74,9 @@ def make_db(pg_server_url: str, template_db: str):
     def make() -> str:
         name = f"hub_t_{uuid.uuid4().hex[:12]}"
         with _admin(pg_server_url) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                            sql.Identifier(template_db)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db))
+            )
         names.append(name)
         return with_database(pg_server_url, name)
 

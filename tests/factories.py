@@ -46,8 +46,14 @@ _ORDER = {
 }  # fmt: skip
 
 
-def order(code: str = "2026000123", *, created: str = "2026-09-14T10:21:07+0200",
-          changed: str | None = "2026-09-15T08:02:44+0200", items: int = 3, **over: Any) -> dict:
+def order(
+    code: str = "2026000123",
+    *,
+    created: str = "2026-09-14T10:21:07+0200",
+    changed: str | None = "2026-09-15T08:02:44+0200",
+    items: int = 3,
+    **over: Any,
+) -> dict:
     o = copy.deepcopy(_ORDER)
     o.update(code=code, creationTime=created, changeTime=changed)
     lines = []
@@ -62,8 +68,13 @@ def order(code: str = "2026000123", *, created: str = "2026-09-14T10:21:07+0200"
     return o
 
 
-def customer(guid: str = "a2b4c6d8-8b3d-11f0-9c41-0242ac120002", *, changed: str = "2026-09-14T10:21:07+0200",
-             email: str | None = "jana.novakova@example.cz", **over: Any) -> dict:
+def customer(
+    guid: str = "a2b4c6d8-8b3d-11f0-9c41-0242ac120002",
+    *,
+    changed: str = "2026-09-14T10:21:07+0200",
+    email: str | None = "jana.novakova@example.cz",
+    **over: Any,
+) -> dict:
     c = {
         "guid": guid, "creationTime": "2024-03-02T18:44:10+0100", "changeTime": changed,
         "billingAddress": {**_ADDRESS, "companyId": None, "vatId": None, "vatIdValidationStatus": None,
@@ -93,8 +104,13 @@ def variant(code: str, **over: Any) -> dict:
     return v
 
 
-def product(guid: str = "0d9e8f7a-1b2c-11ee-b534-2a01067a25a9", *, changed: str = "2026-09-10T16:40:12+0200",
-            variants: list[str] | None = None, **over: Any) -> dict:
+def product(
+    guid: str = "0d9e8f7a-1b2c-11ee-b534-2a01067a25a9",
+    *,
+    changed: str = "2026-09-10T16:40:12+0200",
+    variants: list[str] | None = None,
+    **over: Any,
+) -> dict:
     p = {
         "guid": guid, "type": "product", "name": "Hrnek smaltovaný 0,5 l", "indexName": "hrnek",
         "brand": {"code": "smalt-co", "name": "Smalt Co."}, "supplier": None, "visibility": "visible",
@@ -111,8 +127,7 @@ def product(guid: str = "0d9e8f7a-1b2c-11ee-b534-2a01067a25a9", *, changed: str 
 def write_jsonl(path: Path, entities: list[dict | bytes | str], *, gz: bool = True) -> Path:
     """Write entities (dicts, or raw lines for malformed input) as JSON Lines, gzip by default."""
     data = b"".join(
-        (e if isinstance(e, bytes) else e.encode() if isinstance(e, str) else orjson.dumps(e)) + b"\n"
-        for e in entities
+        (e if isinstance(e, bytes) else e.encode() if isinstance(e, str) else orjson.dumps(e)) + b"\n" for e in entities
     )
     path.write_bytes(gzip.compress(data) if gz else data)
     return path

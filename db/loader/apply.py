@@ -27,9 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def apply_snapshot_file(
-    url: str, entity: str, path: Path, *, run_id: int, options: ApplyOptions | None = None,
+    url: str,
+    entity: str,
+    path: Path,
+    *,
+    run_id: int,
+    options: ApplyOptions | None = None,
     progress: Progress | None = None,
-) -> ApplyResult:  # fmt: skip
+) -> ApplyResult:
     """Apply one snapshot file (see ``db/loader/__init__.py``); raises ApplyError subclasses on refusal.
 
     The run (``snapshot_runs`` row ``run_id``) is marked succeeded in the same transaction.
@@ -51,13 +56,21 @@ def apply_snapshot_file(
             stored_before = _count(main, spec.table) if o.full else 0
             defer = total >= BIG_FILE if o.defer_indexes is None else o.defer_indexes
             deferred = deferred_indexes.drop_if_empty(main, o.schema, spec.table) if defer else []
-            writer = TableWriter(main, side, spec, full=o.full, window=window,
-                                 partitions_created=result.partitions_created)  # fmt: skip
+            writer = TableWriter(
+                main, side, spec, full=o.full, window=window, partitions_created=result.partitions_created
+            )
             batch = _BatchWriter(writer, rejects, result, keep_raw=o.keep_raw, window=window)
             newest: datetime | None = None
             workers = default_workers(path) if o.workers is None else o.workers
-            with mapped_chunks(path, entity, keep_raw=o.keep_raw, run_id=run_id, chunk_bytes=o.chunk_bytes,
-                               workers=workers, window=window) as chunks:  # fmt: skip
+            with mapped_chunks(
+                path,
+                entity,
+                keep_raw=o.keep_raw,
+                run_id=run_id,
+                chunk_bytes=o.chunk_bytes,
+                workers=workers,
+                window=window,
+            ) as chunks:
                 for chunk in chunks:
                     for line_no, line, reason in chunk.rejected_lines():
                         rejects.add(line_no, line, reason)
@@ -91,8 +104,9 @@ class _BatchWriter:
     PostgreSQL refuses line by line with exact validation, so the bad line becomes a reject naming its
     field and the good ones still apply."""
 
-    def __init__(self, writer: TableWriter, rejects: Rejects, result: ApplyResult, *, keep_raw: bool,
-                 window: DateWindow) -> None:  # fmt: skip
+    def __init__(
+        self, writer: TableWriter, rejects: Rejects, result: ApplyResult, *, keep_raw: bool, window: DateWindow
+    ) -> None:
         self.w, self.rejects, self.result, self.keep_raw, self.window = writer, rejects, result, keep_raw, window
 
     def write_chunk(self, chunk: Chunk) -> None:
@@ -122,8 +136,9 @@ class _BatchWriter:
         except psycopg.Error as exc:
             if not refused_value(exc):
                 raise
-            log.info("batch of %d lines refused by PostgreSQL (%s); redoing it line by line", len(batch),
-                     type(exc).__name__)  # fmt: skip
+            log.info(
+                "batch of %d lines refused by PostgreSQL (%s); redoing it line by line", len(batch), type(exc).__name__
+            )
             counts = self._write_line_by_line(batch)
         self.result.add(counts)
 
@@ -132,8 +147,13 @@ class _BatchWriter:
         c = classify.classify(w.main, w.spec, batch)
         w.ensure_quarters(x.quarter for x in (*c.new, *c.changed))
         new, changed = (c.new, c.changed) if direct else ([], c.new + c.changed)
-        counts = {"inserted": len(new), "updated": 0, "unchanged": c.unchanged, "skipped_older": c.older,
-                  "child_rows": w.copy_new(new) if new else 0}  # fmt: skip
+        counts = {
+            "inserted": len(new),
+            "updated": 0,
+            "unchanged": c.unchanged,
+            "skipped_older": c.older,
+            "child_rows": w.copy_new(new) if new else 0,
+        }
         if changed:
             ins, upd, kids = w.upsert_changed(changed)
             counts["inserted"] += ins
@@ -173,6 +193,5 @@ def _finish_run(conn: psycopg.Connection, r: ApplyResult) -> None:
         """UPDATE snapshot_runs SET status = 'succeeded', finished_at = now(), lines = %s, inserted = %s,
              updated = %s, unchanged = %s, rejected = %s, skipped_older = %s, deleted = %s,
              child_rows = %s WHERE id = %s""",
-        (r.lines, r.inserted, r.updated, r.unchanged, r.rejected, r.skipped_older, r.deleted, r.child_rows,
-         r.run_id),
-    )  # fmt: skip
+        (r.lines, r.inserted, r.updated, r.unchanged, r.rejected, r.skipped_older, r.deleted, r.child_rows, r.run_id),
+    )

@@ -20,8 +20,15 @@ from db.mapping import EntitySpec
 log = logging.getLogger(__name__)
 
 
-def delete_absent(main: psycopg.Connection, spec: EntitySpec, rejects: Rejects, *, as_of: datetime | None,
-                  stored_before: int, limit: float | None) -> tuple[int, str | None]:  # fmt: skip
+def delete_absent(
+    main: psycopg.Connection,
+    spec: EntitySpec,
+    rejects: Rejects,
+    *,
+    as_of: datetime | None,
+    stored_before: int,
+    limit: float | None,
+) -> tuple[int, str | None]:
     """Hard-delete stored rows whose key the snapshot did not hold (``seen_keys``), with their children.
 
     Kept: rows changed after the snapshot was taken (``as_of``: a newer sync wrote them) and rows whose

@@ -89,9 +89,19 @@ class Chunk:
         spans = self.spans
         base = self.first_line_no
         for i, (p1, c1) in enumerate(zip(self.parent_ends, self.child_ends, strict=True)):
-            out.append(Line(base + self.line_nos[i], self.keys[i], self.changed[i], self.quarters[i], self.hashes[i],
-                            parents[p0:p1], children[c0:c1], self.n_children[i],
-                            block[spans[2 * i]:spans[2 * i + 1]]))  # fmt: skip
+            out.append(
+                Line(
+                    base + self.line_nos[i],
+                    self.keys[i],
+                    self.changed[i],
+                    self.quarters[i],
+                    self.hashes[i],
+                    parents[p0:p1],
+                    children[c0:c1],
+                    self.n_children[i],
+                    block[spans[2 * i] : spans[2 * i + 1]],
+                )
+            )
             p0, c0 = p1, c1
         return out
 
@@ -99,8 +109,17 @@ class Chunk:
         return [(self.first_line_no + n, self.block[a:b], reason) for n, a, b, reason in self.rejects]
 
 
-def _format(spec: EntitySpec, m: Mapped, text: bytes, digest: str, keep_raw: bool, run_id: int, tx: Transformer,
-            parents: bytearray, children: bytearray) -> None:  # fmt: skip
+def _format(
+    spec: EntitySpec,
+    m: Mapped,
+    text: bytes,
+    digest: str,
+    keep_raw: bool,
+    run_id: int,
+    tx: Transformer,
+    parents: bytearray,
+    children: bytearray,
+) -> None:
     format_row_text((*m.row, digest, JsonText(text) if keep_raw else None, run_id), tx, parents)
     for c in m.children:
         format_row_text(c, tx, children)
@@ -231,5 +250,6 @@ def exact_line(line: Line, entity: str, keep_raw: bool, run_id: int, window: Dat
     changed, quarter = _dated(m, window)
     parents, children = bytearray(), bytearray()
     _format(spec, m, text, line.hash, keep_raw, run_id, Transformer(), parents, children)
-    return Line(line.line_no, m.key, changed, quarter, line.hash, bytes(parents), bytes(children),
-                len(m.children), text)  # fmt: skip
+    return Line(
+        line.line_no, m.key, changed, quarter, line.hash, bytes(parents), bytes(children), len(m.children), text
+    )

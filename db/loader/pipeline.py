@@ -36,8 +36,9 @@ def default_workers(path: Path) -> int:
 
 
 @contextmanager
-def mapped_chunks(path: Path, entity: str, *, keep_raw: bool, run_id: int, chunk_bytes: int, workers: int,
-                  window: DateWindow) -> Iterator[Iterator[Chunk]]:  # fmt: skip
+def mapped_chunks(
+    path: Path, entity: str, *, keep_raw: bool, run_id: int, chunk_bytes: int, workers: int, window: DateWindow
+) -> Iterator[Iterator[Chunk]]:
     """The file's chunks, parsed and mapped, numbered, in file order.
 
     On the way out, error or not, the worker processes are killed (which wakes a reader waiting on

@@ -61,10 +61,11 @@ class ChunkWorkers:
     def __init__(self, n: int) -> None:
         env = {**worker_environment(), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.procs = [
-            subprocess.Popen([sys.executable, "-m", "db.loader.workers"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, env=env)
+            subprocess.Popen(
+                [sys.executable, "-m", "db.loader.workers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            )
             for _ in range(n)
-        ]  # fmt: skip
+        ]
         self.inboxes: list[queue.Queue] = [queue.Queue() for _ in range(n)]
         # One feeder thread per worker: writing the next input must never wait on us reading an output.
         self.feeders = [threading.Thread(target=self._feed, args=(i,), daemon=True) for i in range(n)]

@@ -31,8 +31,16 @@ def refused_value(exc: BaseException) -> bool:
 
 
 class TableWriter:
-    def __init__(self, main: psycopg.Connection, side: psycopg.Connection, spec: EntitySpec, *, full: bool,
-                 window: DateWindow, partitions_created: list[str]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        main: psycopg.Connection,
+        side: psycopg.Connection,
+        spec: EntitySpec,
+        *,
+        full: bool,
+        window: DateWindow,
+        partitions_created: list[str],
+    ) -> None:
         self.main, self.side, self.spec, self.full, self.window = main, side, spec, full, window
         self.partitions_created = partitions_created
         self.partitioned = spec.child_table == partitions.PARENT
@@ -42,11 +50,13 @@ class TableWriter:
         t = ident(spec.table)
         cols = sql.SQL(", ").join(map(ident, spec.column_names))
         for stmt in (
-            sql.SQL("CREATE TEMP TABLE stage_parent ON COMMIT DROP AS SELECT {}, content_hash, raw, run_id "
-                    "FROM {} WITH NO DATA").format(cols, t),
+            sql.SQL(
+                "CREATE TEMP TABLE stage_parent ON COMMIT DROP AS SELECT {}, content_hash, raw, run_id "
+                "FROM {} WITH NO DATA"
+            ).format(cols, t),
             sql.SQL("CREATE TEMP TABLE stage_written (key text, inserted bool) ON COMMIT DROP"),
             sql.SQL("CREATE TEMP TABLE seen_keys (key text) ON COMMIT DROP"),
-        ):  # fmt: skip
+        ):
             main.execute(stmt)
         parent_cols = sql.SQL("{}, content_hash, raw, run_id").format(cols)
         self.copy_parent = sql.SQL("COPY {} ({}) FROM STDIN").format(t, parent_cols)
@@ -106,8 +116,11 @@ class TableWriter:
         # autovacuumed, so big batches would bloat them).
         small = len(lines) < 64
         with self.main.cursor() as cur:
-            cur.execute("DELETE FROM stage_parent; DELETE FROM stage_written" if small
-                        else "TRUNCATE stage_parent, stage_written")  # fmt: skip
+            cur.execute(
+                "DELETE FROM stage_parent; DELETE FROM stage_written"
+                if small
+                else "TRUNCATE stage_parent, stage_written"
+            )
             _copy(cur, self.copy_stage_parent, (x.parent for x in lines))
             if self.spec.child_table:
                 cur.execute("DELETE FROM stage_child" if small else "TRUNCATE stage_child")
@@ -142,7 +155,8 @@ def _upsert_sql(spec: EntitySpec) -> sql.Composed:
     t, key = ident(spec.table), ident(spec.key)
     updates = sql.SQL(", ").join(
         sql.SQL("{0} = EXCLUDED.{0}").format(ident(c))
-        for c in (*names, "content_hash", "raw", "run_id", "synced_at") if c != spec.key
+        for c in (*names, "content_hash", "raw", "run_id", "synced_at")
+        if c != spec.key
     )
     # DISTINCT ON: a key twice in one batch (line-by-line mode never has that; a batch flushes first).
     return sql.SQL(
@@ -164,16 +178,21 @@ def _replace_children_sql(spec: EntitySpec) -> list[sql.Composed]:
     cols = sql.SQL(", ").join(map(ident, names))
     delete = sql.SQL("DELETE FROM {ct} x USING stage_written w WHERE x.{ckey} = w.key").format(ct=ct, ckey=ckey)
     if not spec.child_upsert_key:
-        insert = sql.SQL("INSERT INTO {ct} ({cols}) SELECT {cols} FROM stage_child s "
-                         "WHERE s.{ckey} IN (SELECT key FROM stage_written)")
+        insert = sql.SQL(
+            "INSERT INTO {ct} ({cols}) SELECT {cols} FROM stage_child s "
+            "WHERE s.{ckey} IN (SELECT key FROM stage_written)"
+        )
         return [delete, insert.format(ct=ct, cols=cols, ckey=ckey)]
     pk = ident(spec.child_upsert_key)
     updates = sql.SQL(", ").join(
         sql.SQL("{0} = EXCLUDED.{0}").format(ident(c)) for c in names if c != spec.child_upsert_key
     )
-    return [delete, sql.SQL(
-        """INSERT INTO {ct} ({cols}) SELECT DISTINCT ON ({pk}) {cols} FROM stage_child s
+    return [
+        delete,
+        sql.SQL(
+            """INSERT INTO {ct} ({cols}) SELECT DISTINCT ON ({pk}) {cols} FROM stage_child s
            WHERE s.{ckey} IN (SELECT key FROM stage_written)
            ORDER BY {pk}
            ON CONFLICT ({pk}) DO UPDATE SET {updates}"""
-    ).format(ct=ct, cols=cols, pk=pk, ckey=ckey, updates=updates)]  # fmt: skip
+        ).format(ct=ct, cols=cols, pk=pk, ckey=ckey, updates=updates),
+    ]

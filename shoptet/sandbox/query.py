@@ -34,9 +34,7 @@ ORDER_FILTERS = frozenset(
         "orderCodes",
     }
 )
-CUSTOMER_SNAPSHOT_FILTERS = frozenset(
-    {"creationTimeFrom", "creationTimeTo", "changeTimeFrom", "changeTimeTo"}
-)
+CUSTOMER_SNAPSHOT_FILTERS = frozenset({"creationTimeFrom", "creationTimeTo", "changeTimeFrom", "changeTimeTo"})
 PRODUCT_FILTERS = frozenset(
     {
         "availabilityId",

@@ -143,9 +143,7 @@ def run_standalone(
     from .clock import RealClock
 
     started = time.monotonic()
-    state = SandboxState(
-        orders, seed, RealClock(scale), job_seconds, send_webhooks=send_webhooks, **state_kwargs
-    )
+    state = SandboxState(orders, seed, RealClock(scale), job_seconds, send_webhooks=send_webhooks, **state_kwargs)
     if token:
         state.tokens = {token: None}
         state.token = token
@@ -176,9 +174,7 @@ def run_standalone(
     # `finally` below still deletes the result files
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(
-            create_app(state), host=host, port=port, log_level="info", access_log=False, lifespan="off"
-        )
+        uvicorn.run(create_app(state), host=host, port=port, log_level="info", access_log=False, lifespan="off")
     finally:
         signal.signal(signal.SIGTERM, previous)
         stop.set()

@@ -196,9 +196,7 @@ class EntityStore:
         with self._lock:
             return list(self._records[entity])
 
-    def changes(
-        self, entity: str, since: float, change_type: str | None = None
-    ) -> list[tuple[str, float, str]]:
+    def changes(self, entity: str, since: float, change_type: str | None = None) -> list[tuple[str, float, str]]:
         """(key, changeTime, changeType) since `since` (inclusive) within the 30-day horizon, oldest first."""
         lo = max(since, self.clock.time() - CHANGE_HORIZON)
         with self._lock:

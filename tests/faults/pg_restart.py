@@ -28,5 +28,6 @@ def restart_server(admin_conninfo: str) -> None:
             raise PermissionError(f"the server's data folder belongs to uid {owner}; cannot restart it")
         cmd = ["runuser", "-u", pwd.getpwuid(owner).pw_name, "--", *cmd]
     # No pipes: the restarted postmaster inherits pg_ctl's stdout/stderr and would hold them open.
-    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=180)  # fmt: skip
+    subprocess.run(
+        cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180
+    )

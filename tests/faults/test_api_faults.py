@@ -79,9 +79,9 @@ class Hub:
         for rec in self.state.store.records("orders"):
             order = rec.data()
             shop[order["code"]] = len(order["items"])
-        stored = dict(self.q(
-            "SELECT o.code, (SELECT count(*) FROM order_items i WHERE i.order_code = o.code) FROM orders o"
-        ))  # fmt: skip
+        stored = dict(
+            self.q("SELECT o.code, (SELECT count(*) FROM order_items i WHERE i.order_code = o.code) FROM orders o")
+        )
         assert len(shop) == ORDERS
         assert stored == shop
         assert self.q("SELECT count(*) FROM order_items")[0][0] == sum(shop.values())
@@ -256,9 +256,7 @@ def test_expired_result_is_requested_again_by_the_retry_flow(hub) -> None:
     (old_job,) = hub.q("SELECT job_id FROM failed_snapshots")[0]
     hub.state.faults.expire_results = False
     assert [o["status"] for o in retry_failed_snapshots()] == ["recovered"]
-    (new_job,) = hub.q(
-        "SELECT r.job_id FROM failed_snapshots f JOIN snapshot_runs r ON r.id = f.recovered_run_id"
-    )[0]
+    (new_job,) = hub.q("SELECT r.job_id FROM failed_snapshots f JOIN snapshot_runs r ON r.id = f.recovered_run_id")[0]
     assert new_job != old_job and len(hub.jobs()) == 2
     hub.assert_mirror_equals_shop()
 

@@ -44,9 +44,11 @@ def apply(db_url: str, entity: str, path: Path, **kw):
 
 def stored_orders(conn: psycopg.Connection) -> dict[str, int]:
     """Each stored order with its number of item rows."""
-    return dict(conn.execute(
-        "SELECT o.code, (SELECT count(*) FROM order_items i WHERE i.order_code = o.code) FROM orders o"
-    ).fetchall())  # fmt: skip
+    return dict(
+        conn.execute(
+            "SELECT o.code, (SELECT count(*) FROM order_items i WHERE i.order_code = o.code) FROM orders o"
+        ).fetchall()
+    )
 
 
 def expected(orders: list[dict]) -> dict[str, int]:
@@ -106,8 +108,13 @@ def test_mass_delete_share_is_configurable(db_url, conn, tmp_path):
 def test_impossible_date_is_a_reject_not_a_failed_apply(db_url, conn, tmp_path, field, value, workers):
     good = [order(str(i)) for i in range(20)]
     bad = order("bad", **{"created" if field == "creationTime" else "changed": value})
-    r = apply(db_url, "orders", write_jsonl(tmp_path / "d.gz", [*good[:10], bad, *good[10:]]), workers=workers,
-              reject_threshold=0.1)  # fmt: skip
+    r = apply(
+        db_url,
+        "orders",
+        write_jsonl(tmp_path / "d.gz", [*good[:10], bad, *good[10:]]),
+        workers=workers,
+        reject_threshold=0.1,
+    )
     assert (r.rejected, r.lines) == (1, 21)
     line_no, reason = conn.execute("SELECT line_no, reason FROM snapshot_rejects").fetchone()
     assert line_no == 11 and field in reason and "outside the accepted dates" in reason
@@ -284,8 +291,10 @@ def test_loader_killed_mid_apply_leaves_nothing_and_a_rerun_completes(db_url, co
     f = write_jsonl(tmp_path / "o.gz", orders)
     proc = subprocess.Popen(
         [sys.executable, "-c", _KILLED_LOADER, db_url, str(f), str(new_run(db_url)), str(workers)],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
     try:
         assert proc.stdout.readline().strip() == "applying"
         children = psutil.Process(proc.pid).children(recursive=True)
@@ -298,7 +307,6 @@ def test_loader_killed_mid_apply_leaves_nothing_and_a_rerun_completes(db_url, co
     assert stored_orders(conn) == {}
     apply(db_url, "orders", f)
     assert stored_orders(conn) == expected(orders)
-
 
 
 # --- §1.3 / §3.10: the lock session dies while the apply runs -------------------------------------------

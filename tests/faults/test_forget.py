@@ -29,16 +29,54 @@ SPEC = ShopSpec.for_orders(240, seed=11)
 prefect_harness, hub_env = integration.prefect_harness, integration.hub_env  # the flow tests' fixtures
 # Columns that are not about the person: what an erasure keeps (a new column must be put in one list).
 KEPT_COLUMNS = {
-    "orders": {"code", "guid", "external_code", "created_at", "changed_at", "status_id", "status_name",
-               "source_name", "customer_guid", "currency_code", "exchange_rate", "price_with_vat",
-               "price_without_vat", "price_vat", "price_to_pay", "paid", "vat_payer", "cash_desk_order",
-               "billing_method_id", "billing_method_name", "payment_method_guid", "payment_method_name",
-               "shipping_guid", "shipping_name", "billing_country_code", "delivery_country_code", "content_hash",
-               "raw", "run_id", "synced_at"},
-    "customers": {"guid", "created_at", "changed_at", "customer_group_id", "customer_group_name", "price_list_id",
-                  "price_list_name", "disabled_orders", "billing_country_code", "content_hash", "raw", "run_id",
-                  "synced_at"},
-}  # fmt: skip
+    "orders": {
+        "code",
+        "guid",
+        "external_code",
+        "created_at",
+        "changed_at",
+        "status_id",
+        "status_name",
+        "source_name",
+        "customer_guid",
+        "currency_code",
+        "exchange_rate",
+        "price_with_vat",
+        "price_without_vat",
+        "price_vat",
+        "price_to_pay",
+        "paid",
+        "vat_payer",
+        "cash_desk_order",
+        "billing_method_id",
+        "billing_method_name",
+        "payment_method_guid",
+        "payment_method_name",
+        "shipping_guid",
+        "shipping_name",
+        "billing_country_code",
+        "delivery_country_code",
+        "content_hash",
+        "raw",
+        "run_id",
+        "synced_at",
+    },
+    "customers": {
+        "guid",
+        "created_at",
+        "changed_at",
+        "customer_group_id",
+        "customer_group_name",
+        "price_list_id",
+        "price_list_name",
+        "disabled_orders",
+        "billing_country_code",
+        "content_hash",
+        "raw",
+        "run_id",
+        "synced_at",
+    },
+}
 
 
 KEEP = "code, created_at, changed_at, status_id, price_with_vat, price_without_vat, price_to_pay, customer_guid"
@@ -63,8 +101,10 @@ def apply(url: str, entity: str, path: Path, **kw) -> dict:
 
 @pytest.fixture(scope="module")
 def shop() -> dict[str, list[dict]]:
-    return {"orders": list(iter_orders(SPEC.orders, spec=SPEC, include=("notes",))),
-            "customers": list(iter_customers(SPEC.customers, spec=SPEC))}  # fmt: skip
+    return {
+        "orders": list(iter_orders(SPEC.orders, spec=SPEC, include=("notes",))),
+        "customers": list(iter_customers(SPEC.customers, spec=SPEC)),
+    }
 
 
 @pytest.fixture
@@ -73,17 +113,21 @@ def loaded(db_url, shop, tmp_path):
     files = {e: write(tmp_path / f"{e}.jsonl.gz", shop[e]) for e in ("customers", "orders")}
     for e, path in files.items():
         apply(db_url, e, path)
-    (email, guid), *_ = q(db_url, """SELECT o.email, c.guid FROM orders o JOIN customers c ON c.email = o.email
-                                      GROUP BY 1, 2 HAVING count(*) >= 2 ORDER BY count(*) DESC, 1""")  # fmt: skip
+    (email, guid), *_ = q(
+        db_url,
+        """SELECT o.email, c.guid FROM orders o JOIN customers c ON c.email = o.email
+                                      GROUP BY 1, 2 HAVING count(*) >= 2 ORDER BY count(*) DESC, 1""",
+    )
     return {"db": db_url, "files": files, "email": email, "guid": guid}
 
 
 def person_rows(url: str, email: str, guid: str) -> dict[str, list]:
     return {
-        "orders": q(url, "SELECT * FROM orders WHERE lower(email) = %s OR customer_guid = %s ORDER BY code", email,
-                    guid),
+        "orders": q(
+            url, "SELECT * FROM orders WHERE lower(email) = %s OR customer_guid = %s ORDER BY code", email, guid
+        ),
         "customers": q(url, "SELECT * FROM customers WHERE guid = %s", guid),
-    }  # fmt: skip
+    }
 
 
 def pii_of(shop: dict, email: str) -> set[str]:
@@ -107,8 +151,12 @@ def occurrences(url: str, needle: str) -> dict[str, int]:
         ]
         found = {}
         for t in tables:
-            n = c.execute(psycopg.sql.SQL("SELECT count(*) FROM {} x WHERE strpos(lower(x::text), %s) > 0").format(
-                psycopg.sql.Identifier(t)), (needle.lower(),)).fetchone()[0]  # fmt: skip
+            n = c.execute(
+                psycopg.sql.SQL("SELECT count(*) FROM {} x WHERE strpos(lower(x::text), %s) > 0").format(
+                    psycopg.sql.Identifier(t)
+                ),
+                (needle.lower(),),
+            ).fetchone()[0]
             if n:
                 found[t] = n
     return found
@@ -132,8 +180,12 @@ def test_scrub_blanks_personal_fields_at_any_depth_and_keeps_the_rest(shop):
         for value in (o["email"], o["phone"], (o.get("billingAddress") or {}).get("street")):
             if value:
                 assert value not in text
-        assert (s["code"], s["price"], s["creationTime"], s["items"]) == (o["code"], o["price"], o["creationTime"],
-                                                                         o["items"])  # fmt: skip
+        assert (s["code"], s["price"], s["creationTime"], s["items"]) == (
+            o["code"],
+            o["price"],
+            o["creationTime"],
+            o["items"],
+        )
         assert s["billingAddress"]["countryCode"] == o["billingAddress"]["countryCode"]
     for c in shop["customers"][:50]:
         s = scrub(c)
@@ -172,9 +224,13 @@ def test_forget_blanks_personal_data_keeps_amounts_and_records_it(loaded, shop):
 
     for table in ("orders", "customers"):
         cols = PERSONAL_COLUMNS[table]
-        got = q(url, psycopg.sql.SQL("SELECT {}, content_hash FROM {} WHERE content_hash = %s").format(
-            psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, cols)), psycopg.sql.Identifier(table)),
-            ERASED_HASH)  # fmt: skip
+        got = q(
+            url,
+            psycopg.sql.SQL("SELECT {}, content_hash FROM {} WHERE content_hash = %s").format(
+                psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, cols)), psycopg.sql.Identifier(table)
+            ),
+            ERASED_HASH,
+        )
         assert len(got) == dry.rows[table] and all(v is None for r in got for v in r[:-1])
     # Amounts, dates, statuses and items are untouched.
     assert q(url, f"SELECT {KEEP} FROM orders WHERE code = ANY(%s) ORDER BY code", codes) == kept
@@ -232,8 +288,11 @@ def test_a_snapshot_without_the_person_leaves_the_erasure(loaded, shop, tmp_path
     r = apply(url, "orders", write(tmp_path / "anon.jsonl.gz", mine))
     assert r["updated"] == len(erased)
     assert occurrences(url, email) == {}
-    assert q(url, "SELECT count(*) FROM orders WHERE code = ANY(%s) AND (billing_full_name IS NOT NULL "
-                  "OR email IS NOT NULL)", [c for c, in erased]) == [(0,)]  # fmt: skip
+    assert q(
+        url,
+        "SELECT count(*) FROM orders WHERE code = ANY(%s) AND (billing_full_name IS NOT NULL OR email IS NOT NULL)",
+        [c for (c,) in erased],
+    ) == [(0,)]
     # A full customers snapshot without the account deletes its row.
     others = [c for c in shop["customers"] if c["guid"] != guid]
     apply(url, "customers", write(tmp_path / "cust.jsonl.gz", others), full=True)

@@ -374,8 +374,9 @@ def test_fuzzed_file_applies_with_rejects_never_crashes(db_url: str, tmp_path_fa
     path.write_bytes(b"\n".join(ln.replace(b"\n", b" ") for ln in lines) + b"\n")
     with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
         run_id = start_run(c, "orders", source="file", full=False)
-    r = apply_snapshot_file(db_url, "orders", path, run_id=run_id,
-                            options=ApplyOptions(reject_threshold=1.0, workers=0))
+    r = apply_snapshot_file(
+        db_url, "orders", path, run_id=run_id, options=ApplyOptions(reject_threshold=1.0, workers=0)
+    )
     # a blank line (a mutation may produce one) is not a line of the snapshot: the loader skips it
     assert r.lines == sum(1 for ln in lines if ln.replace(b"\n", b" ").strip(b" \t\r\n\x0b\x0c"))
     assert r.inserted + r.updated + r.unchanged + r.skipped_older + r.rejected == r.lines

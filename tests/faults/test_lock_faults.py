@@ -73,14 +73,26 @@ def _order_codes(url: str) -> set[str]:
 def _process_env() -> dict[str, str]:
     from prefect.settings import PREFECT_API_URL
 
-    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT),
-            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+    return {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PYTHONPATH": str(ROOT),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
 
 
 def _start_holder(url: str, group: str) -> tuple[subprocess.Popen, dict]:
     pipe = subprocess.PIPE
-    proc = subprocess.Popen([sys.executable, str(HOLDER), url, group], env=_process_env(), cwd=ROOT,
-                            stdin=pipe, stdout=pipe, stderr=pipe, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(HOLDER), url, group],
+        env=_process_env(),
+        cwd=ROOT,
+        stdin=pipe,
+        stdout=pipe,
+        stderr=pipe,
+        text=True,
+    )
     line = proc.stdout.readline()
     if not line:
         proc.kill()
@@ -89,8 +101,14 @@ def _start_holder(url: str, group: str) -> tuple[subprocess.Popen, dict]:
 
 
 def _hub(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deployments.cli", *args], env=_process_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "deployments.cli", *args],
+        env=_process_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -149,9 +167,11 @@ def test_a_damaged_limit_is_refused_or_repaired_never_run_unlocked(env, holder_t
             c.delete_global_concurrency_limit_by_name(name)
         else:
             c.update_global_concurrency_limit(
-                name, GlobalConcurrencyLimitUpdate(active=False) if damage == "inactive"
-                else GlobalConcurrencyLimitUpdate(limit=2)
-            )  # fmt: skip
+                name,
+                GlobalConcurrencyLimitUpdate(active=False)
+                if damage == "inactive"
+                else GlobalConcurrencyLimitUpdate(limit=2),
+            )
     ran = []
     with pytest.raises(LockError, match="hub bootstrap"):
         with job_lock("customers", url=env, schema="public", wait=0, repair=False):

@@ -31,8 +31,12 @@ def restart(pg_server_url):
 
 
 def stored(conn: psycopg.Connection, table: str, key: str) -> set[str]:
-    return {r[0] for r in conn.execute(psycopg.sql.SQL("SELECT {} FROM {}").format(
-        psycopg.sql.Identifier(key), psycopg.sql.Identifier(table)))}  # fmt: skip
+    return {
+        r[0]
+        for r in conn.execute(
+            psycopg.sql.SQL("SELECT {} FROM {}").format(psycopg.sql.Identifier(key), psycopg.sql.Identifier(table))
+        )
+    }
 
 
 def test_restart_during_an_apply_leaves_nothing_and_a_rerun_completes(db_url, tmp_path, restart):
@@ -48,8 +52,9 @@ def test_restart_during_an_apply_leaves_nothing_and_a_rerun_completes(db_url, tm
             restart()
 
     with pytest.raises(psycopg.OperationalError):
-        apply_snapshot_file(db_url, "orders", f, run_id=run_id, options=ApplyOptions(chunk_bytes=64 << 10),
-                            progress=restart_once)
+        apply_snapshot_file(
+            db_url, "orders", f, run_id=run_id, options=ApplyOptions(chunk_bytes=64 << 10), progress=restart_once
+        )
     with psycopg.connect(libpq_url(db_url), autocommit=True) as conn:
         assert stored(conn, "orders", "code") == set()
         assert conn.execute("SELECT count(*) FROM order_items").fetchone()[0] == 0
@@ -74,4 +79,6 @@ def test_restart_between_two_flows_of_a_run(prefect_harness, hub_env, tmp_path, 
         assert conn.execute("SELECT count(*) FROM order_items").fetchone()[0] == 150
         # every run of the two flows ended (none left 'running' by the restart)
         assert conn.execute("SELECT array_agg(status ORDER BY id) FROM snapshot_runs").fetchone()[0] == [
-            "succeeded", "succeeded"]
+            "succeeded",
+            "succeeded",
+        ]

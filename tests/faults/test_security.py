@@ -91,8 +91,9 @@ def test_sandbox_refuses_a_token_without_the_right_with_403(plain_sandbox):
 
 def test_client_errors_for_a_wrong_token_do_not_carry_it(plain_sandbox):
     wrong = "wrong-sentinel-" + "5" * 26
-    with ShoptetClient(plain_sandbox.base_url, wrong, clock=plain_sandbox.clock.time,
-                       sleep=plain_sandbox.clock.sleep) as client:  # fmt: skip
+    with ShoptetClient(
+        plain_sandbox.base_url, wrong, clock=plain_sandbox.clock.time, sleep=plain_sandbox.clock.sleep
+    ) as client:
         with pytest.raises(Exception) as info:
             client.request_snapshot("orders", {})
     text = f"{info.value!s} {info.value!r} {info.value.args!r} {getattr(info.value, '__notes__', '')}"
@@ -143,8 +144,11 @@ def sentinel_db(db_url, pg_server_url):
     what matters is that the URL carries it)."""
     role = f"hub_sentinel_{uuid.uuid4().hex[:8]}"
     admin = psycopg.connect(libpq_url(with_database(pg_server_url, "postgres")), autocommit=True)
-    admin.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
-        sql.Identifier(role), sql.Literal(SENTINEL_PASSWORD)))  # fmt: skip
+    admin.execute(
+        sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(SENTINEL_PASSWORD)
+        )
+    )
     parts = urlsplit(db_url)
     host = parts.netloc.rsplit("@", 1)[-1]
     url = f"{parts.scheme}://{role}:{SENTINEL_PASSWORD}@{host}{parts.path}" + (f"?{parts.query}" if parts.query else "")
@@ -154,9 +158,7 @@ def sentinel_db(db_url, pg_server_url):
     with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
         c.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
         c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-    admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
-    )  # fmt: skip
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
     admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
     admin.close()
 
@@ -183,8 +185,16 @@ def sentinel_hub(sentinel_db, prefect_harness, monkeypatch, tmp_path, no_retry_w
     results = tmp_path / "results"
     results.mkdir()
     host = _ResultHost(results)
-    sb = SandboxServer(orders=300, seed=7, clock=clock, job_seconds=30, reference=REFERENCE,
-                       tokens={SENTINEL_TOKEN: None}, results_dir=results, base_url=host.url)  # fmt: skip
+    sb = SandboxServer(
+        orders=300,
+        seed=7,
+        clock=clock,
+        job_seconds=30,
+        reference=REFERENCE,
+        tokens={SENTINEL_TOKEN: None},
+        results_dir=results,
+        base_url=host.url,
+    )
     sb.start()
     sb.state.limits.enabled = False
     monkeypatch.setenv("HUB_DATABASE_URL", sentinel_db)
@@ -198,8 +208,9 @@ def sentinel_hub(sentinel_db, prefect_harness, monkeypatch, tmp_path, no_retry_w
 
     def client() -> ShoptetClient:
         cfg = get_config()
-        return ShoptetClient(cfg.shoptet_base_url, cfg.shoptet_token.get_secret_value(), clock=sb.clock.time,
-                             sleep=sb.clock.sleep)  # fmt: skip
+        return ShoptetClient(
+            cfg.shoptet_base_url, cfg.shoptet_token.get_secret_value(), clock=sb.clock.time, sleep=sb.clock.sleep
+        )
 
     try:
         with runtime.override(client_factory=client, webhook_url="https://hub.example/hook"):
@@ -231,18 +242,25 @@ def test_import_leaks_no_secret_no_result_url_and_no_personal_data(sentinel_hub,
 
     with get_client(sync_client=True) as client:
         prefect_logs = "\n".join(x.message for x in client.read_logs())
-        artifacts = orjson.dumps([(a.key, a.description, a.data) for a in client.read_artifacts()],
-                                 default=str).decode()  # fmt: skip
+        artifacts = orjson.dumps(
+            [(a.key, a.description, a.data) for a in client.read_artifacts()], default=str
+        ).decode()
         parameters = orjson.dumps([r.parameters for r in client.read_flow_runs()], default=str).decode()
     rows = _db_text(url, "SELECT s::text FROM snapshot_runs s")
     rows += _db_text(url, "SELECT f::text FROM failed_snapshots f")
     assert "pending" in rows  # the failed products snapshot is recorded
     places = {
-        "log records": caplog.text, "stdout": out, "stderr": err, "Prefect logs": prefect_logs,
-        "artifacts": artifacts, "flow run parameters": parameters, "snapshot_runs/failed_snapshots": rows,
+        "log records": caplog.text,
+        "stdout": out,
+        "stderr": err,
+        "Prefect logs": prefect_logs,
+        "artifacts": artifacts,
+        "flow run parameters": parameters,
+        "snapshot_runs/failed_snapshots": rows,
         "exception": f"{failed.value!s} {failed.value!r} {failed.value.__cause__!r}",
-        "connection error": str(bad_db.value), "masked URL": mask_url(url),
-    }  # fmt: skip
+        "connection error": str(bad_db.value),
+        "masked URL": mask_url(url),
+    }
     assert prefect_logs and artifacts != "[]"
     secrets = {"token": SENTINEL_TOKEN, "database password": SENTINEL_PASSWORD}
     leaks = [(what, where) for what, s in secrets.items() for where, text in places.items() if s in text]
@@ -299,8 +317,11 @@ def _formatted(node: ast.AST) -> str | None:
 
 def _is_sql_composable(node: ast.AST) -> bool:
     """``sql.SQL(...)``, ``sql.Identifier(...)``, ``sql.Literal(...)``: composing them is safe."""
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("SQL", "Identifier", "Literal", "Placeholder"))  # fmt: skip
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("SQL", "Identifier", "Literal", "Placeholder")
+    )
 
 
 def dynamic_sql() -> list[tuple[str, str, int, str]]:
@@ -367,8 +388,14 @@ def test_a_hostile_schema_name_is_only_ever_an_identifier(db_url, tmp_path):
     assert db_forget.forget(db_url, email, schema=HOSTILE_SCHEMA).rows["orders"] >= 1
     with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
         assert c.execute("SELECT to_regclass('public.pwned') IS NOT NULL").fetchone()[0]
-        n = c.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'order_items_%%'",
-                      (HOSTILE_SCHEMA,)).fetchone()[0]  # fmt: skip
+        n = c.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'order_items_%%'",
+            (HOSTILE_SCHEMA,),
+        ).fetchone()[0]
         assert n == len(r.partitions_created)
-        assert c.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'orders'"
-                         ).fetchone()[0] == 1  # the template's own tables, untouched  # fmt: skip
+        assert (
+            c.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'orders'").fetchone()[
+                0
+            ]
+            == 1
+        )  # the template's own tables, untouched

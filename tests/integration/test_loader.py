@@ -60,8 +60,7 @@ def test_keep_raw_json_off_stores_no_raw(db_url, conn, tmp_path):
 
 def test_older_file_never_wins(db_url, conn, tmp_path):
     new = write_jsonl(tmp_path / "new.gz", [order("A", changed="2026-10-02T10:00:00+0200", email="new@x.cz")])
-    old = write_jsonl(tmp_path / "old.gz", [order("A", changed="2026-10-01T10:00:00+0200", email="old@x.cz",
-                                                  items=1)])
+    old = write_jsonl(tmp_path / "old.gz", [order("A", changed="2026-10-01T10:00:00+0200", email="old@x.cz", items=1)])
     apply(db_url, "orders", new)
     r = apply(db_url, "orders", old)
     assert (r.inserted, r.updated, r.skipped_older) == (0, 0, 1)
@@ -84,8 +83,13 @@ def test_stored_null_change_time_is_overwritten(db_url, conn, tmp_path):
 
 
 def test_duplicate_lines_in_one_file_newest_wins(db_url, conn, tmp_path):
-    f = write_jsonl(tmp_path / "d.gz", [order("A", changed="2026-10-02T10:00:00+0200", email="new@x.cz"),
-                                         order("A", changed="2026-10-01T10:00:00+0200", email="old@x.cz")])
+    f = write_jsonl(
+        tmp_path / "d.gz",
+        [
+            order("A", changed="2026-10-02T10:00:00+0200", email="new@x.cz"),
+            order("A", changed="2026-10-01T10:00:00+0200", email="old@x.cz"),
+        ],
+    )
     r = apply(db_url, "orders", f)
     assert (r.inserted, r.skipped_older) == (1, 1)
     assert scalar(conn, "SELECT email FROM orders") == "new@x.cz"
@@ -110,8 +114,14 @@ def test_full_snapshot_deletes_absent_rows_and_their_items(db_url, conn, tmp_pat
 def test_full_snapshot_keeps_rows_changed_after_it_was_taken(db_url, conn, tmp_path):
     both = [order("A"), order("B", changed="2026-11-20T10:00:00+0100")]
     apply(db_url, "orders", write_jsonl(tmp_path / "a.gz", both))
-    r = apply(db_url, "orders", write_jsonl(tmp_path / "b.gz", [order("A")]), full=True, allow_mass_delete=True,
-              as_of=datetime(2026, 11, 1, tzinfo=UTC))
+    r = apply(
+        db_url,
+        "orders",
+        write_jsonl(tmp_path / "b.gz", [order("A")]),
+        full=True,
+        allow_mass_delete=True,
+        as_of=datetime(2026, 11, 1, tzinfo=UTC),
+    )
     assert r.deleted == 0
     assert scalar(conn, "SELECT count(*) FROM orders") == 2
 
@@ -134,19 +144,27 @@ def test_mass_delete_guard(db_url, conn, tmp_path):
 
 
 def test_partitions_created_for_old_and_future_quarters_on_utc_boundaries(db_url, conn, tmp_path):
-    f = write_jsonl(tmp_path / "p.gz", [
-        order("old", created="2015-02-01T10:00:00+0100"),
-        order("future", created="2027-06-30T23:30:00+0100"),  # dates over a year ahead are rejected
-        # 01:00 Prague time on 1 April is still 31 March in UTC: Q1.
-        order("edge", created="2026-04-01T01:00:00+0200"),
-    ])  # fmt: skip
+    f = write_jsonl(
+        tmp_path / "p.gz",
+        [
+            order("old", created="2015-02-01T10:00:00+0100"),
+            order("future", created="2027-06-30T23:30:00+0100"),  # dates over a year ahead are rejected
+            # 01:00 Prague time on 1 April is still 31 March in UTC: Q1.
+            order("edge", created="2026-04-01T01:00:00+0200"),
+        ],
+    )
     r = apply(db_url, "orders", f)
     assert set(r.partitions_created) == {"order_items_2015_q1", "order_items_2027_q2", "order_items_2026_q1"}
-    where = dict(conn.execute(
-        "SELECT order_code, tableoid::regclass::text FROM order_items GROUP BY 1, 2").fetchall())
+    where = dict(conn.execute("SELECT order_code, tableoid::regclass::text FROM order_items GROUP BY 1, 2").fetchall())
     assert where == {"old": "order_items_2015_q1", "future": "order_items_2027_q2", "edge": "order_items_2026_q1"}
-    assert scalar(conn, "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid "
-                        "WHERE c.relname = 'order_items' AND p.partdefid <> 0") == 0  # no default partition
+    assert (
+        scalar(
+            conn,
+            "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid "
+            "WHERE c.relname = 'order_items' AND p.partdefid <> 0",
+        )
+        == 0
+    )  # no default partition
 
 
 def test_rejects_recorded_and_good_lines_applied_under_threshold(db_url, conn, tmp_path):
@@ -156,15 +174,21 @@ def test_rejects_recorded_and_good_lines_applied_under_threshold(db_url, conn, t
     del no_created["creationTime"]
     bad_num = order("bad-num")
     bad_num["price"]["withVat"] = "12,50"
-    f = write_jsonl(tmp_path / "r.gz", [*good[:100], b"{not json", bad_date, *good[100:], order("", items=1),
-                                        no_created, bad_num])
+    f = write_jsonl(
+        tmp_path / "r.gz", [*good[:100], b"{not json", bad_date, *good[100:], order("", items=1), no_created, bad_num]
+    )
     r = apply(db_url, "orders", f, reject_threshold=0.02)
     assert (r.inserted, r.rejected, r.lines) == (400, 5, 405)
     rows = conn.execute("SELECT line_no, reason, line FROM snapshot_rejects ORDER BY line_no").fetchall()
     assert [x[0] for x in rows] == [101, 102, 403, 404, 405]
     reasons = " | ".join(x[1] for x in rows)
-    for part in ("invalid JSON", "creationTime: invalid date-time", "missing key code", "missing creationTime",
-                 "price_with_vat: invalid number"):
+    for part in (
+        "invalid JSON",
+        "creationTime: invalid date-time",
+        "missing key code",
+        "missing creationTime",
+        "price_with_vat: invalid number",
+    ):
         assert part in reasons
     assert rows[0][2] == "{not json"
     assert all(len(x[2]) <= 2000 for x in rows)
@@ -192,28 +216,38 @@ def test_full_snapshot_with_unreadable_reject_skips_deletes(db_url, conn, tmp_pa
     assert r.deleted == 0 and "deletes skipped" in r.deletes_skipped_reason
     # A reject with a readable key protects that row; the rest are deleted.
     bad = order("199", created="not a date")
-    r = apply(db_url, "orders", write_jsonl(tmp_path / "c.gz", [order(str(i)) for i in range(150)] + [bad]),
-              full=True)
+    r = apply(db_url, "orders", write_jsonl(tmp_path / "c.gz", [order(str(i)) for i in range(150)] + [bad]), full=True)
     assert r.deleted == 49
     assert scalar(conn, "SELECT count(*) FROM orders WHERE code = '199'") == 1
 
 
 def test_customers_and_products_with_variants(db_url, conn, tmp_path):
-    r = apply(db_url, "customers", write_jsonl(tmp_path / "c.gz", [customer("c1"), customer("c2", email=None),
-                                                                   customer("odd guid 7")]))
+    r = apply(
+        db_url,
+        "customers",
+        write_jsonl(tmp_path / "c.gz", [customer("c1"), customer("c2", email=None), customer("odd guid 7")]),
+    )
     assert r.inserted == 3
     assert dict(conn.execute("SELECT guid, email FROM customers").fetchall()) == {
-        "c1": "jana.novakova@example.cz", "c2": None, "odd guid 7": "jana.novakova@example.cz"}
+        "c1": "jana.novakova@example.cz",
+        "c2": None,
+        "odd guid 7": "jana.novakova@example.cz",
+    }
 
-    apply(db_url, "products", write_jsonl(tmp_path / "p.gz", [product("p1", variants=["V1", "V2"]),
-                                                              product("p2", variants=["V3"])]))
+    apply(
+        db_url,
+        "products",
+        write_jsonl(tmp_path / "p.gz", [product("p1", variants=["V1", "V2"]), product("p2", variants=["V3"])]),
+    )
     assert scalar(conn, "SELECT count(*) FROM product_variants") == 3
     # p1 drops V2; V3 moves to p1 (variant codes are unique shop-wide).
-    r = apply(db_url, "products", write_jsonl(tmp_path / "p2.gz", [
-        product("p1", changed="2026-10-01T00:00:00+0200", variants=["V1", "V3"])]))
+    r = apply(
+        db_url,
+        "products",
+        write_jsonl(tmp_path / "p2.gz", [product("p1", changed="2026-10-01T00:00:00+0200", variants=["V1", "V3"])]),
+    )
     assert r.updated == 1
-    assert dict(conn.execute("SELECT code, product_guid FROM product_variants").fetchall()) == {
-        "V1": "p1", "V3": "p1"}
+    assert dict(conn.execute("SELECT code, product_guid FROM product_variants").fetchall()) == {"V1": "p1", "V3": "p1"}
 
 
 def test_run_row_records_counters(db_url, conn, tmp_path):
@@ -254,7 +288,6 @@ def test_worker_processes_give_the_same_result_as_in_process(make_db, tmp_path):
     assert counts == (297, 1, 2, 0)
     assert [x[0] for x in rejects] == [11, 21]
     assert dict((c, e) for c, e, _ in rows)["5"] == "dup@x.cz"
-
 
 
 @pytest.mark.parametrize("workers", [0, 2])

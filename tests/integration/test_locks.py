@@ -392,15 +392,21 @@ def test_private_prefect_names_still_exist(module, attr):
     ("key", "raw_sql", "params"),
     [
         # The keys the three callers took by hand before db.locks had one helper: the same locks.
-        (dblocks.job_key("orders"), "pg_advisory_lock(%s, hashtext(current_schema() || ':' || %s))",
-         (dblocks.LOCK_NAMESPACE, "orders")),
+        (
+            dblocks.job_key("orders"),
+            "pg_advisory_lock(%s, hashtext(current_schema() || ':' || %s))",
+            (dblocks.LOCK_NAMESPACE, "orders"),
+        ),
         (dblocks.AdvisoryKey.per_schema(0x5B0C), "pg_advisory_lock(%s, hashtext(current_schema()))", (0x5B0C,)),
         (dblocks.AdvisoryKey.bigint(0x5B07E7), "pg_advisory_lock(%s::int8)", (0x5B07E7,)),
         (dblocks.AdvisoryKey.bigint(-(2**63)), "pg_advisory_lock(%s::int8)", (-(2**63),)),
-        (dblocks.AdvisoryKey.pair(dblocks.WRITE_NAMESPACE, -7), "pg_advisory_lock(%s, %s)",
-         (dblocks.WRITE_NAMESPACE, -7)),
+        (
+            dblocks.AdvisoryKey.pair(dblocks.WRITE_NAMESPACE, -7),
+            "pg_advisory_lock(%s, %s)",
+            (dblocks.WRITE_NAMESPACE, -7),
+        ),
     ],
-)  # fmt: skip
+)
 def test_advisory_keys_are_the_locks_taken_by_hand(db_url, key, raw_sql, params):
     with psycopg.connect(libpq_url(db_url), autocommit=True) as a, psycopg.connect(libpq_url(db_url)) as b:
         a.execute(f"SELECT {raw_sql}", params)

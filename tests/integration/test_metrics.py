@@ -28,12 +28,31 @@ pytestmark = pytest.mark.integration
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ORDER_DEFAULTS: dict[str, Any] = {
-    "status_id": -2, "email": None, "customer_guid": None, "currency_code": "CZK", "exchange_rate": Decimal(1),
-    "price_with_vat": Decimal("100.00"), "price_without_vat": Decimal("82.64"),
-}  # fmt: skip
-COMPARED = ("customer_key", "customer_guid", "email", "orders_count", "revenue_with_vat", "revenue_without_vat",
-            "avg_order_value", "first_order_at", "last_order_at", "days_since_last_order",
-            "avg_days_between_orders", "r_score", "f_score", "m_score", "segment")  # fmt: skip
+    "status_id": -2,
+    "email": None,
+    "customer_guid": None,
+    "currency_code": "CZK",
+    "exchange_rate": Decimal(1),
+    "price_with_vat": Decimal("100.00"),
+    "price_without_vat": Decimal("82.64"),
+}
+COMPARED = (
+    "customer_key",
+    "customer_guid",
+    "email",
+    "orders_count",
+    "revenue_with_vat",
+    "revenue_without_vat",
+    "avg_order_value",
+    "first_order_at",
+    "last_order_at",
+    "days_since_last_order",
+    "avg_days_between_orders",
+    "r_score",
+    "f_score",
+    "m_score",
+    "segment",
+)
 
 
 def add_orders(conn: psycopg.Connection, *orders: dict[str, Any]) -> None:
@@ -70,7 +89,7 @@ def test_identity_normalizes_email_falls_back_to_guid_and_counts_unattributed(db
         {"code": "6", "created_at": T0, "price_with_vat": Decimal("10.50")},  # neither
         {"code": "7", "created_at": T0, "email": "", "customer_guid": "", "price_with_vat": Decimal("20.00")},
         {"code": "8", "created_at": T0, "status_id": -4, "price_with_vat": Decimal("999")},  # neither, cancelled
-    )  # fmt: skip
+    )
     result = run(db_url)
     m = metrics(conn)
     assert set(m) == {"jana.novakova@example.cz", "petr@example.cz", "G2", "G3"}
@@ -87,13 +106,22 @@ def test_loaded_orders_attribute_by_email_and_convert_eur(db_url, conn, tmp_path
     from db.runs import start_run
     from tests.factories import order, write_jsonl
 
-    eur = {"vat": "7.00", "toPay": "40.00", "currencyCode": "EUR", "withoutVat": "33.00", "withVat": "40.00",
-           "exchangeRate": "25.12500000"}  # fmt: skip
-    f = write_jsonl(tmp_path / "o.gz", [
-        order("A1", email="Jana@Example.cz", customerGuid="G1"),
-        order("A2", email="jana@example.cz ", customerGuid=None, price=eur),
-        order("A3", email=None, customerGuid=None),
-    ])  # fmt: skip
+    eur = {
+        "vat": "7.00",
+        "toPay": "40.00",
+        "currencyCode": "EUR",
+        "withoutVat": "33.00",
+        "withVat": "40.00",
+        "exchangeRate": "25.12500000",
+    }
+    f = write_jsonl(
+        tmp_path / "o.gz",
+        [
+            order("A1", email="Jana@Example.cz", customerGuid="G1"),
+            order("A2", email="jana@example.cz ", customerGuid=None, price=eur),
+            order("A3", email=None, customerGuid=None),
+        ],
+    )
     with connect(db_url) as c:
         run_id = start_run(c, "orders", source="file", full=False)
     apply_snapshot_file(db_url, "orders", f, run_id=run_id)
@@ -134,13 +162,24 @@ def test_cancelled_orders_excluded_including_statuses_from_settings(db_url, conn
 def test_revenue_in_base_currency_and_average_order_value(db_url, conn):
     add_orders(
         conn,
-        {"code": "1", "created_at": T0, "email": "a@x.cz", "price_with_vat": Decimal("1000.00"),
-         "price_without_vat": Decimal("826.45")},
-        {"code": "2", "created_at": T0, "email": "a@x.cz", "currency_code": "EUR",
-         "exchange_rate": Decimal("25.12500000"), "price_with_vat": Decimal("40.00"),
-         "price_without_vat": Decimal("33.06")},
+        {
+            "code": "1",
+            "created_at": T0,
+            "email": "a@x.cz",
+            "price_with_vat": Decimal("1000.00"),
+            "price_without_vat": Decimal("826.45"),
+        },
+        {
+            "code": "2",
+            "created_at": T0,
+            "email": "a@x.cz",
+            "currency_code": "EUR",
+            "exchange_rate": Decimal("25.12500000"),
+            "price_with_vat": Decimal("40.00"),
+            "price_without_vat": Decimal("33.06"),
+        },
         {"code": "3", "created_at": T0, "email": "a@x.cz", "price_with_vat": None, "price_without_vat": None},
-    )  # fmt: skip
+    )
     run(db_url)
     a = metrics(conn)["a@x.cz"]
     assert a["revenue_with_vat"] == Decimal("2005.00")  # 1000 + 40 × 25.125
@@ -173,8 +212,18 @@ def ten_customers(conn: psycopg.Connection) -> None:
     """Customer i (1..10): i orders, the last on day i, revenue (11 − i) × 1000 in all."""
     for i in range(1, 11):
         price = (Decimal((11 - i) * 1000) / i).quantize(Decimal("0.01"))
-        add_orders(conn, *({"code": f"{i}-{k}", "created_at": T0 + timedelta(days=i - k), "email": f"c{i:02}@x.cz",
-                            "price_with_vat": price} for k in range(i)))  # fmt: skip
+        add_orders(
+            conn,
+            *(
+                {
+                    "code": f"{i}-{k}",
+                    "created_at": T0 + timedelta(days=i - k),
+                    "email": f"c{i:02}@x.cz",
+                    "price_with_vat": price,
+                }
+                for k in range(i)
+            ),
+        )
 
 
 def test_quintile_scores_on_a_known_distribution(db_url, conn):
@@ -204,9 +253,18 @@ def ntile_reference(conn: psycopg.Connection) -> dict[str, tuple[int, int, int]]
 @pytest.mark.parametrize("customers", [1, 2, 4, 6, 7, 23])
 def test_scores_are_ntile_over_all_customers(db_url, conn, customers):
     rng = random.Random(customers)
-    add_orders(conn, *({"code": str(i), "created_at": T0 + timedelta(days=rng.randrange(3)),
-                        "email": f"c{rng.randrange(customers)}@x.cz", "price_with_vat": Decimal(rng.choice([10, 20]))}
-                       for i in range(3 * customers)))  # fmt: skip
+    add_orders(
+        conn,
+        *(
+            {
+                "code": str(i),
+                "created_at": T0 + timedelta(days=rng.randrange(3)),
+                "email": f"c{rng.randrange(customers)}@x.cz",
+                "price_with_vat": Decimal(rng.choice([10, 20])),
+            }
+            for i in range(3 * customers)
+        ),
+    )
     run(db_url)
     scores = {k: (v["r_score"], v["f_score"], v["m_score"]) for k, v in metrics(conn).items()}
     assert scores == ntile_reference(conn)
@@ -262,15 +320,26 @@ def test_segments_default_and_overridden_rules(db_url, conn):
     assert m["c10@x.cz"]["segment"] == "Loyal Customers"  # R 5, F 5, M 1
     assert m["c01@x.cz"]["segment"] == "At Risk"  # R 1, F 1, M 5
 
-    override = parse_segment_rules([
-        {"segment": "Recent", "r": [4, 5], "fm": [1, 5]},
-        {"segment": "Big spender", "r": [1, 3], "fm": [3, 5]},
-    ])  # fmt: skip
+    override = parse_segment_rules(
+        [
+            {"segment": "Recent", "r": [4, 5], "fm": [1, 5]},
+            {"segment": "Big spender", "r": [1, 3], "fm": [3, 5]},
+        ]
+    )
     run(db_url, segment_rules=override)
     segs = {k[1:3]: v["segment"] for k, v in metrics(conn).items()}
-    assert segs == {"01": "Big spender", "02": "Big spender", "03": "Big spender", "04": "Big spender",
-                    "05": "Big spender", "06": "Big spender", "07": "Recent", "08": "Recent", "09": "Recent",
-                    "10": "Recent"}  # fmt: skip
+    assert segs == {
+        "01": "Big spender",
+        "02": "Big spender",
+        "03": "Big spender",
+        "04": "Big spender",
+        "05": "Big spender",
+        "06": "Big spender",
+        "07": "Recent",
+        "08": "Recent",
+        "09": "Recent",
+        "10": "Recent",
+    }
 
 
 def test_uncovered_scores_fall_into_other(db_url, conn):
@@ -279,15 +348,18 @@ def test_uncovered_scores_fall_into_other(db_url, conn):
     assert {r["segment"]: r["customers"] for r in result.segment_rows(["Top"])} == {"Top": 2, "Other": 8}
 
 
-@pytest.mark.parametrize("value, message", [
-    ({"segment": "x"}, "non-empty JSON array"),
-    ([], "non-empty JSON array"),
-    ([{"segment": "x", "r": [1, 5]}], "exactly the keys"),
-    ([{"segment": "", "r": [1, 5], "fm": [1, 5]}], "segment must be"),
-    ([{"segment": "x", "r": [0, 5], "fm": [1, 5]}], "r must be"),
-    ([{"segment": "x", "r": [1, 5], "fm": [4, 2]}], "fm must be"),
-    ([{"segment": "x", "r": [1, 5], "fm": ["1", 5]}], "fm must be"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ({"segment": "x"}, "non-empty JSON array"),
+        ([], "non-empty JSON array"),
+        ([{"segment": "x", "r": [1, 5]}], "exactly the keys"),
+        ([{"segment": "", "r": [1, 5], "fm": [1, 5]}], "segment must be"),
+        ([{"segment": "x", "r": [0, 5], "fm": [1, 5]}], "r must be"),
+        ([{"segment": "x", "r": [1, 5], "fm": [4, 2]}], "fm must be"),
+        ([{"segment": "x", "r": [1, 5], "fm": ["1", 5]}], "fm must be"),
+    ],
+)
 def test_malformed_segment_rules_are_refused_with_a_fix(value, message):
     with pytest.raises(MetricsSettingsError, match=message):
         parse_segment_rules(value)
@@ -332,8 +404,13 @@ def test_loader_upserts_and_full_snapshot_deletes_reach_incremental_runs(db_url,
     def apply(entities: list[dict], full: bool = False) -> None:
         with connect(db_url) as c:
             run_id = start_run(c, "orders", source="file", full=full)
-        apply_snapshot_file(db_url, "orders", write_jsonl(tmp_path / "o.gz", entities), run_id=run_id,
-                            options=ApplyOptions(full=full, allow_mass_delete=True))
+        apply_snapshot_file(
+            db_url,
+            "orders",
+            write_jsonl(tmp_path / "o.gz", entities),
+            run_id=run_id,
+            options=ApplyOptions(full=full, allow_mass_delete=True),
+        )
 
     apply([order("A", email="a@x.cz"), order("B", email="a@x.cz"), order("C", email="c@x.cz")])
     run(db_url)
@@ -352,14 +429,18 @@ def random_orders(rng: random.Random, start: int, n: int) -> list[dict[str, Any]
         email = rng.choice(people) if kind < 0.8 else None
         if email and rng.random() < 0.2:
             email = f"  {email.upper()} "
-        out.append({
-            "code": str(code), "created_at": T0 + timedelta(days=rng.randrange(300), minutes=rng.randrange(1440)),
-            "email": email, "customer_guid": rng.choice([None, f"G{rng.randrange(60)}"]) if kind < 0.97 else None,
-            "status_id": rng.choice([-2, -2, -2, -3, -4, 7, None]),
-            "currency_code": "EUR" if rng.random() < 0.2 else "CZK",
-            "price_with_vat": Decimal(rng.randrange(100, 500000)) / 100,
-            "price_without_vat": Decimal(rng.randrange(100, 400000)) / 100,
-        })  # fmt: skip
+        out.append(
+            {
+                "code": str(code),
+                "created_at": T0 + timedelta(days=rng.randrange(300), minutes=rng.randrange(1440)),
+                "email": email,
+                "customer_guid": rng.choice([None, f"G{rng.randrange(60)}"]) if kind < 0.97 else None,
+                "status_id": rng.choice([-2, -2, -2, -3, -4, 7, None]),
+                "currency_code": "EUR" if rng.random() < 0.2 else "CZK",
+                "price_with_vat": Decimal(rng.randrange(100, 500000)) / 100,
+                "price_without_vat": Decimal(rng.randrange(100, 400000)) / 100,
+            }
+        )
         if out[-1]["currency_code"] == "EUR":
             out[-1]["exchange_rate"] = Decimal("24.5") + Decimal(rng.randrange(200)) / 100
     return out
@@ -399,16 +480,20 @@ def test_incremental_equals_full_after_random_changes(db_url, conn, seed):
         after_incremental = metrics(conn)
         full = run(db_url, cancelled_statuses=[7], full=True)
         assert metrics(conn) == after_incremental
-        assert {k: (v["r_score"], v["f_score"], v["m_score"]) for k, v in after_incremental.items()} \
-            == ntile_reference(conn)
+        assert {k: (v["r_score"], v["f_score"], v["m_score"]) for k, v in after_incremental.items()} == ntile_reference(
+            conn
+        )
         assert (full.inserted, full.removed) == (0, 0)
 
 
 # --- movement -----------------------------------------------------------------------------------------
 
-RECENT_OR_NOT = parse_segment_rules([
-    {"segment": "Recent", "r": [4, 5], "fm": [1, 5]}, {"segment": "Old", "r": [1, 3], "fm": [1, 5]},
-])  # fmt: skip
+RECENT_OR_NOT = parse_segment_rules(
+    [
+        {"segment": "Recent", "r": [4, 5], "fm": [1, 5]},
+        {"segment": "Old", "r": [1, 3], "fm": [1, 5]},
+    ]
+)
 
 
 def test_movement_between_segments_is_counted(db_url, conn):
@@ -416,19 +501,36 @@ def test_movement_between_segments_is_counted(db_url, conn):
     run(db_url, segment_rules=RECENT_OR_NOT)
     add_orders(conn, {"code": "new-1", "created_at": T0 + timedelta(days=100), "email": "c01@x.cz"})
     result = run(db_url, segment_rules=RECENT_OR_NOT)  # now 8, 9, 10, 1 are recent
-    assert result.movement_rows() == [{"from": "Old", "to": "Recent", "customers": 1},
-                                      {"from": "Recent", "to": "Old", "customers": 1}]  # fmt: skip
+    assert result.movement_rows() == [
+        {"from": "Old", "to": "Recent", "customers": 1},
+        {"from": "Recent", "to": "Old", "customers": 1},
+    ]
     assert result.moved == 2
 
     conn.execute("DELETE FROM orders WHERE email = 'c02@x.cz'")  # 9 customers: R 5 is customer 1 alone
     result = run(db_url, segment_rules=RECENT_OR_NOT)
     rows = {r["segment"]: r for r in result.segment_rows(["Recent", "Old"])}
-    assert rows["Recent"] == {"segment": "Recent", "customers": 3, "previous": 4, "moved_in": 0, "moved_out": 1,
-                              "new": 0, "removed": 0}  # fmt: skip
-    assert rows["Old"] == {"segment": "Old", "customers": 6, "previous": 6, "moved_in": 1, "moved_out": 0,
-                           "new": 0, "removed": 1}  # fmt: skip
-    assert conn.execute("SELECT customer_key FROM customer_metrics WHERE segment <> previous_segment").fetchall() \
-        == [("c08@x.cz",)]
+    assert rows["Recent"] == {
+        "segment": "Recent",
+        "customers": 3,
+        "previous": 4,
+        "moved_in": 0,
+        "moved_out": 1,
+        "new": 0,
+        "removed": 0,
+    }
+    assert rows["Old"] == {
+        "segment": "Old",
+        "customers": 6,
+        "previous": 6,
+        "moved_in": 1,
+        "moved_out": 0,
+        "new": 0,
+        "removed": 1,
+    }
+    assert conn.execute("SELECT customer_key FROM customer_metrics WHERE segment <> previous_segment").fetchall() == [
+        ("c08@x.cz",)
+    ]
 
     result = run(db_url, segment_rules=RECENT_OR_NOT)
     assert result.moved == 0 and result.movement_rows() == []
@@ -466,8 +568,9 @@ def test_an_order_committed_by_a_transaction_open_during_the_run_is_not_missed(d
     add_orders(conn, {"code": "1", "created_at": T0, "email": "a@x.cz"})
     run(db_url)
     with psycopg.connect(conn.info.dsn) as loader:  # a long apply: synced_at = its start, commits late
-        loader.execute("INSERT INTO orders (code, created_at, email, content_hash) VALUES ('2', %s, 'b@x.cz', 'h')",
-                       (T0,))  # fmt: skip
+        loader.execute(
+            "INSERT INTO orders (code, created_at, email, content_hash) VALUES ('2', %s, 'b@x.cz', 'h')", (T0,)
+        )
         result = run(db_url)
         assert result.customers == 1
     result = run(db_url)

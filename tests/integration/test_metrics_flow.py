@@ -38,27 +38,41 @@ def set_setting(conn: psycopg.Connection, key: str, value: object) -> None:
 
 def artifact_rows(key: str) -> list[dict]:
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1,
-                                     sort="CREATED_DESC")  # fmt: skip
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1, sort="CREATED_DESC"
+        )
     data = arts[0].data
     return json.loads(data) if isinstance(data, str) else data
 
 
 def test_flow_uses_stored_settings_and_publishes_counts_only(hub_env, conn):
     ten_customers(conn)
-    add_orders(conn, {"code": "x", "created_at": T0, "email": "c01@x.cz", "status_id": 7},
-               {"code": "y", "created_at": T0, "email": None, "customer_guid": None})  # fmt: skip
+    add_orders(
+        conn,
+        {"code": "x", "created_at": T0, "email": "c01@x.cz", "status_id": 7},
+        {"code": "y", "created_at": T0, "email": None, "customer_guid": None},
+    )
     set_setting(conn, "cancelled_statuses", [7])
-    set_setting(conn, "rfm_segments", [{"segment": "Recent", "r": [4, 5], "fm": [1, 5]},
-                                       {"segment": "Old", "r": [1, 3], "fm": [1, 5]}])  # fmt: skip
+    set_setting(
+        conn,
+        "rfm_segments",
+        [{"segment": "Recent", "r": [4, 5], "fm": [1, 5]}, {"segment": "Old", "r": [1, 3], "fm": [1, 5]}],
+    )
     out = recalculate_customer_metrics(as_of=T0 + timedelta(days=30))
     assert out["cancelled_statuses"] == [-4, 7] and out["mode"] == "full"
     assert [(r["segment"], r["customers"], r["new"]) for r in out["segments"]] == [("Recent", 4, 4), ("Old", 6, 6)]
     assert out["unattributed_orders"] == 1
 
     segments = artifact_rows("customer-metrics-segments")
-    assert segments[-1] == {"segment": "total", "customers": 10, "previous": 0, "moved_in": 0, "moved_out": 0,
-                            "new": 10, "removed": 0}  # fmt: skip
+    assert segments[-1] == {
+        "segment": "total",
+        "customers": 10,
+        "previous": 0,
+        "moved_in": 0,
+        "moved_out": 0,
+        "new": 10,
+        "removed": 0,
+    }
     summary = {r["counter"]: r["value"] for r in artifact_rows("customer-metrics-summary")}
     assert summary["unattributed_orders"] == 1 and summary["customers"] == 10
     published = json.dumps([segments, summary, artifact_rows("customer-metrics-movement")])

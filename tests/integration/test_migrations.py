@@ -23,8 +23,10 @@ pytestmark = pytest.mark.integration
 
 def test_two_processes_migrating_at_once_are_serialized(empty_db_url):
     code = "import sys; from db.migrate import upgrade; upgrade(sys.argv[1], 'hub')"
-    procs = [subprocess.Popen([sys.executable, "-c", code, empty_db_url], stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, empty_db_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
     assert current_revision(empty_db_url, "hub") == head_revision()

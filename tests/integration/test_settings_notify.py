@@ -67,8 +67,11 @@ def test_a_write_reaches_another_process_within_a_second(make, db_url):
     writer.set("cancelled_statuses", [-4])
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, db_url, "cancelled_statuses"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert json.loads(child.stdout.readline()) == {"ready": [-4]}  # cached in the child now
         writer.set("cancelled_statuses", [-4, 7])

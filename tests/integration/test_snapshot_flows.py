@@ -25,6 +25,7 @@ def harness(prefect_harness):
 @pytest.fixture
 def hub(db_url, sandbox, monkeypatch, no_retry_waits):
     """Flows pointed at this test's database and the sandbox; task retries without real waiting."""
+
     def client() -> ShoptetClient:
         return ShoptetClient(sandbox.base_url, sandbox.token, clock=sandbox.clock.time, sleep=sandbox.clock.sleep)
 
@@ -197,8 +198,12 @@ def test_addon_settings_build_a_refreshing_client(hub, db_url, monkeypatch):
     from flows.config import get_config
     from flows.shoptet_api import make_client
 
-    for k, v in {"HUB_SHOPTET_BASE_URL": hub.base_url, "HUB_SHOPTET_TOKEN_KIND": "addon",
-                 "HUB_SHOPTET_OAUTH_TOKEN": hub.state.oauth_token, "HUB_SHOPTET_OAUTH_URL": hub.base_url}.items():
+    for k, v in {
+        "HUB_SHOPTET_BASE_URL": hub.base_url,
+        "HUB_SHOPTET_TOKEN_KIND": "addon",
+        "HUB_SHOPTET_OAUTH_TOKEN": hub.state.oauth_token,
+        "HUB_SHOPTET_OAUTH_URL": hub.base_url,
+    }.items():
         monkeypatch.setenv(k, v)
     get_config.cache_clear()
     saved = runtime._client_factory

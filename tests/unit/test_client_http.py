@@ -42,9 +42,7 @@ def envelope(data: Any = None, errors: list[dict[str, str]] | None = None, rid: 
     return orjson.dumps({"data": data, "errors": errors, "metadata": {"requestId": rid}})
 
 
-def err(
-    status: int, code: str, message: str = "boom", headers: dict[str, str] | None = None
-) -> httpx.Response:
+def err(status: int, code: str, message: str = "boom", headers: dict[str, str] | None = None) -> httpx.Response:
     body = envelope(None, [{"errorCode": code, "message": message, "instance": "unknown"}])
     return httpx.Response(status, content=body, headers=headers)
 
@@ -303,9 +301,7 @@ def test_webhook_reused_registered_and_no_rights() -> None:
     created = {"id": 2, "event": "job:finished", "url": "https://ours.example/hook"}
     client, calls = make_client(scripted(ok({"webhooks": []}), ok({"webhooks": [created]}, status=201)))
     assert client.ensure_job_finished_webhook("https://ours.example/hook") == created
-    assert orjson.loads(calls[1].content) == {
-        "data": [{"event": "job:finished", "url": "https://ours.example/hook"}]
-    }
+    assert orjson.loads(calls[1].content) == {"data": [{"event": "job:finished", "url": "https://ours.example/hook"}]}
 
     client, _ = make_client(scripted(ok({"webhooks": []})))
     with pytest.raises(e.WebhookNotConfiguredError, match="HUB_WEBHOOK_URL"):

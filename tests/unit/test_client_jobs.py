@@ -47,9 +47,7 @@ class JobService:
             "jobId": "ab12cd3",
             "endpoint": "/api/orders/snapshot",
             "creationTime": format_datetime(created),
-            "completionTime": format_datetime(created + timedelta(seconds=self.finish_after))
-            if done
-            else None,
+            "completionTime": format_datetime(created + timedelta(seconds=self.finish_after)) if done else None,
             "status": self.status(),
             "validUntil": format_datetime(created + timedelta(days=1)) if done else None,
         }

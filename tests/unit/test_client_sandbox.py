@@ -375,9 +375,7 @@ def _jobs(sb: SandboxServer, endpoint: str) -> list:
 def test_lost_snapshot_answer_reuses_the_queued_job(sb, transport, sleeps, fault) -> None:
     from shoptet.sandbox.state import PathFault
 
-    with ShoptetClient(
-        sb.base_url, sb.token, timeout=0.4, clock=sb.clock.time, sleep=sleeps, transport=transport
-    ) as c:
+    with ShoptetClient(sb.base_url, sb.token, timeout=0.4, clock=sb.clock.time, sleep=sleeps, transport=transport) as c:
         c.ensure_job_finished_webhook(HOOK_URL)
         before = len(_jobs(sb, "/api/products/snapshot"))
         sb.state.faults.path_faults.append(PathFault("/api/products/snapshot", **fault))

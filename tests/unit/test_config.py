@@ -35,10 +35,12 @@ def test_root_default_home_has_world_readable_parents():
 
 @pytest.mark.parametrize(
     "url, masked",
-    [("postgresql://hub:secret@db:5432/shop", "postgresql://hub:***@db:5432/shop"),
-     ("postgresql://hub@db/shop", "postgresql://hub@db/shop"),
-     ("postgresql:///shop?host=/run&password=x", "postgresql:///shop?host=/run&password=***")],
-)  # fmt: skip
+    [
+        ("postgresql://hub:secret@db:5432/shop", "postgresql://hub:***@db:5432/shop"),
+        ("postgresql://hub@db/shop", "postgresql://hub@db/shop"),
+        ("postgresql:///shop?host=/run&password=x", "postgresql:///shop?host=/run&password=***"),
+    ],
+)
 def test_mask_url(url, masked):
     assert mask_url(url) == masked
 

@@ -13,41 +13,49 @@ SECRET = "s3cr3t"
 
 @pytest.mark.parametrize(
     "dsn, masked",
-    [("host=db password=s3cret", "host=db password=***"),
-     ("host=db user=hub password=s3cret dbname=shop", "host=db user=hub password=*** dbname=shop"),
-     ("host=db password = s3cret port=5432", "host=db password=*** port=5432"),
-     (r"host=db password='s 3\'c=ret@/?' dbname=shop", "host=db password=*** dbname=shop"),
-     ("sslpassword=keypass sslkey=/k host=db", "sslpassword=*** sslkey=/k host=db"),
-     ("host=/run/postgresql dbname=shop", "host=/run/postgresql dbname=shop"),
-     # libpq expands a dbname that is itself a connection string
-     ("dbname=postgresql://u:s3cret@h/db", "dbname=postgresql://u:***@h/db"),
-     ("dbname='host=h password=s3cret'", "dbname='host=h password=***'")],
-)  # fmt: skip
+    [
+        ("host=db password=s3cret", "host=db password=***"),
+        ("host=db user=hub password=s3cret dbname=shop", "host=db user=hub password=*** dbname=shop"),
+        ("host=db password = s3cret port=5432", "host=db password=*** port=5432"),
+        (r"host=db password='s 3\'c=ret@/?' dbname=shop", "host=db password=*** dbname=shop"),
+        ("sslpassword=keypass sslkey=/k host=db", "sslpassword=*** sslkey=/k host=db"),
+        ("host=/run/postgresql dbname=shop", "host=/run/postgresql dbname=shop"),
+        # libpq expands a dbname that is itself a connection string
+        ("dbname=postgresql://u:s3cret@h/db", "dbname=postgresql://u:***@h/db"),
+        ("dbname='host=h password=s3cret'", "dbname='host=h password=***'"),
+    ],
+)
 def test_keyword_dsn(dsn, masked):
     assert mask_url(dsn) == masked
 
 
 @pytest.mark.parametrize(
     "url, masked",
-    [("postgresql://hub:secret@db:5432/shop", "postgresql://hub:***@db:5432/shop"),
-     ("postgresql+psycopg://hub:secret@db/shop", "postgresql+psycopg://hub:***@db/shop"),
-     ("postgresql://hub@db/shop", "postgresql://hub@db/shop"),
-     ("postgresql://h:5432/db?application_name=a@b", "postgresql://h:5432/db?application_name=a@b"),
-     ("postgresql://db/shop?sslmode=require&password=s3cret", "postgresql://db/shop?sslmode=require&password=***"),
-     ("postgresql://db/shop?%70assword=s3cret", "postgresql://db/shop?%70assword=***"),
-     ("postgresql://[::1]:5432/shop?user=u&PASSWORD=x", "postgresql://[::1]:5432/shop?user=u&PASSWORD=***")],
-)  # fmt: skip
+    [
+        ("postgresql://hub:secret@db:5432/shop", "postgresql://hub:***@db:5432/shop"),
+        ("postgresql+psycopg://hub:secret@db/shop", "postgresql+psycopg://hub:***@db/shop"),
+        ("postgresql://hub@db/shop", "postgresql://hub@db/shop"),
+        ("postgresql://h:5432/db?application_name=a@b", "postgresql://h:5432/db?application_name=a@b"),
+        ("postgresql://db/shop?sslmode=require&password=s3cret", "postgresql://db/shop?sslmode=require&password=***"),
+        ("postgresql://db/shop?%70assword=s3cret", "postgresql://db/shop?%70assword=***"),
+        ("postgresql://[::1]:5432/shop?user=u&PASSWORD=x", "postgresql://[::1]:5432/shop?user=u&PASSWORD=***"),
+    ],
+)
 def test_url(url, masked):
     assert mask_url(url) == masked
 
 
 @pytest.mark.parametrize(
     "url, masked",
-    [("postgresql:///shop?host=/run&password=x", "postgresql:///shop?host=/run&password=***"),
-     ("postgresql://postgres:@/postgres?host=/var/lib/shoptet-hub/pg",
-      "postgresql://postgres@/postgres?host=/var/lib/shoptet-hub/pg"),
-     ("postgresql://u:pw@/shop?host=%2Frun%2Fpostgresql", "postgresql://u:***@/shop?host=%2Frun%2Fpostgresql")],
-)  # fmt: skip
+    [
+        ("postgresql:///shop?host=/run&password=x", "postgresql:///shop?host=/run&password=***"),
+        (
+            "postgresql://postgres:@/postgres?host=/var/lib/shoptet-hub/pg",
+            "postgresql://postgres@/postgres?host=/var/lib/shoptet-hub/pg",
+        ),
+        ("postgresql://u:pw@/shop?host=%2Frun%2Fpostgresql", "postgresql://u:***@/shop?host=%2Frun%2Fpostgresql"),
+    ],
+)
 def test_socket_urls_stay_intact(url, masked):
     assert mask_url(url) == masked
 
@@ -91,8 +99,14 @@ def test_as_url_error_does_not_quote_the_string():
 
 @pytest.mark.parametrize(
     "text",
-    [f"postgresql://u:{SECRET}@h/db", f"host=h password={SECRET}", f"postgresql:///db?password={SECRET}",
-     f"postgresql://u:{SECRET}@h/db?password={SECRET}", f"password='{SECRET}'", f"postgresql://u:{SECRET}@/db"],
-)  # fmt: skip
+    [
+        f"postgresql://u:{SECRET}@h/db",
+        f"host=h password={SECRET}",
+        f"postgresql:///db?password={SECRET}",
+        f"postgresql://u:{SECRET}@h/db?password={SECRET}",
+        f"password='{SECRET}'",
+        f"postgresql://u:{SECRET}@/db",
+    ],
+)
 def test_never_prints_the_secret(text):
     assert SECRET not in mask_url(text)

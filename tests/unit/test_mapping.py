@@ -89,10 +89,12 @@ def test_structural_problems_reject_the_line(mutate, reason):
 
 @pytest.mark.parametrize(
     "field, value, reason",
-    [("price", {"withVat": "12,50"}, "price_with_vat: invalid number"),
-     ("paid", "yes", "paid: expected true/false"),
-     ("status", {"id": "abc"}, "status_id: expected an integer")],
-)  # fmt: skip
+    [
+        ("price", {"withVat": "12,50"}, "price_with_vat: invalid number"),
+        ("paid", "yes", "paid: expected true/false"),
+        ("status", {"id": "abc"}, "status_id: expected an integer"),
+    ],
+)
 def test_value_validation_names_the_column(field, value, reason):
     o = order()
     o[field] = value if not isinstance(value, dict) else {**(o.get(field) or {}), **value}

@@ -12,9 +12,12 @@ import pytest
 
 PRIVATE = [
     # (module, name, who uses it and what breaks)
-    ("psycopg._copy_base", "format_row_text",
-     "db/loader/parse.py formats COPY rows with it in worker processes (benchmarks/snapshot_apply.py)"),
-]  # fmt: skip
+    (
+        "psycopg._copy_base",
+        "format_row_text",
+        "db/loader/parse.py formats COPY rows with it in worker processes (benchmarks/snapshot_apply.py)",
+    ),
+]
 
 
 @pytest.mark.parametrize(("module", "name", "used_by"), PRIVATE)

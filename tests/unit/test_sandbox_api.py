@@ -78,9 +78,7 @@ def test_token_rights(sb):
 
 @pytest.mark.parametrize("ctype", ["application/json", "application/vnd.shoptet.v1.0"])
 def test_envelope_and_content_types(sb, ctype):
-    r = httpx.get(
-        f"{sb.base_url}/api/orders", headers={"Shoptet-Private-API-Token": sb.token, "Content-Type": ctype}
-    )
+    r = httpx.get(f"{sb.base_url}/api/orders", headers={"Shoptet-Private-API-Token": sb.token, "Content-Type": ctype})
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/json; charset=utf-8"
     body = r.json()
@@ -118,13 +116,8 @@ def test_paging_defaults_and_caps(api, path, default, maximum):
 )
 def test_changes_paging(api, entity, default, maximum):
     params = {"from": "2026-09-01T00:00:00+0200"}
-    assert (
-        api.get(f"/api/{entity}/changes", params=params).json()["data"]["paginator"]["itemsPerPage"]
-        == default
-    )
-    pag = api.get(f"/api/{entity}/changes", params={**params, "itemsPerPage": 99999}).json()["data"][
-        "paginator"
-    ]
+    assert api.get(f"/api/{entity}/changes", params=params).json()["data"]["paginator"]["itemsPerPage"] == default
+    pag = api.get(f"/api/{entity}/changes", params={**params, "itemsPerPage": 99999}).json()["data"]["paginator"]
     assert pag["itemsPerPage"] == maximum
 
 
@@ -252,9 +245,7 @@ def test_changes_requires_from(api):
 def _changes(api, entity, since, **params):
     out, page = [], 1
     while True:
-        data = api.get(f"/api/{entity}/changes", params={"from": since, "page": page, **params}).json()[
-            "data"
-        ]
+        data = api.get(f"/api/{entity}/changes", params={"from": since, "page": page, **params}).json()["data"]
         out += data["changes"]
         if page >= data["paginator"]["pageCount"]:
             return out

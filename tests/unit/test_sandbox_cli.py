@@ -26,13 +26,46 @@ def built(monkeypatch) -> dict[str, Any]:
 
 
 def test_knobs_reach_the_sandbox(built) -> None:
-    result = CliRunner().invoke(app, [
-        "sandbox", "--orders", "20", "--token", "tok-" + "a" * 36, "--rights", "ro-" + "b" * 36 + "=orders,system",
-        "--rights", "none-" + "c" * 35 + "=", "--oauth-token", "oauth-" + "d" * 34, "--access-token-ttl", "60",
-        "--scale", "120", "--job-seconds", "30", "--job-outcome", "killed", "--webhooks", "--error-rate", "0.1",
-        "--fail-next", "2", "--storm-429", "3", "--truncate-gzip", "--expire-results", "--malformed-line", "4",
-        "--jobs-unlisted", "--no-limits", "--retry-after-seconds", "--write-lock", "0",
-    ])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "sandbox",
+            "--orders",
+            "20",
+            "--token",
+            "tok-" + "a" * 36,
+            "--rights",
+            "ro-" + "b" * 36 + "=orders,system",
+            "--rights",
+            "none-" + "c" * 35 + "=",
+            "--oauth-token",
+            "oauth-" + "d" * 34,
+            "--access-token-ttl",
+            "60",
+            "--scale",
+            "120",
+            "--job-seconds",
+            "30",
+            "--job-outcome",
+            "killed",
+            "--webhooks",
+            "--error-rate",
+            "0.1",
+            "--fail-next",
+            "2",
+            "--storm-429",
+            "3",
+            "--truncate-gzip",
+            "--expire-results",
+            "--malformed-line",
+            "4",
+            "--jobs-unlisted",
+            "--no-limits",
+            "--retry-after-seconds",
+            "--write-lock",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     st = built["state"]
     assert st.tokens == {"tok-" + "a" * 36: None, "ro-" + "b" * 36: {"orders", "system"}, "none-" + "c" * 35: set()}

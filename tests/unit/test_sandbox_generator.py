@@ -213,9 +213,7 @@ def test_order_quirks_present(orders):
     eur = [o for o in orders if o["price"]["currencyCode"] == "EUR"]
     assert 0.06 < len(eur) / n < 0.15
     assert all(23 < float(o["price"]["exchangeRate"]) < 26 for o in eur)
-    assert all(
-        o["price"]["exchangeRate"] == "1.00000000" for o in orders if o["price"]["currencyCode"] == "CZK"
-    )
+    assert all(o["price"]["exchangeRate"] == "1.00000000" for o in orders if o["price"]["currencyCode"] == "CZK")
     assert any(o["email"] is None for o in orders)
     assert any(o["paid"] is None for o in orders)
     assert any(o["vatPayer"] is None for o in orders)

@@ -40,10 +40,7 @@ def err(resp: httpx.Response) -> dict:
 
 
 def test_bucket_header_counts_up_and_drains(api, sb):
-    fills = [
-        int(api.get("/api/orders/statuses").headers["X-RateLimit-Bucket-Filling"].split("/")[0])
-        for _ in range(3)
-    ]
+    fills = [int(api.get("/api/orders/statuses").headers["X-RateLimit-Bucket-Filling"].split("/")[0]) for _ in range(3)]
     assert fills == [1, 2, 3]
     big = api.get("/api/products", params={"itemsPerPage": 1000})  # bigger responses cost more drops
     assert int(big.headers["X-RateLimit-Bucket-Filling"].split("/")[0]) > 4

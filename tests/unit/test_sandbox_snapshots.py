@@ -94,10 +94,7 @@ def test_webhook_register_list_duplicate_delete(api, sb):
     sb.clock.advance(5)
     gone = api.delete(f"/api/webhooks/{hook['id']}")
     assert gone.status_code == 404 and err(gone)["errorCode"] == "webhook-not-found"
-    assert (
-        api.post("/api/webhooks", json={"data": [{"event": "no:such", "url": "https://x"}]}).status_code
-        == 400
-    )
+    assert api.post("/api/webhooks", json={"data": [{"event": "no:such", "url": "https://x"}]}).status_code == 400
 
 
 def test_snapshot_needs_webhook(api):
@@ -170,9 +167,7 @@ def test_job_lifecycle_and_poll_limit(hooked, sb):
 def test_result_honours_filters_and_includes(hooked, sb):
     store = sb.state.store
     codes = store.keys("orders")[100:105]
-    job = run_job(
-        hooked, sb, "/api/orders/snapshot", orderCodes=",".join(codes), include="notes,shippingDetails"
-    )
+    job = run_job(hooked, sb, "/api/orders/snapshot", orderCodes=",".join(codes), include="notes,shippingDetails")
     lines = download(job["resultUrl"])
     assert [o["code"] for o in lines] == codes
     assert all("notes" in o and "shippingDetails" in o for o in lines)
@@ -180,9 +175,7 @@ def test_result_honours_filters_and_includes(hooked, sb):
     since = "2026-06-01T00:00:00+0200"
     job = run_job(hooked, sb, "/api/orders/snapshot", creationTimeFrom=since, statusId=-3)
     lines = download(job["resultUrl"])
-    assert lines and all(
-        o["status"]["id"] == -3 and parse_dt(o["creationTime"]) >= parse_dt(since) for o in lines
-    )
+    assert lines and all(o["status"]["id"] == -3 and parse_dt(o["creationTime"]) >= parse_dt(since) for o in lines)
     expected = [r.key for r in store.records("orders") if r.created >= parse_dt(since) and r.idx.status == -3]
     assert [o["code"] for o in lines] == expected
 
@@ -190,9 +183,7 @@ def test_result_honours_filters_and_includes(hooked, sb):
     assert len(customers) == store.count("customers") and "accounts" in customers[0]
 
     products = download(
-        run_job(hooked, sb, "/api/products/snapshot", productCodes="P00003-1,P00004-1", include="images")[
-            "resultUrl"
-        ]
+        run_job(hooked, sb, "/api/products/snapshot", productCodes="P00003-1,P00004-1", include="images")["resultUrl"]
     )
     assert sorted(v["code"] for p in products for v in p["variants"] if v["code"].endswith("-1")) == [
         "P00003-1",
@@ -266,10 +257,7 @@ def test_job_finished_webhook_is_signed(hooked, sb):
     try:
         sb.state.webhooks.clear()
         url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
-        assert (
-            hooked.post("/api/webhooks", json={"data": [{"event": "job:finished", "url": url}]}).status_code
-            == 201
-        )
+        assert hooked.post("/api/webhooks", json={"data": [{"event": "job:finished", "url": url}]}).status_code == 201
         key = hooked.post("/api/webhooks/renew-signature-key").json()["data"]["signatureKey"]
         sb.state.send_webhooks = True
         job = run_job(hooked, sb, "/api/customers/snapshot")

@@ -35,9 +35,20 @@ def test_change_concerns_its_schema_only():
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("42", 42), ("-4", -4), ("0.5", 0.5), ("true", True), ("null", None), ("[-4, 7]", [-4, 7]),
-     ('{"a": 1}', {"a": 1}), ('"42"', "42"), ("hello", "hello"), ("NaN", "NaN"), ("[1,", "[1,")],
-)  # fmt: skip
+    [
+        ("42", 42),
+        ("-4", -4),
+        ("0.5", 0.5),
+        ("true", True),
+        ("null", None),
+        ("[-4, 7]", [-4, 7]),
+        ('{"a": 1}', {"a": 1}),
+        ('"42"', "42"),
+        ("hello", "hello"),
+        ("NaN", "NaN"),
+        ("[1,", "[1,"),
+    ],
+)
 def test_cli_value_is_json_or_else_a_string(text, value):
     assert parse_cli_value(text) == value
 
@@ -75,6 +86,16 @@ def test_type_names_in_messages():
 
 
 def test_hit_rate():
-    s = SettingsStats(hits=99, misses=1, loads=1, load_errors=0, invalidations=0, clears=0,
-                      notifications=0, connects=0, size=1, listening=False)  # fmt: skip
+    s = SettingsStats(
+        hits=99,
+        misses=1,
+        loads=1,
+        load_errors=0,
+        invalidations=0,
+        clears=0,
+        notifications=0,
+        connects=0,
+        size=1,
+        listening=False,
+    )
     assert s.hit_rate == 0.99 and s.as_dict()["hit_rate"] == 0.99
