@@ -1,6 +1,6 @@
 """Worker processes that run ``db.loader.parse.process_chunk``, fed and read in file order.
 
-Plain subprocesses (``python -m db.loader.workers``) talking length-prefixed pickles over pipes, rather
+Plain subprocesses (``python -m db.loader.worker_process``) talking length-prefixed pickles over pipes, rather
 than multiprocessing: its ``fork`` copies a process full of Prefect's threads (a lock held at fork time
 stays held in the child), and its ``spawn`` re-runs the caller's ``__main__``, which breaks any script
 that calls a flow without an ``if __name__ == "__main__"`` guard.
@@ -62,7 +62,10 @@ class ChunkWorkers:
         env = {**worker_environment(), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "db.loader.workers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+                [sys.executable, "-m", "db.loader.worker_process"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
             )
             for _ in range(n)
         ]
@@ -131,7 +134,8 @@ class ChunkWorkers:
         self.close()
 
 
-def _serve() -> None:
+def serve() -> None:
+    """A worker process's loop (``db/loader/worker_process.py``): run each function sent, send back its result."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:
@@ -147,7 +151,3 @@ def _serve() -> None:
 # Workers yield the CPU to the PostgreSQL backend and the loader: on a small machine they share its cores,
 # and the backend is the stage every row waits for (3-7 % faster applies at nice 10; docs/benchmarks.md).
 NICE = 10
-
-if __name__ == "__main__":
-    os.nice(NICE)
-    _serve()

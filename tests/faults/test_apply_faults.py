@@ -172,7 +172,7 @@ def test_missing_grant_fails_at_once_with_the_real_error(db_url, conn, tmp_path,
 
 def _loader_leftovers(path: Path) -> tuple[list[int], list[str], list[str]]:
     me = psutil.Process()
-    workers = [p.pid for p in me.children(recursive=True) if "db.loader.workers" in " ".join(p.cmdline())]
+    workers = [p.pid for p in me.children(recursive=True) if "db.loader.worker_process" in " ".join(p.cmdline())]
     threads = [t.name for t in threading.enumerate() if t.name == "snapshot-reader"]
     files = [f.path for f in me.open_files() if f.path == str(path)]
     return workers, threads, files
