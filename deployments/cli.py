@@ -11,6 +11,7 @@ from rich.console import Console
 
 from deployments.cli_fetch import fetch_changes_cmd, fetch_orders_cmd
 from deployments.cli_forget import forget as forget_cmd
+from deployments.cli_indexes import indexes as indexes_cmd
 from deployments.cli_metrics import metrics as metrics_cmd
 from deployments.cli_sandbox import sandbox_cmd
 from deployments.cli_settings import settings_app
@@ -214,6 +215,7 @@ def retry_failed(wait: float = WAIT_OPTION) -> None:
 app.command("fetch-orders")(fetch_orders_cmd)
 app.command("fetch-changes")(fetch_changes_cmd)
 app.command("forget")(forget_cmd)
+app.command("indexes")(indexes_cmd)
 
 
 def _print_counters(entity: str, rows: list[dict]) -> None:
