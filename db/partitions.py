@@ -84,7 +84,9 @@ def ensure_partitions(
     """Create every missing quarter partition; return the names created. ``conn`` must be autocommit.
 
     A quarter outside the accepted dates (``window``, by default ``DateWindow.default()``) is refused:
-    the loader rejects such lines, so a request for one is a bug, not data.
+    the loader rejects such lines, so a request for one is a bug, not data. So is an archived quarter
+    (``partition_archives``, the retention horizon): the loader drops its items before asking, and only
+    ``hub partitions restore-archive`` lifts the horizon.
     """
     if not conn.autocommit:
         raise ValueError("ensure_partitions needs an autocommit connection (one short transaction per step)")
@@ -93,10 +95,13 @@ def ensure_partitions(
     if outside:
         raise ValueError(f"refusing to create partitions outside the accepted dates: {', '.join(outside)}")
     existing = existing_partitions(conn)
+    missing = [q for q in quarters if q.name not in existing]
+    archived = archived_quarters(conn) if missing else frozenset()
+    beyond = [q.name for q in missing if q.key in archived]
+    if beyond:
+        raise ValueError(f"refusing to re-create archived partitions (beyond retention): {', '.join(beyond)}")
     created = []
-    for quarter in quarters:
-        if quarter.name in existing:
-            continue
+    for quarter in missing:
         for attempt in range(1, attempts + 1):
             try:
                 _create_partition(conn, quarter, lock_timeout)
@@ -130,3 +135,54 @@ def _create_partition(conn: psycopg.Connection, quarter: Quarter, lock_timeout: 
             )
         )
     log.info("created partition %s", quarter.name)
+
+
+# --- what the rollover and retention read ------------------------------------------------------------
+
+
+def archived_quarters(conn: psycopg.Connection) -> frozenset[tuple[int, int]]:
+    """The retention horizon: quarters archived and not restored (``partition_archives``), as (year, q)."""
+    rows = conn.execute(
+        "SELECT DISTINCT year, quarter FROM partition_archives WHERE dropped_at IS NOT NULL AND restored_at IS NULL"
+    ).fetchall()
+    return frozenset((int(y), int(q)) for y, q in rows)
+
+
+def data_quarters(conn: psycopg.Connection) -> list[Quarter]:
+    """Every quarter (UTC) in which an order was created: its items need a partition."""
+    rows = conn.execute(
+        """SELECT DISTINCT extract(year FROM t)::int, extract(quarter FROM t)::int
+             FROM (SELECT created_at AT TIME ZONE 'UTC' AS t FROM orders WHERE created_at IS NOT NULL) o"""
+    ).fetchall()
+    return sorted(Quarter(y, q) for y, q in rows)
+
+
+def quarter_of_name(name: str) -> Quarter | None:
+    """``order_items_2024_q3`` → Quarter(2024, 3); None for a name this module did not make."""
+    prefix = f"{PARENT}_"
+    if not name.startswith(prefix):
+        return None
+    year, _, q = name[len(prefix) :].partition("_q")
+    if not (year.isdigit() and len(year) == 4 and q in ("1", "2", "3", "4")):
+        return None
+    return Quarter(int(year), int(q))
+
+
+@dataclass(frozen=True)
+class PartitionStat:
+    name: str
+    quarter: Quarter | None
+    row_estimate: int
+    bytes: int
+    detach_pending: bool
+
+
+def partition_stats(conn: psycopg.Connection, parent: str = PARENT) -> list[PartitionStat]:
+    """Each partition of ``parent``: row estimate (planner statistics), total size, a pending detach."""
+    rows = conn.execute(
+        """SELECT c.relname, c.reltuples::bigint, pg_total_relation_size(c.oid), i.inhdetachpending
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = to_regclass(%s) ORDER BY c.relname""",
+        (parent,),
+    ).fetchall()
+    return [PartitionStat(n, quarter_of_name(n), max(int(r), 0), int(b), bool(p)) for n, r, b, p in rows]

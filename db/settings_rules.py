@@ -62,6 +62,18 @@ RULES: dict[str, Rule] = {
             DEFAULT_AHEAD_DAYS,
             "Snapshot lines dated more than this many days ahead of now are rejected.",
         ),
+        Rule(
+            "partition_runway_quarters",
+            Annotated[int, Field(ge=0, le=40)],
+            2,
+            "order_items partitions kept ready past the current quarter (hub partitions).",
+        ),
+        Rule(
+            "partition_retention_years",
+            Annotated[int, Field(ge=0, le=100)],
+            2,
+            "order_items quarters entirely older than this many years are archived (pg_dump) and dropped; 0 keeps all.",
+        ),
     )
 }
 

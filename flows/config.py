@@ -61,6 +61,8 @@ class HubConfig(BaseSettings):
     download_sweep_hours: float = 24.0
 
     backup_dir: Path | None = None
+    # Where retention writes the pg_dump archives of old order_items quarters (default HUB_HOME/archive).
+    archive_dir: Path | None = None
 
     @field_validator("shoptet_token_kind")
     @classmethod
@@ -79,6 +81,10 @@ class HubConfig(BaseSettings):
     @property
     def scratch_dir(self) -> Path:
         return self.download_dir or (self.home / "downloads")
+
+    @property
+    def archive_path(self) -> Path:
+        return self.archive_dir or (self.home / "archive")
 
 
 @lru_cache(maxsize=1)

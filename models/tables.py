@@ -425,3 +425,30 @@ class Erasure(SQLModel, table=True):
 
 
 metadata = SQLModel.metadata
+
+
+# --- issue 10: partition retention (flows/partitions.py) ---------------------------------------------
+
+
+class PartitionArchive(SQLModel, table=True):
+    """An ``order_items`` quarter archived with pg_dump (file, checksum, rows) before retention drops it.
+
+    Rows with ``dropped_at`` set and no ``restored_at`` are the retention horizon: no import re-creates
+    that quarter's partition or re-inserts its items (``db.partitions.archived_quarters``).
+    """
+
+    __tablename__ = "partition_archives"
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    partition: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    year: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    quarter: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    range_start: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    range_end: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    rows: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    sha256: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    path: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    pg_dump_version: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    archived_at: Optional[datetime] = _now()
+    dropped_at: Optional[datetime] = _ts()
+    restored_at: Optional[datetime] = _ts()

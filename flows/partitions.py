@@ -1,0 +1,154 @@
+"""``order_items`` partitions that run themselves: rollover (runway + data quarters) and retention.
+
+Reads like the plan it carries out: plan → create the missing quarters → for each quarter past the
+retention horizon: archive (pg_dump + sha256 + manifest) → verify, record, detach concurrently, drop →
+report. The SQL and the archive files are ``db/partition_plan.py`` and ``db/partition_archive.py``;
+partitions are created only through ``db/partitions.py``.
+
+Locks: ``db-maintenance`` (DDL and backups share it) and ``orders``: between the dump and the drop no
+import may write into the quarter being retired, or those rows would be dropped unarchived. A dry run
+only reads and takes no lock. Also callable from a notebook: ``partition_maintenance(dry_run=True)``.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from db import partition_archive, partitions
+from db.connection import connection
+from db.dates import DateWindow
+from db.partition_plan import Plan, make_plan
+from db.partitions import Quarter
+from db.settings import get_settings_service
+from flows import runtime
+from flows.locks import job_lock
+from flows.reporting import logger, table_artifact
+from flows.retrying import RETRIES
+
+LOCK_GROUPS = ("orders", "db-maintenance")
+LOCK_TIMEOUT = "5s"
+
+
+def _window(url: str, schema: str) -> DateWindow:
+    rules = get_settings_service(url, schema)
+    return DateWindow.of(rules.get("dates_accepted_from"), rules.get("dates_accepted_ahead_days"))
+
+
+@task(name="plan-partitions", cache_policy=NO_CACHE, **RETRIES)
+def plan_partitions(now: datetime | None = None) -> Plan:
+    hub = runtime.hub()
+    rules = get_settings_service(hub.url, hub.schema)
+    with connection(hub.url, hub.schema, autocommit=True) as conn:
+        return make_plan(
+            conn,
+            now=now,
+            runway_quarters=rules.get("partition_runway_quarters"),
+            retention_years=rules.get("partition_retention_years"),
+            window=_window(hub.url, hub.schema),
+        )
+
+
+@task(name="create-partitions", cache_policy=NO_CACHE, **RETRIES)
+def create_partitions(quarters: list[Quarter]) -> list[str]:
+    if not quarters:
+        return []
+    hub = runtime.hub()
+    with connection(hub.url, hub.schema, autocommit=True) as conn:
+        return partitions.ensure_partitions(
+            conn, quarters, lock_timeout=LOCK_TIMEOUT, window=_window(hub.url, hub.schema)
+        )
+
+
+@task(name="archive-partition", cache_policy=NO_CACHE, **RETRIES)
+def archive_partition(quarter: Quarter) -> Path:
+    hub = runtime.hub()
+    with connection(hub.url, hub.schema, autocommit=True) as conn:
+        return partition_archive.archive_partition(conn, hub.url, hub.schema, quarter, hub.cfg.archive_path)
+
+
+@task(name="retire-partition", cache_policy=NO_CACHE, **RETRIES)
+def retire_partition(dump: Path) -> dict[str, Any]:
+    """Verify the archive (a damaged one raises ArchiveDamaged: nothing is dropped), then detach and drop."""
+    hub = runtime.hub()
+    with connection(hub.url, hub.schema, autocommit=True) as conn:
+        archive, _ = partition_archive.retire_partition(conn, dump, lock_timeout=LOCK_TIMEOUT)
+    return {"partition": archive.partition, "rows": archive.rows, "sha256": archive.sha256, "file": str(dump)}
+
+
+@flow(name="partition-maintenance", log_prints=True)
+def partition_maintenance(
+    dry_run: bool = False, lock_wait: float | None = 0, now: datetime | None = None
+) -> dict[str, Any]:
+    """Make sure ``order_items`` has its runway and data quarters; archive and drop what is past retention.
+
+    ``dry_run``: print the plan, change nothing (and take no lock). ``lock_wait``: seconds to wait for the
+    locks (None: forever); a held lock raises ``LockHeld``. ``now``: the clock (tests).
+    """
+    with nullcontext() if dry_run else job_lock(*LOCK_GROUPS, wait=lock_wait):
+        plan = plan_partitions(now)
+        for line in plan.describe():
+            logger().info("%s%s", "dry run: " if dry_run else "", line)
+        if dry_run:
+            return {"dry_run": True, "plan": plan.describe(), "created": [], "archived": []}
+        created = create_partitions(plan.create)
+        archived = [retire_partition(archive_partition(q)) for q in plan.retire]
+    rows = partition_report(plan, archived)
+    return {"dry_run": False, "plan": plan.describe(), "created": created, "archived": archived, "partitions": rows}
+
+
+def partition_report(plan: Plan, archived: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The table artifact: each partition (range, row estimate, size), the runway, what was archived where."""
+    hub = runtime.hub()
+    with connection(hub.url, hub.schema, autocommit=True) as conn:
+        stats = partitions.partition_stats(conn)
+    runway = {q.name for q in plan.runway}
+    rows: list[dict[str, Any]] = [
+        {
+            "partition": s.name,
+            "range": f"[{s.quarter.start:%Y-%m-%d}, {s.quarter.end:%Y-%m-%d})" if s.quarter else "?",
+            "row_estimate": s.row_estimate,
+            "size_mb": round(s.bytes / 2**20, 2),
+            "state": "runway" if s.name in runway else ("detach pending" if s.detach_pending else "live"),
+            "archive": "",
+        }
+        for s in stats
+    ]
+    missing = sorted(runway - {s.name for s in stats})
+    rows += [{"partition": n, "range": "", "row_estimate": 0, "size_mb": 0, "state": "runway MISSING", "archive": ""}
+             for n in missing]  # fmt: skip
+    rows += [
+        {"partition": a["partition"], "range": "", "row_estimate": a["rows"], "size_mb": 0, "state": "archived",
+         "archive": a["file"]}
+        for a in archived
+    ]  # fmt: skip
+    table_artifact(
+        rows,
+        key="order-items-partitions",
+        description=f"order_items partitions; runway {len(plan.runway)} quarters; {len(archived)} archived",
+    )
+    return rows
+
+
+@task(name="restore-archive", cache_policy=NO_CACHE, **RETRIES)
+def restore_archive(dump: Path) -> dict[str, Any]:
+    hub = runtime.hub()
+    with connection(hub.url, hub.schema, autocommit=True) as conn:
+        archive = partition_archive.restore_archive(
+            conn, hub.url, hub.schema, dump, window=_window(hub.url, hub.schema)
+        )
+    return {"partition": archive.partition, "rows": archive.rows, "file": str(dump)}
+
+
+@flow(name="restore-partition-archive")
+def restore_partition_archive(path: Path, lock_wait: float | None = 0) -> dict[str, Any]:
+    """Bring an archived quarter back (checksum first) and lift the retention horizon for it."""
+    with job_lock(*LOCK_GROUPS, wait=lock_wait):
+        out = restore_archive(Path(path))
+    logger().info("restored %s: %d rows from %s", out["partition"], out["rows"], out["file"])
+    return out
