@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from deployments.options import fail, quiet_prefect
-
-console = Console()
 
 
 def indexes(
@@ -32,12 +28,9 @@ def indexes(
         fail(str(exc))
     except LockHeld as exc:
         fail(str(exc), exc.exit_code)
-    table = Table("action", "index", "table", "detail", title="would do" if dry_run else "done")
-    for a in out["actions"]:
-        table.add_row(a["action"], a["index"], a["table"], a["detail"])
-    if out["actions"]:
-        console.print(table)
-    else:
+    for a in out["actions"]:  # plain lines: index names stay whole in a narrow terminal
+        print(f"{'would: ' if dry_run else ''}{a['action']} {a['index']} on {a['table']}: {a['detail']}")
+    if not out["actions"]:
         print("every declared index is present and valid; nothing to do")
     for u in out["unused"]:
         print(f"unused (never scanned since the statistics were reset): {u['index']} on {u['table']}, {u['size']}")
