@@ -17,8 +17,10 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 
+from db.connection import connection
 from db.dates import DateWindow
 from db.loader import ApplyOptions, ApplyResult, apply_snapshot_file
+from db.partitions import archived_quarters
 from db.settings import get_settings_service
 from flows import progress as progress_hooks
 from flows import runtime
@@ -112,6 +114,7 @@ def apply_snapshot(
         keep_raw=hub.cfg.keep_raw_json,
         reject_threshold=rules.get("reject_threshold", hub.cfg.reject_threshold),
         window=DateWindow.of(rules.get("dates_accepted_from"), rules.get("dates_accepted_ahead_days")),
+        archived=_retention_horizon(hub.url, hub.schema),
     )
     reporter = _ProgressReporter(f"Applying {Entity(entity).value} snapshot (run {run_id})")
     result = apply_snapshot_file(
@@ -120,6 +123,12 @@ def apply_snapshot(
     reporter.done()
     _log_result(result)
     return result.counters()
+
+
+def _retention_horizon(url: str, schema: str) -> frozenset[tuple[int, int]]:
+    """The archived quarters of order_items (``hub partitions``): an import does not write their items."""
+    with connection(url, schema, autocommit=True) as conn:
+        return archived_quarters(conn)
 
 
 def sweep_old_downloads() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from db import deferred_indexes, locks
+from db import deferred_indexes, locks, partitions
 from db.connection import connect
 from db.dates import DateWindow
 from db.loader import classify
@@ -42,6 +42,8 @@ def apply_snapshot_file(
     o = options or ApplyOptions()
     spec = ENTITIES[entity]
     window = o.window or DateWindow.default()
+    # The horizon is about order_items' partitions: other entities' children (a product's variants) stay.
+    archived = o.archived if spec.child_table == partitions.PARENT else frozenset()
     started = time.perf_counter()
     result = ApplyResult(run_id=run_id, entity=entity)
     total = os.path.getsize(path)
@@ -59,7 +61,7 @@ def apply_snapshot_file(
             writer = TableWriter(
                 main, side, spec, full=o.full, window=window, partitions_created=result.partitions_created
             )
-            batch = _BatchWriter(writer, rejects, result, keep_raw=o.keep_raw, window=window)
+            batch = _BatchWriter(writer, rejects, result, keep_raw=o.keep_raw, window=window, archived=archived)
             newest: datetime | None = None
             workers = default_workers(path) if o.workers is None else o.workers
             with mapped_chunks(
@@ -70,6 +72,7 @@ def apply_snapshot_file(
                 chunk_bytes=o.chunk_bytes,
                 workers=workers,
                 window=window,
+                archived=archived,
             ) as chunks:
                 for chunk in chunks:
                     for line_no, line, reason in chunk.rejected_lines():
@@ -79,6 +82,7 @@ def apply_snapshot_file(
                     if latest is not None and (newest is None or latest > newest):
                         newest = latest
                     result.lines += chunk.read
+                    result.beyond_retention += chunk.beyond_retention
                     if progress:
                         progress(result.lines, chunk.end_position, total)
             rejects.flush()
@@ -105,9 +109,17 @@ class _BatchWriter:
     field and the good ones still apply."""
 
     def __init__(
-        self, writer: TableWriter, rejects: Rejects, result: ApplyResult, *, keep_raw: bool, window: DateWindow
+        self,
+        writer: TableWriter,
+        rejects: Rejects,
+        result: ApplyResult,
+        *,
+        keep_raw: bool,
+        window: DateWindow,
+        archived: frozenset[tuple[int, int]],
     ) -> None:
         self.w, self.rejects, self.result, self.keep_raw, self.window = writer, rejects, result, keep_raw, window
+        self.archived = archived
 
     def write_chunk(self, chunk: Chunk) -> None:
         """A chunk of keys the table does not hold yet (a first import) goes to COPY whole, as the
@@ -167,7 +179,7 @@ class _BatchWriter:
         total = dict.fromkeys(("inserted", "updated", "unchanged", "skipped_older", "child_rows"), 0)
         for x in batch:
             try:
-                exact = exact_line(x, self.w.spec.name, self.keep_raw, self.result.run_id, self.window)
+                exact = exact_line(x, self.w.spec.name, self.keep_raw, self.result.run_id, self.window, self.archived)
                 with self.w.main.transaction():
                     counts = self._write([exact], direct=False)
             except psycopg.Error as exc:

@@ -22,7 +22,9 @@ class ApplyOptions:
     that would be more than ``mass_delete_share`` of the table, unless ``allow_mass_delete``.
     ``as_of``: when the snapshot was taken (the job's creation time; None: the file's newest
     changeTime); rows changed after it are never deleted. ``window``: the dates a line may carry
-    (None: ``DateWindow.default()``). ``workers``: processes that parse and map (None: by file size).
+    (None: ``DateWindow.default()``). ``archived``: the retention horizon, quarters (year, q) of
+    ``order_items`` archived and dropped: their lines keep the order header but not its items, counted
+    as ``beyond_retention``. ``workers``: processes that parse and map (None: by file size).
     ``defer_indexes``: on a first import into an empty table, build its secondary indexes after the
     load (None: for files over 16 MB).
     """
@@ -35,6 +37,7 @@ class ApplyOptions:
     keep_raw: bool = True
     reject_threshold: float = 0.01
     window: DateWindow | None = None
+    archived: frozenset[tuple[int, int]] = frozenset()
     chunk_bytes: int = CHUNK_BYTES
     workers: int | None = None
     defer_indexes: bool | None = None
@@ -57,6 +60,7 @@ class ApplyResult:
     skipped_older: int = 0
     deleted: int = 0
     child_rows: int = 0
+    beyond_retention: int = 0  # lines of archived quarters: header written, items not
     partitions_created: list[str] = field(default_factory=list)
     deletes_skipped_reason: str | None = None
     seconds: float = 0.0

@@ -78,6 +78,7 @@ class Chunk:
     read: int  # non-blank lines in this chunk
     newlines: int  # line ends in the block: the next block's first line number follows from it
     end_position: int  # compressed bytes read when the chunk was cut (for progress)
+    beyond_retention: int = 0  # good lines of an archived quarter: header kept, items dropped
     # Set by the reader once the chunk is back; line numbers above count from 0 within the block.
     block: bytes = b""
     first_line_no: int = 1
@@ -187,14 +188,30 @@ def _dated(m: Mapped, window: DateWindow) -> tuple[datetime | None, tuple[int, i
     return changed, quarter
 
 
+def _kept(
+    m: Mapped, window: DateWindow, archived: frozenset[tuple[int, int]]
+) -> tuple[datetime | None, tuple[int, int] | None, bool]:
+    """``_dated``, and the retention horizon: a line of an archived quarter keeps its parent row (the
+    order header: customer metrics still count it) but loses its children (the items went to the archive
+    with their partition), and needs no partition. Returns (changeTime, quarter, beyond retention)."""
+    changed, quarter = _dated(m, window)
+    if quarter is None or quarter not in archived:
+        return changed, quarter, False
+    m.children = []
+    return changed, None, True
+
+
 # What the reader hands to process_chunk: (entity, block of whole lines, keep raw JSON, run id,
-# compressed bytes read so far, accepted dates). A tuple: it is pickled to a worker per block.
-BlockArgs = tuple[str, bytes, bool, int, int, DateWindow]
+# compressed bytes read so far, accepted dates[, archived quarters]). A tuple: it is pickled to a worker
+# per block. The archived quarters (``db.partitions.archived_quarters``) may be left out: none.
+BlockArgs = tuple  # (str, bytes, bool, int, int, DateWindow[, frozenset[tuple[int, int]]])
+NO_ARCHIVE: frozenset[tuple[int, int]] = frozenset()
 
 
 def process_chunk(args: BlockArgs) -> Chunk:
     """Parse, map and format one block of lines; a line that cannot be mapped is a reject."""
-    entity, block, keep_raw, run_id, end_position, window = args
+    entity, block, keep_raw, run_id, end_position, window, *more = args
+    archived = more[0] if more else NO_ARCHIVE
     spec = ENTITIES[entity]
     tx = Transformer()
     parents, children = bytearray(), bytearray()
@@ -207,7 +224,7 @@ def process_chunk(args: BlockArgs) -> Chunk:
         try:
             try:
                 m = _map_line(spec, text, exact=False)
-                changed, quarter = _dated(m, window)
+                changed, quarter, beyond = _kept(m, window, archived)
                 _format(spec, m, text, digest, keep_raw, run_id, tx, parents, children)
             except (TypeError, ValueError, psycopg.DataError, psycopg.ProgrammingError) as exc:
                 if isinstance(exc, RowError | orjson.JSONDecodeError):
@@ -215,7 +232,7 @@ def process_chunk(args: BlockArgs) -> Chunk:
                 # A value psycopg cannot format (a JSON object where text goes, say): the exact path decides.
                 del parents[p_len:], children[c_len:]
                 m = _map_line(spec, text, exact=True)
-                changed, quarter = _dated(m, window)
+                changed, quarter, beyond = _kept(m, window, archived)
                 _format(spec, m, text, digest, keep_raw, run_id, tx, parents, children)
         except orjson.JSONDecodeError as exc:
             del parents[p_len:], children[c_len:]
@@ -229,6 +246,7 @@ def process_chunk(args: BlockArgs) -> Chunk:
             del parents[p_len:], children[c_len:]
             c.rejects.append((line_no, a, b, f"unconvertible value: {type(exc).__name__}: {exc}"))
             continue
+        c.beyond_retention += beyond
         c.line_nos.append(line_no)
         c.keys.append(m.key)
         c.changed.append(changed)
@@ -242,12 +260,14 @@ def process_chunk(args: BlockArgs) -> Chunk:
     return c
 
 
-def exact_line(line: Line, entity: str, keep_raw: bool, run_id: int, window: DateWindow) -> Line:
+def exact_line(
+    line: Line, entity: str, keep_raw: bool, run_id: int, window: DateWindow, archived: frozenset = NO_ARCHIVE
+) -> Line:
     """The line re-mapped with every value validated (raises RowError naming the field)."""
     spec = ENTITIES[entity]
     text = bytes(line.text)
     m = _map_line(spec, text, exact=True)
-    changed, quarter = _dated(m, window)
+    changed, quarter, _ = _kept(m, window, archived)
     parents, children = bytearray(), bytearray()
     _format(spec, m, text, line.hash, keep_raw, run_id, Transformer(), parents, children)
     return Line(

@@ -37,7 +37,15 @@ def default_workers(path: Path) -> int:
 
 @contextmanager
 def mapped_chunks(
-    path: Path, entity: str, *, keep_raw: bool, run_id: int, chunk_bytes: int, workers: int, window: DateWindow
+    path: Path,
+    entity: str,
+    *,
+    keep_raw: bool,
+    run_id: int,
+    chunk_bytes: int,
+    workers: int,
+    window: DateWindow,
+    archived: frozenset[tuple[int, int]] = frozenset(),
 ) -> Iterator[Iterator[Chunk]]:
     """The file's chunks, parsed and mapped, numbered, in file order.
 
@@ -45,7 +53,9 @@ def mapped_chunks(
     one), the reader thread is joined and the file is closed: a failed apply leaves nothing running,
     so a task retry does not stack a second set of workers.
     """
-    blocks = read.blocks(path, entity, keep_raw=keep_raw, run_id=run_id, chunk_bytes=chunk_bytes, window=window)
+    blocks = read.blocks(
+        path, entity, keep_raw=keep_raw, run_id=run_id, chunk_bytes=chunk_bytes, window=window, archived=archived
+    )
     with ExitStack() as stack:
         pool = stack.enter_context(ChunkWorkers(workers)) if workers > 0 else None
         prefetched = _Prefetched(_in_processes(blocks, pool) if pool else _in_thread(blocks))

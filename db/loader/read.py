@@ -60,7 +60,14 @@ class SnapshotFile:
 
 
 def blocks(
-    path: Path, entity: str, *, keep_raw: bool, run_id: int, chunk_bytes: int, window: DateWindow
+    path: Path,
+    entity: str,
+    *,
+    keep_raw: bool,
+    run_id: int,
+    chunk_bytes: int,
+    window: DateWindow,
+    archived: frozenset[tuple[int, int]] = frozenset(),
 ) -> Iterator[BlockArgs]:
     """Blocks of whole lines of about ``chunk_bytes``, each with what ``parse.process_chunk`` needs.
 
@@ -80,6 +87,6 @@ def blocks(
                 continue
             block = rest + memoryview(data)[: cut + 1]  # one copy of the block, not two
             rest = data[cut + 1 :]
-            yield (entity, block, keep_raw, run_id, f.position(), window)
+            yield (entity, block, keep_raw, run_id, f.position(), window, archived)
         if rest:
-            yield (entity, rest, keep_raw, run_id, f.position(), window)
+            yield (entity, rest, keep_raw, run_id, f.position(), window, archived)

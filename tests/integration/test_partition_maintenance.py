@@ -213,3 +213,16 @@ def test_the_dump_binary_matches_the_server(conn):
 def existing_partitions_of(db_url: str) -> set[str]:
     with psycopg.connect(libpq_url(db_url)) as c:
         return existing_partitions(c)
+
+
+def test_a_changed_order_of_an_archived_quarter_updates_its_header_only(hub, db_url, tmp_path):
+    import_file("orders", shop_file(tmp_path / "shop.jsonl.gz"))
+    partition_maintenance(now=NOW)
+    changed = order("20000001", created="2020-02-10T10:00:00+0100", changed="2026-11-01T10:00:00+0100", items=4)
+    counters = import_file("orders", write_jsonl(tmp_path / "changed.jsonl.gz", [changed]))
+    assert counters["updated"] == 1 and counters["beyond_retention"] == 1 and counters["child_rows"] == 0
+    assert q(db_url, "SELECT changed_at FROM orders WHERE code = '20000001'")[0][0] == datetime(
+        2026, 11, 1, 9, tzinfo=UTC
+    )
+    assert items(db_url, "order_code = '20000001'") == []
+    assert "order_items_2020_q1" not in existing_partitions_of(db_url)
