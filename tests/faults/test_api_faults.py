@@ -32,7 +32,8 @@ from shoptet.sandbox import REFERENCE, ManualClock
 from shoptet.sandbox.server import SandboxServer
 from shoptet.sandbox.state import PathFault
 
-pytestmark = pytest.mark.integration
+# Shoptet-side faults: the same on every PostgreSQL version, so CI runs them in its first leg only.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ORDERS = 120
 SNAPSHOT = "/api/orders/snapshot"
