@@ -294,8 +294,8 @@ def detach_and_drop(
             state = _detach_pending(conn, quarter.name)
             if state is None:
                 return
-            how = "FINALIZE" if state else "CONCURRENTLY"
-            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} " + how).format(parent, child))
+            how = sql.SQL("FINALIZE" if state else "CONCURRENTLY")
+            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} {}").format(parent, child, how))
 
         _with_retries(f"detaching {quarter.name}", detach, attempts=attempts, sleep=sleep)
         _with_retries(
