@@ -330,6 +330,9 @@ def demo(
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Every command, also those that only talk to a Prefect server (`hub locks`): without this, the
+    # ephemeral server's telemetry heartbeat fails on its SQLite ("database is locked") in the terminal.
+    quiet_prefect()
     app()
 
 
