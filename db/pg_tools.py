@@ -80,8 +80,7 @@ def libpq_env(url: str) -> tuple[str, dict[str, str]]:
     """A conninfo without the password (for ``--dbname``), and an environment carrying it."""
     params = conninfo_to_dict(libpq_url(url))
     password = params.pop("password", None)
-    env = dict(os.environ)
-    env.pop("PGPASSWORD", None)
+    env = dict(os.environ)  # a PGPASSWORD or ~/.pgpass the hub itself uses works for the tools too
     if password:
         env["PGPASSWORD"] = str(password)
     return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None}), env
