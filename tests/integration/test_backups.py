@@ -237,3 +237,17 @@ def test_tools_and_password_handling(conn):
         pg_tools.find_tool("pg_dump", 9)
     conninfo, env = pg_tools.libpq_env("postgresql://hub:s3cret@db.example:5432/shop")
     assert "s3cret" not in conninfo and env["PGPASSWORD"] == "s3cret"
+
+
+def test_a_parallel_directory_backup_verifies_and_a_damaged_data_file_is_caught(hub, db_url, tmp_path):
+    shop(db_url, tmp_path)
+    path, m = dump.take_backup(db_url, "public", hub, fmt="directory", jobs=2)
+    assert path.is_dir() and path.stat().st_mode & 0o777 == 0o700
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in path.iterdir())
+    assert cli("backups", "verify", str(path)).exit_code == 0
+    biggest = max(path.glob("*.dat*"), key=lambda f: f.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[:-16])
+    res = cli("backups", "verify", str(path))
+    assert res.exit_code == 1 and "damaged: sha256" in res.output
+    with pytest.raises(ValueError, match="directory format"):
+        dump.take_backup(db_url, "public", hub, fmt="custom", jobs=2)
