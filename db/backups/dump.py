@@ -67,13 +67,15 @@ def count_rows(conn: psycopg.Connection) -> dict[str, int]:
 
 
 def _lock_message(stderr: str, ms: int) -> str | None:
-    if "could not obtain lock" in stderr or "lock timeout" in stderr:
-        return (
-            f"the backup did not get its table locks within {ms / 1000:g} s (--lock-wait-timeout): another session "
-            f"holds a conflicting lock, e.g. a long DDL statement ({stderr.strip().splitlines()[-1]}). "
-            "Nothing was written; run it again when the DDL is done."
-        )
-    return None
+    """pg_dump's lock wait ran out (it says "statement timeout" on its LOCK TABLE), or our counts' did."""
+    if not ("LOCK TABLE" in stderr or "could not obtain lock" in stderr or "lock timeout" in stderr):
+        return None
+    first = stderr.strip().splitlines()[0] if stderr.strip() else ""
+    return (
+        f"the backup did not get its table locks within {ms / 1000:g} s (--lock-wait-timeout): another session "
+        f"holds a conflicting lock, e.g. a long DDL statement ({first}). "
+        "Nothing was written; run it again when the DDL is done."
+    )
 
 
 def _prepare_target(tmp: Path, fmt: str) -> None:
@@ -155,7 +157,7 @@ def take_backup(
             proc.kill()
             proc.communicate()
             _discard(tmp)
-            raise BackupLockTimeout(_lock_message("lock timeout", ms) or str(exc)) from None
+            raise BackupLockTimeout(_lock_message(f"lock timeout: {exc}", ms) or str(exc)) from None
         except BaseException:
             proc.kill()
             proc.communicate()
