@@ -18,9 +18,11 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from psycopg.conninfo import conninfo_to_dict
 
 from db.backups import copy, dump, restore, retention, verify
 from db.backups.manifest import BackupDamaged, BackupError, Manifest, list_backups, resolve
+from db.connection import libpq_url
 from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
@@ -160,6 +162,12 @@ def restore_backup(
     """Restore ``backup`` into the database ``target_db`` (same server); a non-empty target needs ``force``."""
     hub = runtime.hub()
     path = resolve(backup, hub.cfg.backup_path)
+    if target_db == conninfo_to_dict(libpq_url(hub.url)).get("dbname"):
+        # Dropping it would cut off running imports (they hold other locks) and this flow's own lock sessions.
+        raise BackupError(
+            f"refusing to restore over {target_db}, the database this hub is using: restore into another "
+            "database, check it, then point HUB_DATABASE_URL at it"
+        )
     with job_lock(*LOCK_GROUPS, wait=lock_wait):
         out = restore.restore_into(hub.url, path, target_db, force=force, jobs=jobs)
     if out["replaced_tables"]:

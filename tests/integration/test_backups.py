@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import psycopg.conninfo
 import pytest
 from psycopg import sql
 from typer.testing import CliRunner
@@ -111,6 +112,9 @@ def test_backup_verify_restore_equals_the_source(hub, db_url, tmp_path, target_d
 
     res = cli("restore", path.name, "--target-db", target_db)  # now it holds the tables
     assert res.exit_code == 1 and "not empty" in said(res) and "--force" in said(res)
+    own = psycopg.conninfo.conninfo_to_dict(libpq_url(db_url))["dbname"]
+    res = cli("restore", path.name, "--target-db", own, "--force")
+    assert res.exit_code == 1 and "the database this hub is using" in said(res)
     res = cli("restore", str(path), "--target-db", target_db, "--force")
     assert res.exit_code == 0, res.output
     assert "dropped the previous" in said(res)
