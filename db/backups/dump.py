@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from db import pg_tools
-from db.backups.manifest import PARTIAL_SUFFIX, BackupError, Manifest, write_manifest
+from db.backups.manifest import PARTIAL_SUFFIX, BackupError, Manifest, manifest_path, write_manifest
 from db.connection import connect, mask_url
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,10 @@ def take_backup(
         database = conn.info.dbname
         letter, suffix = FORMATS[fmt]
         final = directory / f"{database}-{started:%Y%m%dT%H%M%SZ}{suffix}"
+        n = 1
+        while final.exists() or manifest_path(final).exists():  # two backups within a second: never overwrite
+            n += 1
+            final = directory / f"{database}-{started:%Y%m%dT%H%M%SZ}-{n}{suffix}"
         tmp = final.with_name(final.name + PARTIAL_SUFFIX)
         _prepare_target(tmp, fmt)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

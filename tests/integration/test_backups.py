@@ -254,6 +254,8 @@ def test_tools_and_password_handling(conn):
 def test_a_parallel_directory_backup_verifies_and_a_damaged_data_file_is_caught(hub, db_url, tmp_path):
     shop(db_url, tmp_path)
     path, m = dump.take_backup(db_url, "public", hub, fmt="directory", jobs=2)
+    again, _ = dump.take_backup(db_url, "public", hub, fmt="directory")  # usually the same second: never the same name
+    assert again != path and {p for p, _ in list_backups(hub)} == {path, again}
     assert path.is_dir() and path.stat().st_mode & 0o777 == 0o700
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in path.iterdir())
     assert cli("backups", "verify", str(path)).exit_code == 0
