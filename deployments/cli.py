@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from deployments.cli_backups import backup_cmd, backups_app, restore_cmd
 from deployments.cli_fetch import fetch_changes_cmd, fetch_orders_cmd
 from deployments.cli_forget import forget as forget_cmd
 from deployments.cli_indexes import indexes as indexes_cmd
@@ -25,6 +26,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(settings_app, name="settings")
 app.command("metrics")(metrics_cmd)
 app.add_typer(partitions_app, name="partitions")
+app.command("backup")(backup_cmd)
+app.add_typer(backups_app, name="backups")
+app.command("restore")(restore_cmd)
 console = Console(stderr=True)
 
 

@@ -60,7 +60,9 @@ class HubConfig(BaseSettings):
     # Snapshot flows delete their own download files older than this (left by a killed run).
     download_sweep_hours: float = 24.0
 
+    # Nightly backups (default HUB_HOME/backups) and their optional off-machine copy (e.g. a network share).
     backup_dir: Path | None = None
+    backup_copy_dir: Path | None = None
     # Where retention writes the pg_dump archives of old order_items quarters (default HUB_HOME/archive).
     archive_dir: Path | None = None
 
@@ -81,6 +83,10 @@ class HubConfig(BaseSettings):
     @property
     def scratch_dir(self) -> Path:
         return self.download_dir or (self.home / "downloads")
+
+    @property
+    def backup_path(self) -> Path:
+        return self.backup_dir or (self.home / "backups")
 
     @property
     def archive_path(self) -> Path:

@@ -1,0 +1,131 @@
+"""The JSON manifest beside every backup, and finding backups in a folder by their manifests.
+
+``<db>-<UTC stamp>.dump`` (custom format) or ``<db>-<UTC stamp>.dir/`` (directory format), with
+``<name>.manifest.json`` beside it. The manifest is rewritten (atomically) as verification and test
+restores record their results; a backup without a manifest is not a backup (a killed run's leftover).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+MANIFEST_SUFFIX = ".manifest.json"
+PARTIAL_SUFFIX = ".partial"
+
+
+class BackupError(Exception):
+    """A backup could not be written, verified, restored or removed."""
+
+
+class BackupDamaged(BackupError):
+    """The backup's checksum or full read failed."""
+
+
+@dataclass
+class Manifest:
+    file: str  # the dump's name in its folder
+    format: str  # custom | directory
+    database: str
+    schema: str  # the hub's schema: row counts and partitions are of its tables
+    server_version: str
+    started_at: str  # ISO 8601 UTC
+    finished_at: str
+    size_bytes: int
+    sha256: str
+    pg_dump_version: str
+    row_counts: dict[str, int] = field(default_factory=dict)  # main tables, in the dump's own snapshot
+    partitions: list[str] = field(default_factory=list)
+    dump_seconds: float = 0.0
+    verified: bool | None = None  # None: not verified yet
+    verified_at: str | None = None
+    verify_error: str | None = None
+    restore_tested: bool | None = None
+    restore_tested_at: str | None = None
+    restore_seconds: float | None = None
+    restore_error: str | None = None
+
+    @property
+    def server_major(self) -> int:
+        return int(re.match(r"\d+", self.server_version).group(0))
+
+    @property
+    def finished(self) -> datetime:
+        return datetime.fromisoformat(self.finished_at)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def manifest_path(backup: Path) -> Path:
+    return backup.with_name(backup.name + MANIFEST_SUFFIX)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` under a temporary name, fsync, rename: a reader sees the old or the new file, whole."""
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_manifest(backup: Path, manifest: Manifest) -> None:
+    write_atomic(manifest_path(backup), manifest.to_json())
+
+
+def read_manifest(backup: Path) -> Manifest:
+    try:
+        return Manifest.from_dict(json.loads(manifest_path(backup).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise BackupDamaged(
+            f"backup {backup}: its manifest {manifest_path(backup).name} is missing or unreadable"
+        ) from exc
+
+
+def list_backups(directory: Path | None) -> list[tuple[Path, Manifest]]:
+    """Every backup of ``directory`` with its manifest, oldest first (unreadable manifests are skipped)."""
+    if directory is None or not directory.is_dir():
+        return []
+    out = []
+    for m in directory.glob("*" + MANIFEST_SUFFIX):
+        backup = m.with_name(m.name[: -len(MANIFEST_SUFFIX)])
+        try:
+            out.append((backup, read_manifest(backup)))
+        except BackupDamaged:
+            continue
+    return sorted(out, key=lambda pm: pm[1].finished_at)
+
+
+def resolve(backup: str | Path, directory: Path | None) -> Path:
+    """A backup given as a path, or as a name in ``directory``."""
+    p = Path(backup)
+    if p.exists() or manifest_path(p).exists():
+        return p
+    if directory is not None and (directory / p.name).exists():
+        return directory / p.name
+    raise BackupError(f"no backup {backup} (looked in {directory})")
+
+
+def newest_verified(directory: Path | None) -> datetime | None:
+    """When the newest backup that passed verification finished (for `hub status` / alerting), or None."""
+    done = [m.finished for _, m in list_backups(directory) if m.verified]
+    return max(done, default=None)
+
+
+def newest_restore_tested(directory: Path | None) -> datetime | None:
+    """When the newest backup that passed a test restore finished, or None."""
+    done = [m.finished for _, m in list_backups(directory) if m.restore_tested]
+    return max(done, default=None)

@@ -1,0 +1,156 @@
+"""Restores: into a named database (``hub restore``), and the test restore that proves a backup works.
+
+The test restore goes into a scratch database on the same server, compares the main tables' row
+counts and ``order_items``' partitions with the manifest (taken in the dump's snapshot), checks that no
+index is invalid, and drops the scratch database again; its duration is the evidence for how long a
+real restore takes. Owners and grants are not restored (``--no-owner --no-acl``): the restoring role
+owns what it restores, so a backup also restores onto a server without the original roles.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from db import pg_tools
+from db.backups.dump import count_rows, partitions_of
+from db.backups.manifest import BackupError, Manifest, read_manifest, write_manifest
+from db.backups.verify import check_checksum
+from db.connection import connect, libpq_url, mask_url, with_database
+
+log = logging.getLogger(__name__)
+
+SCRATCH_PREFIX = "hub_restore_test_"
+
+
+class RestoreRefused(BackupError):
+    """The target database holds data and --force was not given."""
+
+
+@dataclass(frozen=True)
+class TargetState:
+    exists: bool
+    tables: int
+    size_bytes: int
+
+
+def _admin(url: str) -> psycopg.Connection:
+    """The server's ``postgres`` database: CREATE/DROP DATABASE cannot run connected to the database itself."""
+    return psycopg.connect(libpq_url(with_database(url, "postgres")), autocommit=True)
+
+
+def target_state(url: str, target: str) -> TargetState:
+    with _admin(url) as c:
+        row = c.execute("SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s", (target,)).fetchone()
+    if row is None:
+        return TargetState(False, 0, 0)
+    with psycopg.connect(libpq_url(with_database(url, target)), autocommit=True) as c:
+        tables = c.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'"
+        ).fetchone()[0]
+    return TargetState(True, int(tables), int(row[0]))
+
+
+def _recreate(url: str, target: str, *, drop: bool) -> None:
+    with _admin(url) as c:
+        if drop:
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target)))
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target)))
+
+
+def _pg_restore(url: str, target: str, backup: Path, manifest: Manifest, jobs: int) -> None:
+    pg_restore = pg_tools.find_tool("pg_restore", manifest.server_major)
+    conninfo, env = pg_tools.libpq_env(with_database(url, target))
+    args = [str(pg_restore), "--exit-on-error", "--no-owner", "--no-acl", f"-j{max(1, jobs)}"]
+    done = pg_tools.run([*args, "--dbname", conninfo, str(backup)], env)
+    if done.returncode != 0:
+        raise BackupError(f"pg_restore of {backup.name} into {target} failed: {mask_url(done.stderr.strip())}")
+
+
+def restore_into(url: str, backup: Path, target: str, *, force: bool = False, jobs: int = 2) -> dict:
+    """Restore ``backup`` into the database ``target`` on the server of ``url``.
+
+    Refuses when ``target`` holds any table unless ``force`` (then it is dropped and re-created: what
+    was dropped is returned and logged). The checksum is checked first.
+    """
+    manifest = read_manifest(backup)
+    check_checksum(backup, manifest)
+    state = target_state(url, target)
+    if state.tables and not force:
+        raise RestoreRefused(
+            f"database {target} is not empty ({state.tables} tables, {state.size_bytes / 2**20:.1f} MB); "
+            "pass --force to drop and replace it"
+        )
+    if state.exists and state.tables:
+        log.warning("dropping database %s (%d tables, %d bytes) to restore %s", target, state.tables,
+                    state.size_bytes, backup.name)  # fmt: skip
+    if not state.exists or state.tables:
+        _recreate(url, target, drop=state.exists)
+    t0 = time.perf_counter()
+    _pg_restore(url, target, backup, manifest, jobs)
+    return {
+        "backup": backup.name,
+        "target": target,
+        "replaced_tables": state.tables,
+        "replaced_bytes": state.size_bytes,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def check_restored(url: str, target: str, manifest: Manifest) -> list[str]:
+    """What differs between the restored database and the manifest (empty: nothing)."""
+    problems = []
+    with connect(with_database(url, target), manifest.schema, autocommit=True) as c:
+        counts, parts = count_rows(c), partitions_of(c)
+        invalid = [
+            r[0]
+            for r in c.execute(
+                "SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid OR NOT indisready ORDER BY 1"
+            ).fetchall()
+        ]
+    for table, expected in manifest.row_counts.items():
+        if counts.get(table) != expected:
+            problems.append(f"{table}: {counts.get(table)} rows restored, {expected} in the backup")
+    if parts != manifest.partitions:
+        problems.append(f"order_items partitions differ: restored {parts}, backed up {manifest.partitions}")
+    if invalid:
+        problems.append(f"invalid indexes after restore: {', '.join(invalid)}")
+    return problems
+
+
+def test_restore(url: str, backup: Path, *, jobs: int = 2, record: bool = True) -> Manifest:
+    """Restore into a scratch database, check it against the manifest, drop it; recorded in the manifest."""
+    manifest = read_manifest(backup)
+    scratch = f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:10]}"
+    error = None
+    t0 = time.perf_counter()
+    try:
+        check_checksum(backup, manifest)
+        _recreate(url, scratch, drop=False)
+        _pg_restore(url, scratch, backup, manifest, jobs)
+        seconds = time.perf_counter() - t0
+        problems = check_restored(url, scratch, manifest)
+        if problems:
+            error = f"test restore of {backup.name} differs from its manifest: " + "; ".join(problems)
+    except BackupError as exc:
+        seconds, error = time.perf_counter() - t0, str(exc)
+    finally:
+        with _admin(url) as c:
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
+    manifest.restore_tested, manifest.restore_error = error is None, error
+    manifest.restore_tested_at = datetime.now(UTC).isoformat()
+    manifest.restore_seconds = round(seconds, 3)
+    if record:
+        write_manifest(backup, manifest)
+    if error:
+        raise BackupError(error)
+    return manifest

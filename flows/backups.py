@@ -1,0 +1,179 @@
+"""Nightly backups you can trust: dump → verify (checksum + full read) → off-machine copy; weekly test
+restore; daily retention. The work is in ``db/backups/``; these flows add the lock, retries and reports.
+
+Lock: ``db-maintenance``, the one limit backups share with partition and index DDL (DESIGN.md: "Backups
+and DDL share one limit"). flows/locks.py has only exclusive (limit 1) locks, and that is what is
+wanted here: a dump holds ACCESS SHARE on every table for its whole run, so DDL started meanwhile
+would wait (and stall every query behind it), and two backups at once would only halve each other's
+speed. Each flow is a plain call from a notebook too: ``nightly_backup()``, ``test_restore()``,
+``prune_backups(dry_run=True)``.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from psycopg.conninfo import conninfo_to_dict
+
+from db.backups import copy, dump, restore, retention, verify
+from db.backups.manifest import BackupDamaged, BackupError, Manifest, list_backups, resolve
+from db.connection import libpq_url
+from flows import runtime
+from flows.locks import job_lock
+from flows.reporting import logger, table_artifact
+from flows.retrying import RETRIES
+
+LOCK_GROUPS = ("db-maintenance",)
+
+
+def _mb(n: int) -> float:
+    return round(n / 2**20, 2)
+
+
+@task(name="dump-database", cache_policy=NO_CACHE, **RETRIES)
+def dump_database(fmt: str, jobs: int, lock_wait_timeout: str) -> tuple[Path, Manifest]:
+    hub = runtime.hub()
+    return dump.take_backup(
+        hub.url, hub.schema, hub.cfg.backup_path, fmt=fmt, jobs=jobs, lock_wait_timeout=lock_wait_timeout
+    )
+
+
+@task(name="verify-backup", cache_policy=NO_CACHE)
+def verify_backup(path: Path) -> Manifest:
+    return verify.verify_backup(path)
+
+
+@task(name="copy-backup", cache_policy=NO_CACHE, **RETRIES)
+def copy_backup(path: Path, manifest: Manifest, dest: Path) -> Path:
+    return copy.copy_backup(path, manifest, dest)
+
+
+@flow(name="nightly-backup", log_prints=True)
+def nightly_backup(
+    fmt: str = "custom", jobs: int = 1, lock_wait: float | None = 0, lock_wait_timeout: str = "60s"
+) -> dict[str, Any]:
+    """Dump the hub's database, verify it (recorded in its manifest), copy it off the machine if configured.
+
+    ``fmt``: custom (one file) or directory (with ``jobs`` > 1 for a parallel dump of a large database).
+    ``lock_wait_timeout``: how long pg_dump waits for a table lock (DDL) before failing. A damaged
+    backup fails the run (after its manifest records why).
+    """
+    hub = runtime.hub()
+    with job_lock(*LOCK_GROUPS, wait=lock_wait):
+        path, manifest = dump_database(fmt, jobs, lock_wait_timeout)
+        try:
+            manifest = verify_backup(path)
+        except BackupDamaged as exc:
+            _backup_report(path, manifest, str(exc), None)
+            raise
+        copied = None
+        if hub.cfg.backup_copy_dir is not None:
+            copied = copy_backup(path, manifest, hub.cfg.backup_copy_dir)
+    _backup_report(path, manifest, "ok", copied)
+    logger().info("backup %s: %.2f MB in %.1f s, verified", path.name, _mb(manifest.size_bytes), manifest.dump_seconds)
+    return {"backup": str(path), "manifest": manifest, "copied_to": str(copied) if copied else None}
+
+
+def _backup_report(path: Path, m: Manifest, verification: str, copied: Path | None) -> None:
+    rows = [
+        {"item": "backup", "value": path.name},
+        {"item": "size_mb", "value": _mb(m.size_bytes)},
+        {"item": "dump_seconds", "value": m.dump_seconds},
+        {"item": "verification", "value": verification},
+        {"item": "sha256", "value": m.sha256},
+        {"item": "off-machine copy", "value": str(copied) if copied else "not configured"},
+    ]
+    rows += [{"item": f"rows {t}", "value": n} for t, n in m.row_counts.items()]
+    table_artifact(rows, key="nightly-backup", description=f"backup of {m.database}: {verification}")
+
+
+@task(name="test-restore", cache_policy=NO_CACHE)
+def restore_and_check(path: Path, jobs: int) -> Manifest:
+    return restore.test_restore(runtime.hub().url, path, jobs=jobs)
+
+
+def newest_verified_backup(directory: Path) -> Path:
+    verified = [p for p, m in list_backups(directory) if m.verified]
+    if not verified:
+        raise BackupError(f"no verified backup in {directory} to test-restore; run `hub backup` first")
+    return verified[-1]
+
+
+@flow(name="test-restore", log_prints=True)
+def test_restore(backup: str | None = None, jobs: int = 2, lock_wait: float | None = 0) -> Manifest:
+    """Restore a backup (default: the newest verified) into a scratch database, compare, drop it.
+
+    A difference from the manifest, an invalid index or a failed pg_restore fails the run.
+    """
+    hub = runtime.hub()
+    path = resolve(backup, hub.cfg.backup_path) if backup else newest_verified_backup(hub.cfg.backup_path)
+    with job_lock(*LOCK_GROUPS, wait=lock_wait):
+        try:
+            manifest = restore_and_check(path, jobs)
+            result = "ok"
+        except BackupError as exc:
+            manifest, result = None, str(exc)
+    rows = [{"backup": path.name, "result": result, "restore_seconds": manifest.restore_seconds if manifest else None}]
+    table_artifact(rows, key="backup-test-restore", description=f"test restore of {path.name}: {result}")
+    if manifest is None:
+        raise BackupError(result)
+    logger().info("test restore of %s: ok in %.1f s", path.name, manifest.restore_seconds)
+    return manifest
+
+
+test_restore.__test__ = False  # not a pytest test, despite its name
+
+
+@task(name="prune-backups", cache_policy=NO_CACHE)
+def prune_dir(directory: Path, dry_run: bool, now: datetime | None) -> list[retention.Decision]:
+    return retention.prune(directory, dry_run=dry_run, now=now)
+
+
+@flow(name="prune-backups", log_prints=True)
+def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datetime | None = None) -> dict[str, Any]:
+    """Retention in the backup folder and the off-machine copy: > 30 days goes, the newest 7 verified stay.
+
+    ``dry_run``: decide and report, remove nothing (and take no lock). ``now``: the clock (tests).
+    """
+    cfg = runtime.hub().cfg
+    dirs = [("local", cfg.backup_path)] + ([("copy", cfg.backup_copy_dir)] if cfg.backup_copy_dir else [])
+    rows: list[dict[str, Any]] = []
+    with nullcontext() if dry_run else job_lock(*LOCK_GROUPS, wait=lock_wait):
+        for where, directory in dirs:
+            rows += [{"where": where, **d.row()} for d in prune_dir(directory, dry_run, now)]
+    removed = [r for r in rows if r["decision"] == "remove"]
+    freed = round(sum(r["size_mb"] for r in removed), 2)
+    verb = "would remove" if dry_run else "removed"
+    summary = f"{verb} {len(removed)} backup(s), {freed} MB; kept {len(rows) - len(removed)}"
+    table_artifact(rows, key="backup-retention", description=summary)
+    logger().info("%s%s", "dry run: " if dry_run else "", summary)
+    return {"dry_run": dry_run, "decisions": rows, "removed": len(removed), "freed_mb": freed, "summary": summary}
+
+
+@flow(name="restore-backup", log_prints=True)
+def restore_backup(
+    backup: str, target_db: str, force: bool = False, jobs: int = 2, lock_wait: float | None = 0
+) -> dict[str, Any]:
+    """Restore ``backup`` into the database ``target_db`` (same server); a non-empty target needs ``force``."""
+    hub = runtime.hub()
+    path = resolve(backup, hub.cfg.backup_path)
+    if target_db == conninfo_to_dict(libpq_url(hub.url)).get("dbname"):
+        # Dropping it would cut off running imports (they hold other locks) and this flow's own lock sessions.
+        raise BackupError(
+            f"refusing to restore over {target_db}, the database this hub is using: restore into another "
+            "database, check it, then point HUB_DATABASE_URL at it"
+        )
+    with job_lock(*LOCK_GROUPS, wait=lock_wait):
+        out = restore.restore_into(hub.url, path, target_db, force=force, jobs=jobs)
+    if out["replaced_tables"]:
+        logger().warning(
+            "replaced database %s: %d tables, %.2f MB dropped", target_db, out["replaced_tables"],
+            _mb(out["replaced_bytes"]),
+        )  # fmt: skip
+    table_artifact([out], key="backup-restore", description=f"{path.name} restored into {target_db}")
+    return out

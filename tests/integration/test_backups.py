@@ -1,0 +1,267 @@
+"""Backups: dump → verify → restore equals the source; damage is caught; retention; DDL locks; CLI.
+
+Runs on the embedded PostgreSQL 18 and, with HUB_TEST_DATABASE_URL, on a PostgreSQL 15 server: the
+pg_dump/pg_restore of the server's own major version is found for each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import psycopg.conninfo
+import pytest
+from psycopg import sql
+from typer.testing import CliRunner
+
+from db import pg_tools
+from db.backups import dump, newest_restore_tested, newest_verified, retention
+from db.backups.manifest import BackupError, list_backups, manifest_path, read_manifest, write_manifest
+from db.connection import libpq_url, with_database
+from deployments.cli import app
+from flows import backups as backup_flows
+from flows import runtime
+from flows.config import get_config
+from flows.snapshot import import_file
+from tests.factories import order, write_jsonl
+
+pytestmark = pytest.mark.integration
+
+CREATED = ["2026-08-01T09:00:00+0200", "2026-10-02T10:00:00+0200"]  # two order_items partitions
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness(prefect_harness):
+    yield
+
+
+@pytest.fixture
+def hub(db_url, tmp_path, monkeypatch, no_retry_waits):
+    """The flows and the CLI on this test's database, backups in tmp_path/backups."""
+    monkeypatch.setenv("HUB_BACKUP_DIR", str(tmp_path / "backups"))
+    monkeypatch.setenv("HUB_DATABASE_URL", db_url)
+    get_config.cache_clear()
+    with runtime.override(database_url=db_url):
+        yield tmp_path / "backups"
+    get_config.cache_clear()
+
+
+@pytest.fixture
+def target_db(db_url):
+    """A database name for `hub restore`, dropped after the test."""
+    name = f"hub_r_{os.getpid()}_{time.monotonic_ns() % 10**8}"
+    yield name
+    with psycopg.connect(libpq_url(with_database(db_url, "postgres")), autocommit=True) as c:
+        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def shop(db_url: str, tmp_path: Path) -> None:
+    lines = [order(f"3000{n:04d}", created=CREATED[n % 2], changed=CREATED[n % 2], items=3) for n in range(12)]
+    import_file("orders", write_jsonl(tmp_path / "shop.jsonl.gz", lines))
+
+
+def fingerprint(url: str) -> dict:
+    """Row counts of the main tables and a checksum of a sample of order_items rows."""
+    with psycopg.connect(libpq_url(url)) as c:
+        counts = {t: c.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0]
+                  for t in dump.MAIN_TABLES}  # fmt: skip
+        sample = c.execute(
+            "SELECT md5(string_agg(t::text, '|' ORDER BY order_code, item_id)) FROM "
+            "(SELECT * FROM order_items ORDER BY order_code, item_id LIMIT 20) t"
+        ).fetchone()[0]
+    return {"counts": counts, "sample": sample}
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def said(res) -> str:
+    """The command's output on one line: rich wraps long error messages at the terminal width."""
+    return " ".join(res.output.split())
+
+
+def test_backup_verify_restore_equals_the_source(hub, db_url, tmp_path, target_db, monkeypatch):
+    shop(db_url, tmp_path)
+    monkeypatch.setenv("HUB_BACKUP_COPY_DIR", str(tmp_path / "share"))
+    get_config.cache_clear()
+    source = fingerprint(db_url)
+    assert source["counts"]["order_items"] == 36 and source["sample"]
+
+    res = cli("backup")
+    assert res.exit_code == 0, res.output
+    [(path, m)] = list_backups(hub)
+    assert m.verified is True and m.verify_error is None
+    assert m.row_counts["orders"] == 12 and m.row_counts["order_items"] == 36
+    assert len(m.partitions) == 2 and m.sha256 == pg_tools.sha256_of(path) and m.size_bytes == path.stat().st_size
+    assert m.pg_dump_version.split()[-1].split(".")[0] == m.server_version.split(".")[0]
+    assert path.stat().st_mode & 0o777 == 0o600 and manifest_path(path).stat().st_mode & 0o777 == 0o600
+    assert not list(hub.glob("*.partial"))
+    copied = tmp_path / "share" / path.name
+    assert pg_tools.sha256_of(copied) == m.sha256 and copied.stat().st_mode & 0o777 == 0o600
+
+    res = cli("restore", path.name, "--target-db", target_db)
+    assert res.exit_code == 0, res.output
+    assert fingerprint(with_database(db_url, target_db)) == source
+
+    res = cli("restore", path.name, "--target-db", target_db)  # now it holds the tables
+    assert res.exit_code == 1 and "not empty" in said(res) and "--force" in said(res)
+    own = psycopg.conninfo.conninfo_to_dict(libpq_url(db_url))["dbname"]
+    res = cli("restore", path.name, "--target-db", own, "--force")
+    assert res.exit_code == 1 and "the database this hub is using" in said(res)
+    res = cli("restore", str(path), "--target-db", target_db, "--force")
+    assert res.exit_code == 0, res.output
+    assert "dropped the previous" in said(res)
+    assert fingerprint(with_database(db_url, target_db)) == source
+
+    res = cli("backups", "test-restore")
+    assert res.exit_code == 0, res.output
+    m = read_manifest(path)
+    assert m.restore_tested is True and m.restore_seconds > 0
+    assert newest_verified(hub) == newest_restore_tested(hub) == m.finished
+    assert "yes" in cli("backups", "list").output
+
+
+def test_a_failed_test_restore_fails_loudly_and_drops_its_scratch_database(hub, db_url, tmp_path):
+    shop(db_url, tmp_path)
+    path, m = dump.take_backup(db_url, "public", hub)
+    m.verified = True
+    m.row_counts["orders"] += 1  # the restore will hold one order fewer than the manifest says
+    write_manifest(path, m)
+    with pytest.raises(BackupError, match="orders: 12 rows restored, 13 in the backup"):
+        backup_flows.test_restore()
+    assert read_manifest(path).restore_tested is False
+    with psycopg.connect(libpq_url(db_url)) as c:
+        left = c.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'hub\\_restore\\_test\\_%'").fetchone()
+    assert left[0] == 0
+
+
+def test_a_truncated_and_a_flipped_byte_backup_are_caught_by_verify(hub, db_url, tmp_path):
+    shop(db_url, tmp_path)
+    path, m = dump.take_backup(db_url, "public", hub)
+    assert cli("backups", "verify", path.name).exit_code == 0
+
+    data = path.read_bytes()
+    truncated = hub / "truncated.dump"
+    truncated.write_bytes(data[:-256])  # the data blocks are at the end, the table of contents at the front
+    # Its manifest matches the truncated file: only the full read can catch it (`--list` does not).
+    write_manifest(truncated, replace(m, sha256=pg_tools.sha256_of(truncated)))
+    restore_bin = pg_tools.find_tool("pg_restore", m.server_major)
+    assert subprocess.run([str(restore_bin), "--list", str(truncated)], capture_output=True).returncode == 0
+    res = cli("backups", "verify", str(truncated))
+    assert res.exit_code == 1 and "does not read to its end" in said(res)
+    assert read_manifest(truncated).verified is False
+
+    flipped = hub / "flipped.dump"
+    raw = bytearray(data)
+    raw[len(raw) // 2] ^= 0x01
+    flipped.write_bytes(bytes(raw))
+    write_manifest(flipped, m)
+    res = cli("backups", "verify", str(flipped))
+    assert res.exit_code == 1 and "damaged: sha256" in said(res)
+
+
+def fake_backup(
+    directory: Path, name: str, age_days: float, verified: bool | None, now: datetime, size: int = 1024
+) -> Path:
+    """A backup file with a manifest dated ``age_days`` ago (retention reads the manifest's date)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_bytes(b"x" * size)
+    when = (now - timedelta(days=age_days)).isoformat()
+    m = {"file": name, "format": "custom", "database": "shop", "schema": "public", "server_version": "18.1",
+         "started_at": when, "finished_at": when, "size_bytes": size, "sha256": "0", "pg_dump_version": "18.1",
+         "verified": verified}  # fmt: skip
+    manifest_path(path).write_text(json.dumps(m))
+    return path
+
+
+def test_retention_keeps_the_newest_verified_even_when_all_are_old(tmp_path):
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    d = tmp_path / "only-old"
+    last_verified = fake_backup(d, "a.dump", 90, True, now)
+    fake_backup(d, "b.dump", 60, False, now)
+    fake_backup(d, "c.dump", 45, None, now)
+    decisions = {x.path.name: x for x in retention.prune(d, now=now)}
+    assert not decisions["a.dump"].remove and "newest verified" in decisions["a.dump"].reason
+    assert decisions["b.dump"].remove and decisions["c.dump"].remove
+    assert last_verified.exists() and not (d / "b.dump").exists() and not manifest_path(d / "c.dump").exists()
+
+    d = tmp_path / "many"
+    for i in range(10):  # 40..49 days old, all verified: only the newest 7 stay
+        fake_backup(d, f"v{i}.dump", 40 + i, True, now)
+    fake_backup(d, "young.dump", 3, False, now)
+    kept = {x.path.name for x in retention.prune(d, now=now) if not x.remove}
+    assert kept == {f"v{i}.dump" for i in range(7)} | {"young.dump"}
+
+    d = tmp_path / "none-verified"
+    fake_backup(d, "u.dump", 100, False, now)
+    assert not any(x.remove for x in retention.prune(d, now=now)) and (d / "u.dump").exists()
+
+
+def test_prune_dry_run_says_what_and_how_much_then_prune_removes_it(hub):
+    now = datetime.now(UTC)
+    fake_backup(hub, "old-verified.dump", 50, True, now, size=3 * 2**20)
+    fake_backup(hub, "new-verified.dump", 1, True, now)
+    for i in range(6):  # with new-verified: the newest 7 verified, although 31..36 days old
+        fake_backup(hub, f"older{i}.dump", 31 + i, True, now)
+    leftover = hub / "killed.dump.partial"
+    leftover.write_bytes(b"y" * 2048)
+    os.utime(leftover, (time.time() - 2 * 86400,) * 2)
+
+    res = cli("backups", "prune", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "dry run: would remove 2 backup(s), 3.0 MB" in said(res)  # old-verified.dump and the leftover
+    assert (hub / "old-verified.dump").exists() and leftover.exists()
+    res = cli("backups", "prune")
+    assert res.exit_code == 0, res.output
+    assert "removed 2 backup(s)" in said(res)
+    assert not (hub / "old-verified.dump").exists() and not leftover.exists()
+    assert len(list_backups(hub)) == 7
+
+
+@pytest.mark.parametrize("table", ["settings", "orders"])  # pg_dump's own LOCK TABLE; also the row counts'
+def test_a_backup_behind_a_ddl_lock_fails_fast_with_a_clear_message(hub, db_url, table):
+    with psycopg.connect(libpq_url(db_url)) as ddl:
+        # uncommitted DDL: its ACCESS EXCLUSIVE lock is held until the rollback
+        ddl.execute(sql.SQL("ALTER TABLE {} ADD COLUMN backup_test_col int").format(sql.Identifier(table)))
+        t0 = time.monotonic()
+        res = cli("backup", "--lock-wait-timeout", "1s")
+        elapsed = time.monotonic() - t0
+        ddl.rollback()
+    assert res.exit_code == 1, res.output
+    assert "did not get its table locks within 1 s (--lock-wait-timeout)" in said(res)
+    assert "Nothing was written" in said(res)
+    assert elapsed < 20
+    assert not hub.exists() or not any(hub.iterdir())
+
+
+def test_tools_and_password_handling(conn):
+    major = pg_tools.server_major(conn)
+    assert pg_tools.tool_major(pg_tools.find_tool("pg_restore", major)) == major
+    with pytest.raises(pg_tools.ToolMissing, match="no pg_dump of PostgreSQL 9 .*postgresql-client-9"):
+        pg_tools.find_tool("pg_dump", 9)
+    conninfo, env = pg_tools.libpq_env("postgresql://hub:s3cret@db.example:5432/shop")
+    assert "s3cret" not in conninfo and env["PGPASSWORD"] == "s3cret"
+
+
+def test_a_parallel_directory_backup_verifies_and_a_damaged_data_file_is_caught(hub, db_url, tmp_path):
+    shop(db_url, tmp_path)
+    path, m = dump.take_backup(db_url, "public", hub, fmt="directory", jobs=2)
+    again, _ = dump.take_backup(db_url, "public", hub, fmt="directory")  # usually the same second: never the same name
+    assert again != path and {p for p, _ in list_backups(hub)} == {path, again}
+    assert path.is_dir() and path.stat().st_mode & 0o777 == 0o700
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in path.iterdir())
+    assert cli("backups", "verify", str(path)).exit_code == 0
+    biggest = max(path.glob("*.dat*"), key=lambda f: f.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[:-16])
+    res = cli("backups", "verify", str(path))
+    assert res.exit_code == 1 and "damaged: sha256" in said(res)
+    with pytest.raises(ValueError, match="directory format"):
+        dump.take_backup(db_url, "public", hub, fmt="custom", jobs=2)
