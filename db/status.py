@@ -22,13 +22,19 @@ def last_runs(conn: psycopg.Connection) -> list[dict[str, Any]]:
 
     Source ``api`` is ``import_snapshot`` (full, or changes since a time), ``file`` is ``import_file``,
     ``fetch`` the incremental fetch flows. A run still ``running`` has no ``finished_at``.
+    ``superseded_by``: a later successful full run of the entity (of any source), after which the
+    mirror holds the shop's state whatever this run would have brought.
     """
     cur = conn.execute(
-        """SELECT DISTINCT ON (entity, source, "full")
-                  id, entity, source, "full", status, started_at, finished_at, error, flow_run_id,
-                  lines, inserted, updated, unchanged, rejected, skipped_older, deleted
-             FROM snapshot_runs
-            ORDER BY entity, source, "full", id DESC"""
+        """SELECT r.*,
+                  (SELECT min(l.id) FROM snapshot_runs l
+                    WHERE l.entity = r.entity AND l."full" AND l.status = 'succeeded' AND l.id > r.id) AS superseded_by
+             FROM (SELECT DISTINCT ON (entity, source, "full")
+                          id, entity, source, "full", status, started_at, finished_at, error, flow_run_id,
+                          lines, inserted, updated, unchanged, rejected, skipped_older, deleted
+                     FROM snapshot_runs
+                    ORDER BY entity, source, "full", id DESC) r
+            ORDER BY r.entity, r.source, r.id"""
     )
     names = [d.name for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -124,11 +124,15 @@ def _db_run_item(r: dict[str, Any], now: datetime) -> dict[str, Any]:
     flow, what = _run_name(r)
     end = r["finished_at"]
     state, level, note = r["status"], OK, ""
-    if state == "failed":
-        level, note = FAIL, (r["error"] or "")[:300]
-    elif state == "running" and now - r["started_at"] > STUCK_AFTER:
-        state, level = "stuck", FAIL
+    if state == "running" and now - r["started_at"] > STUCK_AFTER:
+        state = "stuck"
         note = f"running since {_ago(now, r['started_at'])} with no end recorded: its process probably died"
+    elif state == "failed":
+        note = (r["error"] or "")[:300]
+    if state in ("failed", "stuck"):
+        level = FAIL
+        if r["superseded_by"] is not None:  # a later full run of the entity brought everything
+            level, note = OK, f"superseded by the full run #{r['superseded_by']}; {note}"
     return {
         "run": what,
         "flow": flow,
@@ -193,6 +197,8 @@ def _prefect_item(name: str, run: Any) -> dict[str, Any]:
     state = run.state.type.value.lower() if run.state else "unknown"
     message = (run.state.message or "") if run.state else ""
     level, note = OK, ""
+    if state == "running" and run.start_time and datetime.now(UTC) - run.start_time > STUCK_AFTER:
+        level, note = FAIL, "running for hours: a crashed process that Prefect never marked (no heartbeat check)"
     if state in ("failed", "crashed"):
         # A run that found its lock held did nothing wrong: another run of the same job was busy.
         level, note = (WARN, "skipped: its lock was held") if "LockHeld" in message else (FAIL, message[:300])

@@ -99,7 +99,16 @@ def test_failed_last_run_exits_2_naming_it(ready, tmp_path):
     assert (code, report["level"], runs["level"]) == (2, "fail", "fail")
     assert "orders file import failed" in runs["detail"]
     assert "rejected" in runs["data"]["items"][0]["note"]
-    # the next run of the same kind succeeds: that is the last run now
+    # A later full run of the entity brought the shop's state: the failure needs nothing more.
+    assert import_file(tmp_path, "full.gz", [order("1")], "--full") == 0
+    code, report = status()
+    items = {i["run"]: i for i in check(report, "runs")["data"]["items"]}
+    assert code == 0, report
+    assert (items["orders file import"]["state"], items["orders file import"]["level"]) == ("failed", "ok")
+    assert items["orders file import"]["note"].startswith("superseded by the full run #")
+    # Without a full run after it, the next run of the same kind is what counts.
+    assert import_file(tmp_path, "bad2.gz", [order("1"), b"nope", b"{"]) == 1
+    assert status()[0] == 2
     assert import_file(tmp_path, "good.gz", [order("1")]) == 0
     assert status()[0] == 0
 
