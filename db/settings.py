@@ -456,11 +456,16 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _flush_all() -> None:
+def _flush_all(timeout: float = 5.0) -> None:
+    """At exit: flush every service's counters, giving up after ``timeout`` (a dead database must not
+    hold the process: a daemon thread does not keep the interpreter alive)."""
     with _registry_lock:
         services = list(_registry.values())
-    for svc in services:
-        svc.flush_stats()
+    if not services:
+        return
+    flusher = threading.Thread(target=lambda: [svc.flush_stats() for svc in services], daemon=True)
+    flusher.start()
+    flusher.join(timeout)
 
 
 atexit.register(_flush_all)  # each process's cache counters reach the totals (db.settings_stats)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -205,6 +207,14 @@ def test_settings_cache_hit_rate_sums_every_process(ready, monkeypatch):
     assert check(status()[1], "settings_cache")["data"]["misses"] == 3
     svc.close()  # nothing new to flush: the totals stay
     assert check(status()[1], "settings_cache")["data"]["reads"] == 9
+
+
+def test_a_process_adds_its_settings_cache_counts_at_exit(ready):
+    code = "from db.settings import get_settings_service as g; s = g(sys.argv[1]); [s.get('x') for _ in range(5)]"
+    subprocess.run([sys.executable, "-c", f"import sys; {code}", ready], check=True, timeout=60)
+    data = check(status()[1], "settings_cache")["data"]
+    # 5 reads: 1 miss, and more if the listener's (re)connect cleared the cache between two of them
+    assert (data["reads"], data["misses"] >= 1, data["hits"] >= 1) == (5, True, True)
 
 
 def test_prefect_flow_runs_are_shown(ready):
