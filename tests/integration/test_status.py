@@ -245,3 +245,16 @@ def test_human_output_is_short_and_names_the_problem(ready, tmp_path):
     assert res.exit_code == 2
     assert "FAIL" in res.output and "orders file import failed" in res.output
     assert len(res.output.splitlines()) < 25
+
+
+def test_unreachable_prefect_api_is_reported_not_hidden(ready):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        code, report = status()
+    runs, locks = check(report, "runs"), check(report, "locks")
+    assert (code, runs["level"], locks["level"]) == (2, "warn", "fail"), report
+    assert "Prefect API not readable" in runs["detail"] and locks["detail"].startswith("could not check")
+    # the database-only view needs no Prefect
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert status("--no-prefect")[0] == 0
