@@ -12,6 +12,8 @@ append it to ``CHECKS``; the CLI, the JSON and the exit code pick it up.
 The hub's own tables are the truth (``snapshot_runs``, ``failed_snapshots``, ``sync_state``,
 ``job_locks``, the partitions). Prefect adds what only it knows — the limits' state and the last run of
 flows that keep no run record of their own — unless ``prefect=False`` (``hub status --no-prefect``).
+Prefect's flow runs carry no hub instance: with several hubs on one Prefect server, those last runs
+are the server's, whichever hub they ran for.
 """
 
 from __future__ import annotations
