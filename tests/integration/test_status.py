@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -23,6 +24,9 @@ from tests.factories import order, write_jsonl
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 runner = CliRunner()
+# Prefect sets its logging up when a flow module is first imported. Now, not inside a CliRunner call: its
+# console handler would keep that call's stderr, closed once it returns (later flow runs fail to log).
+importlib.import_module("flows.snapshot")
 
 CHECK_NAMES = ["runs", "failed_snapshots", "partition_runway", "settings_cache", "locks"]
 DATA_KEYS = {
