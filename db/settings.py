@@ -10,12 +10,16 @@ other process at commit (``db.settings_listener``); and the TTL caps whatever a 
     svc.get("vip_min_orders", 5, type_=int)   # any key; coerced/validated by pydantic
     svc.set("cancelled_statuses", [-4, 7])    # every process sees it within milliseconds
 
-Counters (``stats()``) are per process: each process has its own cache.
+Counters (``stats()``) are per process: each process has its own cache. Each service also adds them to
+totals over every process in the database (``db.settings_stats``, what ``hub status`` shows): at close,
+at process exit, and at most once a minute on a cache miss.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
 import os
 import threading
 import time
@@ -31,6 +35,7 @@ from cachetools import TTLCache
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
+from db import settings_stats
 from db import settings_store as store
 from db.connection import connect
 from db.settings_listener import Listener
@@ -45,6 +50,8 @@ __all__ = [
     "close_settings_services",
     "get_settings_service",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 3600.0
 _UNSET: Any = object()
@@ -136,8 +143,10 @@ class SettingsService:
         listen: bool = True,
         poll_interval: float = 0.25,
         reconnect_backoff: tuple[float, float] = (0.05, 5.0),
+        persist_stats: bool = True,
     ) -> None:
         self.url, self.schema = url, schema
+        self._persist_stats = persist_stats  # False: a reader that must not count itself (hub status)
         self._lock = threading.Lock()
         self._cache: TTLCache[str, _Entry] = TTLCache(maxsize=maxsize, ttl=ttl, timer=clock)
         self._loading: dict[str, _Load] = {}
@@ -146,6 +155,8 @@ class SettingsService:
         self._closed = False
         self._hits = self._misses = self._loads = self._load_errors = 0
         self._invalidations = self._clears = self._notifications = self._connects = 0
+        self._flushed = dict.fromkeys(settings_stats.COUNTERS, 0)  # what flush_stats already added
+        self._flushed_at = time.monotonic()
         self._listener: Listener | None = None
         if listen:
             self._listener = Listener(
@@ -295,8 +306,33 @@ class SettingsService:
         """Block until the listener is connected (only then do other processes' writes reach this cache)."""
         return self._listener is not None and self._listener.wait_connected(timeout)
 
+    def flush_stats(self) -> bool:
+        """Add the hits and misses counted since the last flush to the database's totals.
+
+        Best effort: the counters are for ``hub status``, so a failure is logged and never raised (the
+        unflushed counts are kept for the next flush). Returns whether the totals are up to date.
+        """
+        with self._lock:
+            now = {c: getattr(self, f"_{c}") for c in settings_stats.COUNTERS}
+            deltas = {c: now[c] - self._flushed[c] for c in now}
+            self._flushed_at = time.monotonic()
+        if not self._persist_stats or not any(deltas.values()):
+            return True
+        try:
+            with self._conn() as conn:
+                settings_stats.add_counts(conn, **deltas)
+        except psycopg.Error as exc:
+            log.debug("settings cache counters not flushed: %s", type(exc).__name__)
+            return False
+        with self._lock:
+            for c, d in deltas.items():
+                self._flushed[c] += d
+        return True
+
     def close(self) -> None:
-        """Stop the listener and close the connections. Idempotent."""
+        """Stop the listener, flush the counters and close the connections. Idempotent."""
+        if not self._closed:
+            self.flush_stats()
         self._closed = True
         if self._listener is not None:
             self._listener.stop()
@@ -351,6 +387,8 @@ class SettingsService:
                 self._cache[key] = entry
         load.entry = entry
         load.done.set()
+        if time.monotonic() - self._flushed_at >= settings_stats.FLUSH_SECONDS:
+            self.flush_stats()  # a miss talks to the database anyway; hits never do
         return entry
 
     def _fetch(self, key: str) -> bytes | None:
@@ -416,6 +454,21 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _flush_all(timeout: float = 5.0) -> None:
+    """At exit: flush every service's counters, giving up after ``timeout`` (a dead database must not
+    hold the process: a daemon thread does not keep the interpreter alive)."""
+    with _registry_lock:
+        services = list(_registry.values())
+    if not services:
+        return
+    flusher = threading.Thread(target=lambda: [svc.flush_stats() for svc in services], daemon=True)
+    flusher.start()
+    flusher.join(timeout)
+
+
+atexit.register(_flush_all)  # each process's cache counters reach the totals (db.settings_stats)
 
 
 # --- messages -------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from deployments.cli_metrics import metrics as metrics_cmd
 from deployments.cli_partitions import partitions_app
 from deployments.cli_sandbox import sandbox_cmd
 from deployments.cli_settings import settings_app
+from deployments.cli_status import status_cmd
 from deployments.options import fail, parse_when, quiet_prefect
 from flows.entities import Entity
 
@@ -25,6 +26,7 @@ db_app = typer.Typer(help="Database: URL, migrations and the embedded server.", 
 app.add_typer(db_app, name="db")
 app.add_typer(settings_app, name="settings")
 app.command("metrics")(metrics_cmd)
+app.command("status")(status_cmd)
 app.add_typer(partitions_app, name="partitions")
 app.command("backup")(backup_cmd)
 app.add_typer(backups_app, name="backups")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator
@@ -93,6 +94,25 @@ class HubConfig(BaseSettings):
         return self.archive_dir or (self.home / "archive")
 
 
+# Values set in code (``reload_config(**values)``); they win over HUB_* environment variables.
+_explicit: dict[str, Any] = {}
+
+
 @lru_cache(maxsize=1)
 def get_config() -> HubConfig:
-    return HubConfig()
+    """The process's config, read once (every flow and task calls this; see ``reload_config``)."""
+    return HubConfig(**_explicit)
+
+
+def reload_config(**values: Any) -> HubConfig:
+    """Read the configuration again; every later call of a flow, task or CLI function uses the new one.
+
+    For a notebook: after changing ``os.environ["HUB_…"]``, call ``reload_config()``. Keyword values
+    (field names of ``HubConfig``, e.g. ``database_url=…``) are set in code and win over the
+    environment until the next ``reload_config`` call, which starts again from the environment.
+    """
+    global _explicit
+    HubConfig(**values)  # validate first: a bad value leaves the current config in place
+    _explicit = dict(values)
+    get_config.cache_clear()
+    return get_config()

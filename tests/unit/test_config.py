@@ -47,3 +47,40 @@ def test_mask_url(url, masked):
 
 def test_with_database_keeps_the_query():
     assert with_database("postgresql://u@/a?host=/s", "b") == "postgresql://u@/b?host=/s"
+
+
+@pytest.fixture
+def fresh_config():
+    from flows.config import reload_config
+
+    reload_config()
+    yield
+    reload_config()
+
+
+def test_get_config_keeps_what_it_read_until_reload_config(monkeypatch, fresh_config):
+    from flows import runtime
+    from flows.config import get_config, reload_config
+
+    monkeypatch.setenv("HUB_DATABASE_URL", "postgresql://hub@first.example/shop")
+    reload_config()
+    assert runtime.database_url() == "postgresql://hub@first.example/shop"
+    monkeypatch.setenv("HUB_DATABASE_URL", "postgresql://hub@second.example/shop")
+    assert runtime.database_url() == "postgresql://hub@first.example/shop"  # cached: read once
+    assert reload_config() is get_config()
+    assert runtime.database_url() == "postgresql://hub@second.example/shop"
+
+
+def test_reload_config_values_win_over_the_environment_until_the_next_reload(monkeypatch, fresh_config):
+    from flows.config import get_config, reload_config
+
+    monkeypatch.setenv("HUB_REJECT_THRESHOLD", "0.02")
+    reload_config(reject_threshold=0.05, db_schema="shop")
+    assert (get_config().reject_threshold, get_config().db_schema) == (0.05, "shop")
+    get_config.cache_clear()  # what tests do: the values set in code stay
+    assert get_config().reject_threshold == 0.05
+    with pytest.raises(ValueError, match="private"):
+        reload_config(shoptet_token_kind="bearer")
+    assert get_config().reject_threshold == 0.05  # a refused value changes nothing
+    reload_config()
+    assert (get_config().reject_threshold, get_config().db_schema) == (0.02, "public")

@@ -1,0 +1,264 @@
+"""`hub status`: each check judged from the database's real state, its JSON schema, its exit codes."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from db import partitions
+from db.connection import libpq_url
+from db.partition_plan import runway
+from db.runs import record_failed_snapshot, start_run
+from db.settings import SettingsService
+from deployments.cli import app
+from flows.config import get_config
+from flows.locks import ensure_limits, instance, limit_name
+from tests.factories import order, write_jsonl
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
+runner = CliRunner()
+# Prefect sets its logging up when a flow module is first imported. Now, not inside a CliRunner call: its
+# console handler would keep that call's stderr, closed once it returns (later flow runs fail to log).
+importlib.import_module("flows.snapshot")
+
+CHECK_NAMES = ["runs", "failed_snapshots", "partition_runway", "settings_cache", "locks"]
+DATA_KEYS = {
+    "runs": {"items", "prefect"},
+    "failed_snapshots": {"open", "pending", "overdue", "gave_up", "items"},
+    "partition_runway": {"current_quarter", "current_exists", "quarters_ahead", "wanted", "partitions"},
+    "settings_cache": {"hits", "misses", "loads", "load_errors", "reads", "hit_rate", "since", "updated_at", "scope"},
+    "locks": {"items", "prefect"},
+}
+RUN_KEYS = {"run", "flow", "source", "state", "level", "started_at", "finished_at", "duration_s", "counters", "note",
+            "run_id", "flow_run_id"}  # fmt: skip
+LOCK_KEYS = {"lock", "exists", "active", "limit", "slots_in_use", "holder", "holder_alive", "level", "note"}
+FAILED_KEYS = {"id", "entity", "full", "stage", "error_class", "status", "attempts", "next_attempt_at", "created_at",
+               "level", "note"}  # fmt: skip
+
+
+@pytest.fixture
+def ready(hub_env):
+    """A fresh hub as `hub bootstrap` leaves it: migrated, the runway's partitions, the lock limits."""
+    with psycopg.connect(libpq_url(hub_env), autocommit=True) as c:
+        partitions.ensure_partitions(c, runway(datetime.now(UTC), 2))
+    ensure_limits(hub_env, "public")
+    return hub_env
+
+
+def status(*args: str) -> tuple[int, dict]:
+    res = runner.invoke(app, ["status", "--json", *args])
+    return res.exit_code, json.loads(res.stdout)
+
+
+def check(report: dict, name: str) -> dict:
+    return next(c for c in report["checks"] if c["name"] == name)
+
+
+def sql(url: str, statement: str, *args) -> list[tuple]:
+    with psycopg.connect(libpq_url(url), autocommit=True) as c:
+        cur = c.execute(statement, args)
+        return cur.fetchall() if cur.description else []
+
+
+def import_file(tmp_path, name: str, lines: list, *extra: str) -> int:
+    return runner.invoke(app, ["import-file", "orders", str(write_jsonl(tmp_path / name, lines)), *extra]).exit_code
+
+
+def test_healthy_fresh_hub_exits_0_and_reports_every_check(ready):
+    code, report = status()
+    assert code == 0, report
+    assert (report["schema"], report["level"], report["exit_code"]) == ("hub-status/1", "ok", 0)
+    assert report["instance"] == instance(ready, "public")
+    assert [c["name"] for c in report["checks"]] == CHECK_NAMES
+    assert {c["name"]: c["level"] for c in report["checks"]} == dict.fromkeys(CHECK_NAMES, "ok")
+    assert check(report, "partition_runway")["data"]["quarters_ahead"] == 2
+    locks = check(report, "locks")["data"]["items"]
+    assert len(locks) == 6 and all(x["exists"] and x["active"] and x["holder"] is None for x in locks)
+
+
+def test_json_schema_is_stable(ready, tmp_path):
+    assert import_file(tmp_path, "a.gz", [order(str(i)) for i in range(3)]) == 0
+    code, report = status()
+    assert code == 0, report
+    assert set(report) == {"schema", "generated_at", "instance", "level", "exit_code", "checks"}
+    for c in report["checks"]:
+        assert set(c) == {"name", "level", "detail", "data"}
+        assert set(c["data"]) == DATA_KEYS[c["name"]], c["name"]
+    (run,) = check(report, "runs")["data"]["items"]
+    assert set(run) == RUN_KEYS
+    assert (run["run"], run["flow"], run["state"]) == ("orders file import", "import-file", "succeeded")
+    assert run["counters"]["inserted"] == 3 and run["duration_s"] >= 0
+    assert all(set(x) == LOCK_KEYS for x in check(report, "locks")["data"]["items"])
+
+
+def test_failed_last_run_exits_2_naming_it(ready, tmp_path):
+    assert import_file(tmp_path, "bad.gz", [order("1"), b"nope", b"{"]) == 1
+    code, report = status()
+    runs = check(report, "runs")
+    assert (code, report["level"], runs["level"]) == (2, "fail", "fail")
+    assert "orders file import failed" in runs["detail"]
+    assert "rejected" in runs["data"]["items"][0]["note"]
+    # A later full run of the entity brought the shop's state: the failure needs nothing more.
+    assert import_file(tmp_path, "full.gz", [order("1")], "--full") == 0
+    code, report = status()
+    items = {i["run"]: i for i in check(report, "runs")["data"]["items"]}
+    assert code == 0, report
+    assert (items["orders file import"]["state"], items["orders file import"]["level"]) == ("failed", "ok")
+    assert items["orders file import"]["note"].startswith("superseded by the full run #")
+    # Without a full run after it, the next run of the same kind is what counts.
+    assert import_file(tmp_path, "bad2.gz", [order("1"), b"nope", b"{"]) == 1
+    assert status()[0] == 2
+    assert import_file(tmp_path, "good.gz", [order("1")]) == 0
+    assert status()[0] == 0
+
+
+def test_run_without_an_end_for_hours_is_reported_stuck(ready):
+    with psycopg.connect(libpq_url(ready)) as c:
+        run_id = start_run(c, "customers", source="api", full=True)
+    sql(ready, "UPDATE snapshot_runs SET started_at = now() - interval '7 hours' WHERE id = %s", run_id)
+    code, report = status()
+    assert code == 2 and "customers full snapshot stuck" in check(report, "runs")["detail"]
+
+
+def _failed_snapshot(url: str, next_attempt_at: datetime) -> int:
+    with psycopg.connect(libpq_url(url)) as c:
+        return record_failed_snapshot(
+            c, entity="orders", filters={}, full=True, job_id=None, stage="webhook",
+            error=RuntimeError("503"), run_id=None, next_attempt_at=next_attempt_at,
+        )  # fmt: skip
+
+
+def test_open_failed_snapshot_warns_then_fails_past_its_retries_until_a_full_snapshot(ready, tmp_path):
+    fs = _failed_snapshot(ready, datetime.now(UTC))
+    code, report = status()
+    failed = check(report, "failed_snapshots")
+    assert (code, failed["level"], failed["data"]["pending"]) == (1, "warn", 1)
+    assert set(failed["data"]["items"][0]) == FAILED_KEYS
+
+    sql(ready, "UPDATE failed_snapshots SET status = 'gave_up', attempts = 3, updated_at = now() WHERE id = %s", fs)
+    code, report = status()
+    failed = check(report, "failed_snapshots")
+    assert (code, failed["level"], failed["data"]["gave_up"]) == (2, "fail", 1)
+    assert f"#{fs} orders: gave up after 3 retries" in failed["detail"]
+
+    # An incremental import does not close it; a full one does.
+    assert import_file(tmp_path, "inc.gz", [order("1")]) == 0
+    assert status()[0] == 2
+    assert import_file(tmp_path, "full.gz", [order("1")], "--full") == 0
+    code, report = status()
+    assert (code, check(report, "failed_snapshots")["data"]["open"]) == (0, 0)
+
+
+def test_failed_snapshot_not_retried_long_after_due_fails(ready):
+    _failed_snapshot(ready, datetime.now(UTC) - timedelta(hours=3))
+    code, report = status()
+    failed = check(report, "failed_snapshots")
+    assert (code, failed["data"]["overdue"]) == (2, 1)
+    assert "is the retry flow running?" in failed["detail"]
+
+
+def test_runway_below_the_setting_warns_and_a_missing_current_quarter_fails(ready):
+    with SettingsService(ready, listen=False) as svc:
+        svc.set("partition_runway_quarters", 4)
+    code, report = status()
+    runway_check = check(report, "partition_runway")
+    assert (code, runway_check["level"]) == (1, "warn")
+    assert "2 quarter(s) ready" in runway_check["detail"] and "partition_runway_quarters = 4" in runway_check["detail"]
+
+
+def test_fresh_database_without_partitions_fails_on_the_current_quarter(hub_env):
+    code, report = status()
+    runway_check = check(report, "partition_runway")
+    assert (code, runway_check["level"], runway_check["data"]["current_exists"]) == (2, "fail", False)
+    assert "`hub partitions`" in runway_check["detail"]
+
+
+def test_lock_held_by_a_dead_holder_fails(ready):
+    name = limit_name("orders", instance(ready, "public"))
+    sql(ready, "INSERT INTO job_locks (name, flow_run_id, host, pid) VALUES (%s, 'crashed', 'gone-host', 1)", name)
+    code, report = status()
+    locks = check(report, "locks")
+    assert (code, locks["level"]) == (2, "fail")
+    assert f"{name}: held by a dead holder" in locks["detail"]
+    # the database-only view sees it too
+    code, report = status("--no-prefect")
+    locks = check(report, "locks")
+    assert (code, locks["data"]["prefect"]) == (2, False)
+    assert {x["lock"]: x["holder_alive"] for x in locks["data"]["items"]}[name] is False
+
+
+def test_settings_cache_hit_rate_sums_every_process(ready, monkeypatch):
+    # Two services stand for two processes: each flushes its own counts into the shared totals.
+    for _ in range(2):
+        with SettingsService(ready, listen=False) as svc:
+            for _ in range(4):
+                svc.get("reject_threshold")  # 1 miss, 3 hits
+    code, report = status()
+    data = check(report, "settings_cache")["data"]
+    assert (data["hits"], data["misses"], data["loads"], data["hit_rate"]) == (6, 2, 2, 0.75)
+    assert "hit rate 75.0% over 8 reads" in check(report, "settings_cache")["detail"]
+    # A long-lived process flushes on a miss once FLUSH_SECONDS passed, without closing.
+    monkeypatch.setattr("db.settings_stats.FLUSH_SECONDS", 0.0)
+    svc = SettingsService(ready, listen=False)
+    svc.get("cancelled_statuses")
+    assert check(status()[1], "settings_cache")["data"]["misses"] == 3
+    svc.close()  # nothing new to flush: the totals stay
+    assert check(status()[1], "settings_cache")["data"]["reads"] == 9
+
+
+def test_a_process_adds_its_settings_cache_counts_at_exit(ready):
+    code = "from db.settings import get_settings_service as g; s = g(sys.argv[1]); [s.get('x') for _ in range(5)]"
+    subprocess.run([sys.executable, "-c", f"import sys; {code}", ready], check=True, timeout=60)
+    data = check(status()[1], "settings_cache")["data"]
+    # 5 reads: 1 miss, and more if the listener's (re)connect cleared the cache between two of them
+    assert (data["reads"], data["misses"] >= 1, data["hits"] >= 1) == (5, True, True)
+
+
+def test_prefect_flow_runs_are_shown(ready):
+    from flows.indexes import ensure_indexes
+
+    ensure_indexes(dry_run=True)
+    code, report = status()
+    items = {i["flow"]: i for i in check(report, "runs")["data"]["items"]}
+    assert code == 0, report
+    assert (items["ensure-indexes"]["source"], items["ensure-indexes"]["state"]) == ("prefect", "completed")
+
+
+def test_unreadable_database_exits_3_without_the_password(monkeypatch):
+    monkeypatch.setenv("HUB_DATABASE_URL", "postgresql://hub:s3cret@127.0.0.1:1/nope?connect_timeout=2")
+    get_config.cache_clear()
+    try:
+        res = runner.invoke(app, ["status", "--json"])
+    finally:
+        get_config.cache_clear()
+    assert res.exit_code == 3
+    assert json.loads(res.stdout)["level"] == "unknown"
+    assert "s3cret" not in res.output
+
+
+def test_human_output_is_short_and_names_the_problem(ready, tmp_path):
+    import_file(tmp_path, "bad.gz", [order("1"), b"nope", b"{"])
+    res = runner.invoke(app, ["status"])
+    assert res.exit_code == 2
+    assert "FAIL" in res.output and "orders file import failed" in res.output
+    assert len(res.output.splitlines()) < 25
+
+
+def test_unreachable_prefect_api_is_reported_not_hidden(ready):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        code, report = status()
+    runs, locks = check(report, "runs"), check(report, "locks")
+    assert (code, runs["level"], locks["level"]) == (2, "warn", "fail"), report
+    assert "Prefect API not readable" in runs["detail"] and locks["detail"].startswith("could not check")
+    # the database-only view needs no Prefect
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert status("--no-prefect")[0] == 0
