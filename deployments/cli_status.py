@@ -26,10 +26,12 @@ def status_cmd(
     0: every check ok.
 
     1 (warn, needs attention soon): a failed snapshot awaiting its retry, a partition runway below
-    partition_runway_quarters, a lock limit inactive, a slot in use with no holder recorded.
+    partition_runway_quarters, a lock limit inactive, a slot in use with no holder recorded, no verified
+    backup in 26 h, no restore test in 8 days.
 
     2 (fail, needs attention now): a failed or stuck last run, a failed snapshot given up or overdue,
-    the current quarter's partition missing, a lock held by a dead holder, a check that could not run.
+    the current quarter's partition missing, a lock held by a dead holder, no verified backup in 50 h,
+    the last backup's verification or test restore failed, a check that could not run.
 
     3: the database could not be read.
     """
@@ -44,7 +46,7 @@ def status_cmd(
     try:
         url = runtime.database_url(cfg)
         runtime.ensure_schema(url, cfg.db_schema)
-        report = gather(url, cfg.db_schema, prefect=not no_prefect)
+        report = gather(url, cfg.db_schema, prefect=not no_prefect, backup_dir=cfg.backup_path)
     except Exception as exc:  # noqa: BLE001 - a monitor needs "unknown", not a traceback
         if as_json:
             print(json.dumps({"schema": "hub-status/1", "level": "unknown", "exit_code": EXIT_UNKNOWN,

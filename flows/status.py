@@ -6,8 +6,8 @@ run does not stop the others: it reports ``fail`` with the reason. The worst lev
 (0 ok, 1 warn, 2 fail; the CLI uses 3 when the database itself cannot be read), so cron or a monitor can
 alert on it, Nagios-style.
 
-To add a check (e.g. the backups' age), write ``def check_backups(ctx: StatusContext) -> Check`` and
-append it to ``CHECKS``; the CLI, the JSON and the exit code pick it up.
+To add a check, write ``def check_x(ctx: StatusContext) -> Check`` and append it to ``CHECKS``; the CLI,
+the JSON and the exit code pick it up.
 
 The hub's own tables are the truth (``snapshot_runs``, ``failed_snapshots``, ``sync_state``,
 ``job_locks``, the partitions). Prefect adds what only it knows — the limits' state and the last run of
@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from db import locks as dblocks
@@ -68,6 +69,7 @@ class StatusContext:
     schema: str
     now: datetime
     prefect: bool  # ask the Prefect API (limits, flow runs); False: the database only
+    backup_dir: Path | None = None  # where the nightly backups are (HUB_BACKUP_DIR)
 
 
 @dataclass
@@ -378,6 +380,54 @@ def check_locks(ctx: StatusContext) -> Check:
     return Check("locks", worst([r["level"] for r in rows]), detail, {"items": rows, "prefect": ctx.prefect})
 
 
+# --- backups --------------------------------------------------------------------------------------------
+
+# Nightly backups: one missed night warns, two fail. Weekly test restores: a missed week warns.
+BACKUP_WARN, BACKUP_FAIL = timedelta(hours=26), timedelta(hours=50)
+RESTORE_TEST_WARN = timedelta(days=8)
+
+
+def _backup_level(ctx: StatusContext, newest: datetime | None, tested: datetime | None) -> tuple[str, list[str]]:
+    notes, level = [], OK
+    if newest is None:
+        level, notes = WARN, ["no verified backup yet: `hub backup`"]
+    elif ctx.now - newest > BACKUP_FAIL:
+        level, notes = FAIL, [f"the newest verified backup is {_ago(ctx.now, newest)} (nightly expected)"]
+    elif ctx.now - newest > BACKUP_WARN:
+        level, notes = WARN, [f"the newest verified backup is {_ago(ctx.now, newest)} (nightly expected)"]
+    if tested is None or ctx.now - tested > RESTORE_TEST_WARN:
+        level = worst([level, WARN])
+        notes.append("no restore test in 8 days: `hub backups test-restore`")
+    return level, notes
+
+
+def check_backups(ctx: StatusContext) -> Check:
+    """Age of the newest verified and newest restore-tested backup of this database; a failed last one → fail."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from db.backups import list_backups
+
+    dbname = conninfo_to_dict(ctx.url).get("dbname")
+    ours = [m for _, m in list_backups(ctx.backup_dir) if m.database == dbname]
+    newest = max((m.finished for m in ours if m.verified), default=None)
+    tested = max((m.finished for m in ours if m.restore_tested), default=None)
+    level, notes = _backup_level(ctx, newest, tested)
+    last = ours[-1] if ours else None
+    if last is not None and last.verified is False:
+        level, notes = FAIL, [f"the last backup {last.file} failed verification: {last.verify_error}", *notes]
+    tried = [m for m in ours if m.restore_tested is not None]
+    if tried and tried[-1].restore_tested is False:
+        level, notes = FAIL, [f"the last test restore ({tried[-1].file}) failed: {tried[-1].restore_error}", *notes]
+    data = {
+        "dir": str(ctx.backup_dir) if ctx.backup_dir else None,
+        "backups": len(ours),
+        "newest_verified": _iso(newest),
+        "newest_restore_tested": _iso(tested),
+    }
+    summary = f"newest verified {_ago(ctx.now, newest)}, newest restore-tested {_ago(ctx.now, tested)}"
+    return Check("backups", level, "; ".join(notes) or summary, data)
+
+
 # --- all together ---------------------------------------------------------------------------------------
 
 CheckFn = Callable[[StatusContext], Check]
@@ -387,7 +437,7 @@ CHECKS: list[tuple[str, CheckFn]] = [
     ("partition_runway", check_partition_runway),
     ("settings_cache", check_settings_cache),
     ("locks", check_locks),
-    # ("backups", check_backups): the newest verified / restore-tested backup's age, as backups land.
+    ("backups", check_backups),
 ]
 
 
@@ -398,11 +448,12 @@ def gather(
     prefect: bool = True,
     now: datetime | None = None,
     checks: list[tuple[str, CheckFn]] | None = None,
+    backup_dir: Path | None = None,
 ) -> Report:
     """Run every check. Raises only when the database cannot be read at all (``EXIT_UNKNOWN`` in the CLI)."""
     with connection(url, schema, autocommit=True) as conn:
         instance = dblocks.instance_id(conn)
-    ctx = StatusContext(url, schema, (now or datetime.now(UTC)).astimezone(UTC), prefect)
+    ctx = StatusContext(url, schema, (now or datetime.now(UTC)).astimezone(UTC), prefect, backup_dir)
     results = []
     for name, fn in checks or CHECKS:
         try:

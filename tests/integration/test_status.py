@@ -10,9 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from typer.testing import CliRunner
 
 from db import partitions
+from db.backups.manifest import Manifest, write_manifest
 from db.connection import libpq_url
 from db.partition_plan import runway
 from db.runs import record_failed_snapshot, start_run
@@ -28,13 +30,14 @@ runner = CliRunner()
 # console handler would keep that call's stderr, closed once it returns (later flow runs fail to log).
 importlib.import_module("flows.snapshot")
 
-CHECK_NAMES = ["runs", "failed_snapshots", "partition_runway", "settings_cache", "locks"]
+CHECK_NAMES = ["runs", "failed_snapshots", "partition_runway", "settings_cache", "locks", "backups"]
 DATA_KEYS = {
     "runs": {"items", "prefect"},
     "failed_snapshots": {"open", "pending", "overdue", "gave_up", "items"},
     "partition_runway": {"current_quarter", "current_exists", "quarters_ahead", "wanted", "partitions"},
     "settings_cache": {"hits", "misses", "loads", "load_errors", "reads", "hit_rate", "since", "updated_at", "scope"},
     "locks": {"items", "prefect"},
+    "backups": {"dir", "backups", "newest_verified", "newest_restore_tested"},
 }
 RUN_KEYS = {"run", "flow", "source", "state", "level", "started_at", "finished_at", "duration_s", "counters", "note",
             "run_id", "flow_run_id"}  # fmt: skip
@@ -44,11 +47,31 @@ FAILED_KEYS = {"id", "entity", "full", "stage", "error_class", "status", "attemp
 
 
 @pytest.fixture
-def ready(hub_env):
-    """A fresh hub as `hub bootstrap` leaves it: migrated, the runway's partitions, the lock limits."""
+def backup_dir(hub_env, tmp_path, monkeypatch):
+    d = tmp_path / "backups"
+    monkeypatch.setenv("HUB_BACKUP_DIR", str(d))
+    get_config.cache_clear()
+    return d
+
+
+def backup_manifest(directory, url: str, hours_ago: float, *, verified=True, restore_tested=True, name="b"):
+    """The manifest a verified (and restore-tested) backup leaves: all `hub status` reads of a backup."""
+    directory.mkdir(exist_ok=True)
+    at = (datetime.now(UTC) - timedelta(hours=hours_ago)).isoformat()
+    m = Manifest(file=f"{name}.dump", format="custom", database=conninfo_to_dict(url)["dbname"], schema="public",
+                 server_version="18.0", started_at=at, finished_at=at, size_bytes=1, sha256="0" * 64,
+                 pg_dump_version="18.0", verified=verified, restore_tested=restore_tested,
+                 restore_error=None if restore_tested is not False else "row counts differ")  # fmt: skip
+    write_manifest(directory / m.file, m)
+
+
+@pytest.fixture
+def ready(hub_env, backup_dir):
+    """A fresh hub as `hub bootstrap` leaves it, backed up: migrated, partitions, lock limits, a backup."""
     with psycopg.connect(libpq_url(hub_env), autocommit=True) as c:
         partitions.ensure_partitions(c, runway(datetime.now(UTC), 2))
     ensure_limits(hub_env, "public")
+    backup_manifest(backup_dir, hub_env, hours_ago=3)
     return hub_env
 
 
@@ -262,3 +285,25 @@ def test_unreachable_prefect_api_is_reported_not_hidden(ready):
     # the database-only view needs no Prefect
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         assert status("--no-prefect")[0] == 0
+
+
+def test_backups_missing_old_or_failing_need_attention(ready, backup_dir):
+    for f in backup_dir.iterdir():
+        f.unlink()
+    code, report = status()
+    assert (code, check(report, "backups")["level"]) == (1, "warn")
+    assert "no verified backup yet" in check(report, "backups")["detail"]
+    backup_manifest(backup_dir, ready, hours_ago=30, name="a")  # one night missed
+    assert check(status()[1], "backups")["level"] == "warn"
+    backup_manifest(backup_dir, ready, hours_ago=60, name="a")  # two nights missed
+    code, report = status()
+    assert (code, check(report, "backups")["level"]) == (2, "fail")
+    backup_manifest(backup_dir, "dbname=another_db", hours_ago=1, name="other")  # another database's backup
+    assert check(status()[1], "backups")["level"] == "fail"
+    backup_manifest(backup_dir, ready, hours_ago=1, name="c", restore_tested=False)
+    code, report = status()
+    assert code == 2 and "test restore (c.dump) failed: row counts differ" in check(report, "backups")["detail"]
+    backup_manifest(backup_dir, ready, hours_ago=0.5, name="d")
+    code, report = status()
+    assert code == 0, report
+    assert check(report, "backups")["data"]["backups"] == 3
