@@ -80,6 +80,7 @@ def main() -> None:
         HUB_DATABASE_URL=hub_db,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_HOME=str(home / "prefect-client"),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",  # a loaded machine: do not time out
     )
     print(f"hub import-file orders (10 orders), {args.runs} runs each")
     run_command(env, path)  # the first import inserts; every measured run applies the same 10 unchanged
