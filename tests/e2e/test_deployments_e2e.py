@@ -153,7 +153,7 @@ def test_deployments_on_two_workers_keep_the_locks(prefect_server, db_url, tmp_p
 
     orders_lock = limit_name("orders", instance(db_url, "public"))
     try:
-        # --- 1. bootstrap, deployments, two workers, the sandbox -------------------------------------
+        # --- 1. the sandbox, two workers (starting while the hub bootstraps and deploys) ----------------
         sandbox_log = tmp_path / "sandbox.log"
         sandbox = _spawn(
             [*HUB, "sandbox", "--port", str(sandbox_port), "--token", TOKEN, "--orders", str(ORDERS)]
@@ -162,17 +162,18 @@ def test_deployments_on_two_workers_keep_the_locks(prefect_server, db_url, tmp_p
             sandbox_log,
         )
         started.append(sandbox)
-        out = _hub(env, "bootstrap")
-        assert f"{orders_lock}: created" in out and "work pool hub-process: created" in out
-        _hub(env, "deploy", "--name", "orders-full-snapshot", "--name", "fetch-new-orders")
         for i in (1, 2):
             started.append(
                 _spawn(
-                    [sys.executable, "-m", "prefect", "worker", "start", "--pool", "hub-process", "--name", f"w{i}"],
+                    [sys.executable, "-m", "prefect", "worker", "start", "--pool", "hub-process", "--type", "process"]
+                    + ["--name", f"w{i}"],
                     env,
                     tmp_path / f"worker{i}.log",
                 )
             )
+        out = _hub(env, "bootstrap")
+        assert f"{orders_lock}: created" in out and "work pool hub-process: " in out
+        _hub(env, "deploy", "--name", "orders-full-snapshot", "--name", "fetch-new-orders")
         _wait_http(f"http://127.0.0.1:{sandbox_port}/api/eshop", sandbox, sandbox_log)
 
         phase("set up")
