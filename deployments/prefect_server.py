@@ -230,12 +230,15 @@ def start_server(home: Path, database_url: str, host: str, port: int, timeout: f
             start_new_session=True,
         )
     deadline = time.monotonic() + timeout
-    while not healthy(api):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_process(proc)
-            tail = (run / "prefect-server.log").read_text(errors="replace")[-2000:]
-            raise ServerError(f"the Prefect server did not start (log: {run / 'prefect-server.log'}):\n{tail}")
-        time.sleep(0.5)
+    try:
+        while not healthy(api):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (run / "prefect-server.log").read_text(errors="replace")[-2000:]
+                raise ServerError(f"the Prefect server did not start (log: {run / 'prefect-server.log'}):\n{tail}")
+            time.sleep(0.5)
+    except BaseException:  # Ctrl-C while it starts included: leave no server behind
+        stop_process(proc)
+        raise
     write_state(home, ServerState(api, proc.pid, datetime.now(UTC).isoformat(timespec="seconds")))
     return proc
 
