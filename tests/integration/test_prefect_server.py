@@ -16,7 +16,6 @@ from psycopg import sql
 
 from db.connection import ensure_database, libpq_url, with_database
 from deployments import prefect_server as ps
-from tests.conftest import server_home
 
 
 class _Health(BaseHTTPRequestHandler):
@@ -80,7 +79,7 @@ def test_prefect_database_can_create_pg_trgm(pg_server_url):
     name = f"hub_prefect_{uuid.uuid4().hex[:8]}"
     url = ensure_database(pg_server_url, name)
     try:
-        ps.ensure_trgm(url, server_home())
+        ps.ensure_trgm(url)
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
             conn.execute("CREATE TABLE flow (name text)")
