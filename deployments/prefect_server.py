@@ -163,8 +163,11 @@ def ensure_trgm(url: str) -> None:
 
     query = "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'"
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        if conn.execute(query).fetchone():
-            return
+        try:
+            if conn.execute(query).fetchone():
+                return
+        except psycopg.errors.InsufficientPrivilege:  # an earlier copy the server cannot read: redo it
+            pass
         if not _is_local(url) or conn.info.server_version // 10000 != 18:
             raise ServerError(
                 "Prefect's server needs the pg_trgm extension, which this PostgreSQL server does not have: "
