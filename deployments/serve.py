@@ -84,6 +84,8 @@ def run_serve(host: str = "127.0.0.1", port: int = 4200, console: Console | None
     checkout = resolve_checkout()
     started: list[tuple[str, subprocess.Popen]] = []
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Also SIGINT: a shell starts background jobs with it ignored, and Python then keeps ignoring it.
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         url = runtime.database_url(cfg)
         runtime.ensure_schema(url, cfg.db_schema)
