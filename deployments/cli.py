@@ -16,6 +16,7 @@ from deployments.cli_indexes import indexes as indexes_cmd
 from deployments.cli_metrics import metrics as metrics_cmd
 from deployments.cli_partitions import partitions_app
 from deployments.cli_sandbox import sandbox_cmd
+from deployments.cli_serve import bootstrap_cmd, deploy_cmd, serve_cmd
 from deployments.cli_settings import settings_app
 from deployments.cli_status import status_cmd
 from deployments.options import fail, parse_when, quiet_prefect
@@ -243,18 +244,9 @@ locks_app = typer.Typer(help="Job locks: list them, free a slot left by a crashe
 app.add_typer(locks_app, name="locks")
 
 
-@app.command()
-def bootstrap() -> None:
-    """Run migrations and create or repair every job lock's concurrency limit (idempotent)."""
-    from flows import runtime
-    from flows.config import get_config
-    from flows.locks import ensure_limits
-
-    cfg = get_config()
-    url = runtime.database_url(cfg)
-    runtime.ensure_schema(url, cfg.db_schema)
-    for name, action in ensure_limits(url, cfg.db_schema).items():
-        console.print(f"{name}: {action}")
+app.command("bootstrap")(bootstrap_cmd)
+app.command("deploy")(deploy_cmd)
+app.command("serve")(serve_cmd)
 
 
 @locks_app.callback()
@@ -339,7 +331,21 @@ def main() -> None:
     # Every command, also those that only talk to a Prefect server (`hub locks`): without this, the
     # ephemeral server's telemetry heartbeat fails on its SQLite ("database is locked") in the terminal.
     quiet_prefect()
+    _use_running_server()
     app()
+
+
+def _use_running_server() -> None:
+    """Flows of every command run on the server PREFECT_API_URL names or `hub serve` runs, when one is up
+    (they show in its UI, and no throwaway server is started: seconds saved per command)."""
+    from deployments.prefect_server import use_running_server
+    from flows.config import get_config
+
+    try:
+        home = get_config().home
+    except ValueError:  # a bad HUB_* value: the command itself reports it
+        return
+    use_running_server(home)
 
 
 if __name__ == "__main__":

@@ -59,9 +59,13 @@ def nightly_backup(
 ) -> dict[str, Any]:
     """Dump the hub's database, verify it (recorded in its manifest), copy it off the machine if configured.
 
-    ``fmt``: custom (one file) or directory (with ``jobs`` > 1 for a parallel dump of a large database).
-    ``lock_wait_timeout``: how long pg_dump waits for a table lock (DDL) before failing. A damaged
-    backup fails the run (after its manifest records why).
+    A damaged backup fails the run (after its manifest records why).
+
+    Args:
+        fmt: custom (one file) or directory (with jobs > 1, a parallel dump of a large database).
+        jobs: Parallel pg_dump jobs (directory format only).
+        lock_wait: Seconds to wait for the db-maintenance lock held by another job (0: fail at once, null: forever).
+        lock_wait_timeout: How long pg_dump waits for a table lock (DDL) before failing, e.g. 60s.
     """
     hub = runtime.hub()
     with job_lock(*LOCK_GROUPS, wait=lock_wait):
@@ -109,6 +113,11 @@ def test_restore(backup: str | None = None, jobs: int = 2, lock_wait: float | No
     """Restore a backup (default: the newest verified) into a scratch database, compare, drop it.
 
     A difference from the manifest, an invalid index or a failed pg_restore fails the run.
+
+    Args:
+        backup: A backup file (path, or name in HUB_BACKUP_DIR); default the newest verified one.
+        jobs: Parallel pg_restore jobs.
+        lock_wait: Seconds to wait for the db-maintenance lock held by another job (0: fail at once, null: forever).
     """
     hub = runtime.hub()
     path = resolve(backup, hub.cfg.backup_path) if backup else newest_verified_backup(hub.cfg.backup_path)
@@ -138,7 +147,10 @@ def prune_dir(directory: Path, dry_run: bool, now: datetime | None) -> list[rete
 def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datetime | None = None) -> dict[str, Any]:
     """Retention in the backup folder and the off-machine copy: > 30 days goes, the newest 7 verified stay.
 
-    ``dry_run``: decide and report, remove nothing (and take no lock). ``now``: the clock (tests).
+    Args:
+        dry_run: Decide and report, remove nothing (and take no lock).
+        lock_wait: Seconds to wait for the db-maintenance lock held by another job (0: fail at once, null: forever).
+        now: The clock (default: now; tests set it).
     """
     cfg = runtime.hub().cfg
     dirs = [("local", cfg.backup_path)] + ([("copy", cfg.backup_copy_dir)] if cfg.backup_copy_dir else [])
@@ -159,7 +171,15 @@ def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datet
 def restore_backup(
     backup: str, target_db: str, force: bool = False, jobs: int = 2, lock_wait: float | None = 0
 ) -> dict[str, Any]:
-    """Restore ``backup`` into the database ``target_db`` (same server); a non-empty target needs ``force``."""
+    """Restore ``backup`` into the database ``target_db`` (same server); a non-empty target needs ``force``.
+
+    Args:
+        backup: The backup file (path, or name in HUB_BACKUP_DIR).
+        target_db: The database to restore into, on the hub's server; never the hub's own database.
+        force: Replace a target that holds tables (it is dropped and re-created; says how much).
+        jobs: Parallel pg_restore jobs.
+        lock_wait: Seconds to wait for the db-maintenance lock held by another job (0: fail at once, null: forever).
+    """
     hub = runtime.hub()
     path = resolve(backup, hub.cfg.backup_path)
     if target_db == conninfo_to_dict(libpq_url(hub.url)).get("dbname"):

@@ -61,6 +61,10 @@ class HubConfig(BaseSettings):
     # Snapshot flows delete their own download files older than this (left by a killed run).
     download_sweep_hours: float = 24.0
 
+    # Lease of a job lock's Prefect slot (renewed at 75 %): how long a crashed holder's slot stays taken.
+    # Prefect accepts 60 s to 1 day; shorter only for tests of crash recovery.
+    lock_lease_seconds: float = Field(600.0, ge=60, le=86400)
+
     # Nightly backups (default HUB_HOME/backups) and their optional off-machine copy (e.g. a network share).
     backup_dir: Path | None = None
     backup_copy_dir: Path | None = None

@@ -48,6 +48,10 @@ def retry_failed_snapshots(now: datetime | None = None, lock_wait: float | None 
     """Retry every due ``failed_snapshots`` row once; mark it recovered, pending again, or gave_up.
 
     A snapshot whose entity lock is held by another job is left for the next run (no attempt used).
+
+    Args:
+        now: The clock: which rows are due (default: now; tests set it).
+        lock_wait: Seconds to wait for the job lock when another job holds it (0: fail at once, null: wait forever).
     """
     hub = runtime.hub()
     now = now or datetime.now(UTC)

@@ -78,9 +78,13 @@ def fetch_new_orders(
 ) -> dict[str, Any] | State:
     """Fetch orders created, changed or deleted since the last run; see the module docstring.
 
-    ``since`` overrides the stored watermark (first run on an empty mirror, or a manual re-sync).
     Returns the counters (plus ``deleted``, ``fetched``, ``vanished``, ``watermark`` and
     ``deletes_may_be_missed``); calling the flow always gives the dict, also in the warning state.
+
+    Args:
+        lookback_hours: Hours before the stored watermark to fetch again (late changes are not lost).
+        since: Fetch from this time instead of the stored watermark (first run, or a manual re-sync).
+        lock_wait: Seconds to wait for the job lock when another job holds it (0: fail at once, null: wait forever).
     """
     return _fetch(Entity.orders, lookback_hours, since, lock_wait)
 
@@ -92,7 +96,14 @@ def fetch_changes(
     since: datetime | None = None,
     lock_wait: float | None = 0,
 ) -> dict[str, Any] | State:
-    """The change feed of customers or products (orders: the same run as ``fetch_new_orders``)."""
+    """The change feed of customers or products (orders: the same run as ``fetch_new_orders``).
+
+    Args:
+        entity: customers or products.
+        lookback_hours: Hours before the stored watermark to fetch again (late changes are not lost).
+        since: Fetch from this time instead of the stored watermark (first run, or a manual re-sync).
+        lock_wait: Seconds to wait for the job lock when another job holds it (0: fail at once, null: wait forever).
+    """
     return _fetch(Entity(entity), lookback_hours, since, lock_wait)
 
 

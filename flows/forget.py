@@ -34,8 +34,13 @@ def erase_personal_data(email: SecretStr, dry_run: bool) -> dict[str, Any]:
 def forget_person(email: SecretStr | str, dry_run: bool = False, lock_wait: float | None = 0) -> dict[str, Any]:
     """Blank the personal fields of the customers and orders of ``email`` (see ``db.forget``).
 
-    ``dry_run``: only count the rows that would change. Returns ``rows`` (per table), ``erasure_id``
-    and ``subject_sha256``. Runs under the orders, customers and customer-metrics locks.
+    Returns ``rows`` (per table), ``erasure_id`` and ``subject_sha256``. Runs under the orders,
+    customers and customer-metrics locks.
+
+    Args:
+        email: The person's e-mail address (a secret: never logged).
+        dry_run: Only count the rows that would change.
+        lock_wait: Seconds to wait for the job lock when another job holds it (0: fail at once, null: wait forever).
     """
     secret = email if isinstance(email, SecretStr) else SecretStr(email)
     db_forget.normalize_email(secret.get_secret_value())  # a typo fails before any lock is taken

@@ -50,10 +50,13 @@ def survey_indexes() -> db_indexes.Report:
 def ensure_indexes(dry_run: bool = False, lock_wait: float | None = 0) -> dict[str, Any]:
     """Make the declared indexes present and valid without blocking writes; report unused and duplicates.
 
-    ``dry_run``: only say what would be built or repaired. ``lock_wait``: seconds to wait for the
-    db-maintenance lock (None: forever); a held lock raises ``LockHeld``. Returns the report's rows
-    under ``actions``, ``unused``, ``duplicates``; raises ``IndexMaintenanceError`` (after the
-    artifact) when an index could not be built or repaired.
+    A held lock raises ``LockHeld``. Returns the report's rows under ``actions``, ``unused``,
+    ``duplicates``; raises ``IndexMaintenanceError`` (after the artifact) when an index could not be
+    built or repaired.
+
+    Args:
+        dry_run: Only say what would be built or repaired.
+        lock_wait: Seconds to wait for the db-maintenance lock (0: fail at once, null: wait forever).
     """
     with job_lock("db-maintenance", wait=lock_wait):
         actions = repair_invalid_indexes(dry_run) + build_missing_indexes(dry_run)

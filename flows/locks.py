@@ -11,7 +11,8 @@ repair it (or fail with a clear message). While the job runs it also holds an ad
 name (see ``db/locks.py``), which is what actually keeps two writers apart if Prefect loses
 track of a slot, and which every writing transaction checks (``db.locks.guard_write``).
 
-Lease: 10 minutes, renewed by Prefect at 75 %. ``raise_on_lease_renewal_failure=False``: a long import
+Lease: 10 minutes (``HUB_LOCK_LEASE_SECONDS``), renewed by Prefect at 75 %.
+``raise_on_lease_renewal_failure=False``: a long import
 must not be killed by one renewal hiccup (Prefect's own retries are 3 within seconds), and while the
 advisory lock is held a second writer cannot start even if the lease lapsed. A crashed holder's slot
 comes back after the lease on a real server; on an ephemeral server or after a server restart it never
@@ -47,6 +48,7 @@ from db import locks as dblocks
 from db.connection import connection
 from db.locks import LockError, LockLost
 from flows import runtime
+from flows.config import get_config
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ log = logging.getLogger(__name__)
 # entity's): every job takes locks in this order, so no two jobs can wait on each other in a cycle.
 GROUPS = ("retry-failed-snapshots", "orders", "customers", "products", "customer-metrics", "db-maintenance")
 PREFIX = "hub-"
-LEASE_SECONDS = 600
+LEASE_SECONDS = 600  # the default of HUB_LOCK_LEASE_SECONDS (flows.config)
 EX_TEMPFAIL = 75  # sysexits.h: "try again later" — the CLI's exit code when a lock is held
 
 
@@ -217,24 +219,25 @@ def _prefect_slot(name: str, wait: float | None) -> Iterator[str]:
     to itself). A renewal failure does not stop the job (see the module docstring); a failed release
     at the end is only logged: the work is done, and the lease expires on its own.
     """
+    lease = get_config().lock_lease_seconds
     acquired = acquire_concurrency_slots_with_lease(
         [name],
         1,
         timeout_seconds=wait if wait else None,
         max_retries=0 if wait == 0 else None,
-        lease_duration=LEASE_SECONDS,
+        lease_duration=lease,
         strict=True,
     )
     if not acquired.limits:  # strict=True raises first; never run unlocked if that ever changes
         raise LockError(f"concurrency limit {name} does not exist; run `hub bootstrap`. The job did not run.")
     try:
-        with maintain_concurrency_lease(acquired.lease_id, LEASE_SECONDS, raise_on_lease_renewal_failure=False):
+        with maintain_concurrency_lease(acquired.lease_id, lease, raise_on_lease_renewal_failure=False):
             yield str(acquired.lease_id)
     finally:
         try:
             with get_client(sync_client=True) as client:
                 client.release_concurrency_slots_with_lease(acquired.lease_id)
-        except Exception as exc:  # noqa: BLE001 - logged; the lease expires after LEASE_SECONDS
+        except Exception as exc:  # noqa: BLE001 - logged; the lease expires on its own
             log.warning(
                 "could not release the slot of %s (lease %s): %s; it comes back when the lease expires",
                 name,

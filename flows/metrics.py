@@ -72,9 +72,15 @@ def recalculate_customer_metrics(
 ) -> dict[str, Any]:
     """Recompute customer metrics and RFM segments (incrementally unless ``full``), under its job lock.
 
-    ``cancelled_statuses`` / ``segment_rules`` (settings format, see ``db.metrics_rules``) override the
-    ``settings`` table for this run; None reads it. ``as_of`` (default now) is the "today" of recency.
     Returns the counters, ``segments`` (customers per segment and movement) and ``movement`` (from → to).
+
+    Args:
+        full: Recompute every customer instead of only those whose orders changed.
+        as_of: The "today" of recency (default: now).
+        cancelled_statuses: Order status ids that do not count as sales, for this run only (null: the
+            settings table's; format: see db.metrics_rules).
+        segment_rules: RFM segment rules for this run only (null: the settings table's).
+        lock_wait: Seconds to wait for the job lock when another job holds it (0: fail at once, null: wait forever).
     """
     hub = runtime.hub()
     if cancelled_statuses is None or segment_rules is None:

@@ -87,8 +87,12 @@ def partition_maintenance(
 ) -> dict[str, Any]:
     """Make sure ``order_items`` has its runway and data quarters; archive and drop what is past retention.
 
-    ``dry_run``: print the plan, change nothing (and take no lock). ``lock_wait``: seconds to wait for the
-    locks (None: forever); a held lock raises ``LockHeld``. ``now``: the clock (tests).
+    A held lock raises ``LockHeld``.
+
+    Args:
+        dry_run: Print the plan, change nothing (and take no lock).
+        lock_wait: Seconds to wait for the locks when another job holds them (0: fail at once, null: forever).
+        now: The clock (default: now; tests set it).
     """
     with nullcontext() if dry_run else job_lock(*LOCK_GROUPS, wait=lock_wait):
         plan = plan_partitions(now)
@@ -147,7 +151,12 @@ def restore_archive(dump: Path) -> dict[str, Any]:
 
 @flow(name="restore-partition-archive")
 def restore_partition_archive(path: Path, lock_wait: float | None = 0) -> dict[str, Any]:
-    """Bring an archived quarter back (checksum first) and lift the retention horizon for it."""
+    """Bring an archived quarter back (checksum first) and lift the retention horizon for it.
+
+    Args:
+        path: The archive file (its checksum file beside it), as seen from the machine that runs the flow.
+        lock_wait: Seconds to wait for the job lock when another job holds it (0: fail at once, null: wait forever).
+    """
     with job_lock(*LOCK_GROUPS, wait=lock_wait):
         out = restore_archive(Path(path))
     logger().info("restored %s: %d rows from %s", out["partition"], out["rows"], out["file"])

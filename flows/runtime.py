@@ -6,6 +6,8 @@ override functions below (module-level, because Prefect runs tasks in worker thr
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,14 +48,48 @@ def hub() -> Hub:
     return Hub(cfg, url, cfg.db_schema)
 
 
+class DatabaseNotConfigured(RuntimeError):
+    """A deployment run on a worker that has no ``HUB_DATABASE_URL``."""
+
+
 def database_url(cfg: HubConfig | None = None) -> str:
-    """``HUB_DATABASE_URL``, or the embedded server's ``shoptet_hub`` database (started if needed)."""
+    """``HUB_DATABASE_URL``, or the embedded server's ``shoptet_hub`` database (started if needed).
+
+    The embedded default is for one machine (local commands, ``hub demo``, ``hub serve``, which hands
+    its worker the URL). A deployment run on a worker without ``HUB_DATABASE_URL`` fails instead: an
+    embedded database of its own would be a second, private mirror that nothing else sees.
+    """
     cfg = cfg or get_config()
     if _database_url:
         return _database_url
     if cfg.database_url is not None:
         return cfg.database_url.get_secret_value()
+    run = deployment_run_id()
+    if run is not None:
+        raise DatabaseNotConfigured(
+            f"HUB_DATABASE_URL is not set on this worker (flow run {run} of a deployment). A deployment run "
+            "never starts an embedded database of its own: set HUB_DATABASE_URL in the worker's environment "
+            "to the hub's database (the one `hub db url` prints where the hub runs) and restart the worker."
+        )
     return ensure_database(embedded_server_url(cfg.home), DEFAULT_DATABASE)
+
+
+def deployment_run_id() -> str | None:
+    """The flow run id when this process runs a deployment's flow run (started by a worker), else None.
+
+    A worker starts each run in a process with ``PREFECT__FLOW_RUN_ID`` set; the run's context names its
+    deployment. A flow called from the CLI or a notebook has neither.
+    """
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):
+        return os.environ["PREFECT__FLOW_RUN_ID"]
+    if "prefect" not in sys.modules:  # no flow runs without Prefect; do not import it for the check
+        return None
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx and ctx.flow_run and ctx.flow_run.deployment_id:
+        return str(ctx.flow_run.id)
+    return None
 
 
 def ensure_schema(url: str, schema: str) -> None:

@@ -45,11 +45,16 @@ def import_snapshot(
 ) -> dict[str, Any]:
     """Import one entity through a Shoptet snapshot, holding the entity's job lock.
 
-    Without ``changed_since`` the snapshot is full and makes the mirror equal to the shop (rows it no
-    longer holds are deleted); with it, the snapshot is filtered and only upserts. ``reuse_job_id``
-    (used by ``retry_failed_snapshots``) skips the request and downloads that job's result again.
-    ``record_failure``: a failure is recorded in ``failed_snapshots`` for the hourly retry flow.
-    ``lock_wait``: seconds to wait for the lock (None: forever); a held lock raises ``LockHeld``.
+    A held lock raises ``LockHeld``.
+
+    Args:
+        entity: Which entity to import: orders, customers or products.
+        changed_since: Unset: a full snapshot that makes the mirror equal to the shop (rows it no longer
+            holds are deleted). Set: a filtered snapshot of what changed since then, which only upserts.
+        allow_mass_delete: A full snapshot may delete over half of the mirrored rows (refused otherwise).
+        reuse_job_id: Skip the request and download this Shoptet job's result again (the retry flow).
+        record_failure: Record a failure in failed_snapshots for the hourly retry flow.
+        lock_wait: Seconds to wait for the job lock when another job holds it (0: fail at once, null: wait forever).
     """
     entity = Entity(entity)
     full = changed_since is None
@@ -86,6 +91,13 @@ def import_file(
     """Apply a local snapshot file through the same loader (no API needed), under the entity's lock.
 
     A refused file raises the loader's own error (``TooManyRejectsError``, ``MassDeleteRefusedError``).
+
+    Args:
+        entity: Which entity the file holds: orders, customers or products.
+        path: The snapshot file (gzip or plain JSON Lines), as seen from the machine that runs the flow.
+        full: The file is a full snapshot: delete mirrored rows it does not hold.
+        allow_mass_delete: With full: allow deleting over half of the mirrored rows.
+        lock_wait: Seconds to wait for the job lock when another job holds it (0: fail at once, null: wait forever).
     """
     entity = Entity(entity)
     path = Path(path)

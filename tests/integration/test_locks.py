@@ -219,6 +219,16 @@ def test_bootstrap_creates_this_instances_limits(env):
     res = runner.invoke(app, ["bootstrap"])
     assert res.exit_code == 0, res.output
     assert f"{_name(env, 'orders')}: ok" in res.output
+    # The work pool and the partitions due now; a second run changes nothing (idempotent).
+    assert "work pool hub-process: " in res.output and "order_items partitions: " in res.output
+    again = runner.invoke(app, ["bootstrap"])
+    assert again.exit_code == 0, again.output
+    assert "work pool hub-process: ok" in again.output and "order_items partitions: ok" in again.output
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool("hub-process")
+    assert pool.type == "process" and pool.base_job_template["job_configuration"]["command"]
 
 
 # --- holders: lease and process start time (issue 8 §1.4, §1.11) ----------------------------------------

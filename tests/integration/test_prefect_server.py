@@ -1,0 +1,103 @@
+"""hub serve's server pieces: how CLI commands find it, its database URL, pg_trgm, stopping a process tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import psutil
+import psycopg
+import pytest
+from psycopg import sql
+
+from db.connection import ensure_database, libpq_url, with_database
+from deployments import prefect_server as ps
+
+
+class _Health(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200 if self.path == "/api/health" else 404)
+        self.end_headers()
+        self.wfile.write(b"true")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server():
+    httpd = HTTPServer(("127.0.0.1", 0), _Health)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}/api"
+    httpd.shutdown()
+
+
+def test_cli_uses_the_server_of_hub_serve_when_it_is_up(tmp_path, monkeypatch, health_server):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert ps.use_running_server(tmp_path) is None and "PREFECT_API_URL" not in os.environ  # no state file
+    ps.write_state(tmp_path, ps.ServerState(health_server, os.getpid(), "2026-11-30T00:00:00+00:00"))
+    assert ps.use_running_server(tmp_path) == health_server
+    assert os.environ["PREFECT_API_URL"] == health_server
+
+
+def test_a_stale_state_file_is_ignored(tmp_path, monkeypatch, health_server):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ps.write_state(tmp_path, ps.ServerState(health_server, dead.pid, "2026-11-30T00:00:00+00:00"))
+    assert ps.use_running_server(tmp_path) is None  # the recorded server process is gone
+    ps.write_state(tmp_path, ps.ServerState("http://127.0.0.1:9/api", os.getpid(), "2026-11-30T00:00:00+00:00"))
+    assert ps.use_running_server(tmp_path) is None  # alive, but nothing answers there
+    assert "PREFECT_API_URL" not in os.environ
+
+
+def test_prefect_api_url_wins(tmp_path, monkeypatch, health_server):
+    monkeypatch.setenv("PREFECT_API_URL", "http://elsewhere:4200/api")
+    ps.write_state(tmp_path, ps.ServerState(health_server, os.getpid(), "2026-11-30T00:00:00+00:00"))
+    assert ps.use_running_server(tmp_path) == "http://elsewhere:4200/api"
+
+
+def test_asyncpg_url():
+    assert (
+        ps.asyncpg_url("postgresql://postgres:@/prefect?host=/tmp/h/pg")
+        == "postgresql+asyncpg://postgres:@/prefect?host=%2Ftmp%2Fh%2Fpg"
+    )
+    assert ps.asyncpg_url("postgresql://u:p@db:5432/prefect?sslmode=require") == (
+        "postgresql+asyncpg://u:p@db:5432/prefect?ssl=require"
+    )
+    with pytest.raises(ps.ServerError, match="target_session_attrs") as exc:
+        ps.asyncpg_url("postgresql://u:secret@db/prefect?target_session_attrs=read-write")
+    assert "secret" not in str(exc.value)
+
+
+def test_prefect_database_can_create_pg_trgm(pg_server_url):
+    """What Prefect's migrations do first, on the tests' server (the embedded 18 needs the shim)."""
+    name = f"hub_prefect_{uuid.uuid4().hex[:8]}"
+    url = ensure_database(pg_server_url, name)
+    try:
+        ps.ensure_trgm(url)
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+            conn.execute("CREATE TABLE flow (name text)")
+            conn.execute("CREATE INDEX ON flow USING gin (name gin_trgm_ops)")
+            conn.execute("INSERT INTO flow SELECT 'flow-' || g FROM generate_series(1, 100) g")
+            assert conn.execute("SELECT count(*) FROM flow WHERE name ILIKE '%%w-9%%'").fetchone()[0] == 11
+    finally:
+        with psycopg.connect(libpq_url(with_database(pg_server_url, "postgres")), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_stop_process_leaves_no_process_of_the_tree(tmp_path):
+    proc = subprocess.Popen(
+        ["sh", "-c", "trap '' TERM; sleep 300 & sleep 300 & wait"], start_new_session=True
+    )  # ignores SIGTERM: only the SIGKILL after the timeout ends it
+    time.sleep(0.5)
+    tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+    assert len(tree) == 3
+    ps.stop_process(proc, timeout=1)
+    time.sleep(0.2)
+    assert [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
