@@ -183,6 +183,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "shoptet-hub-bench")
     ap.add_argument("--database", default="hub_bench_nightly")
+    ap.add_argument("--files-only", action="store_true", help="write the two files and stop")
     args = ap.parse_args()
     args.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -193,6 +194,8 @@ def main() -> None:
         f"{len(m['changed']):,} changed, {len(m['new']):,} new ({sizes['nightly']:,.0f} MB gz)",
         flush=True,
     )
+    if args.files_only:
+        return
     server = args.server_url or _own_server()
     url = fresh_db(server, args.database)
     with connect(url, autocommit=True) as c:

@@ -99,6 +99,9 @@ def cases(k: Keys, cancelled: list[int]) -> list[Case]:
     def typed(e: str) -> str:  # as someone types it: trimmed, sometimes in capitals
         return e.strip().upper() if len(e) % 3 == 0 else e.strip()
 
+    def batch(r: random.Random, pool: list[str]) -> list[str]:  # 1 000 distinct (all of a tiny test shop)
+        return r.sample(pool, min(1000, len(pool)))
+
     def quarter(r: random.Random) -> tuple:
         q = r.choice(k.quarters)
         return q.start, q.end, cancelled
@@ -108,8 +111,8 @@ def cases(k: Keys, cancelled: list[int]) -> list[Case]:
         Case("order history (last 50 + items)", HISTORY, lambda r: (r.choice(k.customers),), "<= 5 ms", _ms(5)),
         Case("variant by code", VARIANT_CODE, lambda r: (r.choice(k.codes),), "<= 1 ms", _ms(1)),
         Case("variant by EAN", VARIANT_EAN, lambda r: (r.choice(k.eans),), "<= 1 ms", _ms(1)),
-        Case("variants by 1 000 codes", VARIANT_CODES, lambda r: (r.sample(k.codes, 1000),), "<= 20 ms", _ms(20)),
-        Case("variants by 1 000 EANs", VARIANT_EANS, lambda r: (r.sample(k.eans, 1000),), "<= 20 ms", _ms(20)),
+        Case("variants by 1 000 codes", VARIANT_CODES, lambda r: (batch(r, k.codes),), "<= 20 ms", _ms(20)),
+        Case("variants by 1 000 EANs", VARIANT_EANS, lambda r: (batch(r, k.eans),), "<= 20 ms", _ms(20)),
         Case("quarter revenue report", QUARTER, quarter, ">= 4x faster", lambda ms, ratio: ratio >= 4),
     ]
 
