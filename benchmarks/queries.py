@@ -75,6 +75,15 @@ SELECT date_trunc('month', created_at AT TIME ZONE 'UTC') AS month, count(*) AS 
   FROM order_items
  WHERE created_at >= %s AND created_at < %s AND coalesce(status_id, 0) <> ALL(%s)
  GROUP BY 1 ORDER BY 1"""
+# The same quarter's totals in one row: no grouping, so no sort.
+QUARTER_TOTALS = """
+SELECT count(*) AS lines, sum(amount) AS units, sum(item_price_without_vat) AS revenue_without_vat,
+       sum(item_price_with_vat) AS revenue_with_vat
+  FROM order_items
+ WHERE created_at >= %s AND created_at < %s AND coalesce(status_id, 0) <> ALL(%s)"""
+NO_PARALLEL = ("max_parallel_workers_per_gather", "0")
+# Their own statement text for the diagnostics: a prepared statement's cached plan ignores a later SET.
+QUARTER_SERIAL, TOTALS_SERIAL = QUARTER + "\n-- serial", QUARTER_TOTALS + "\n-- serial"
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class Case:
     params: Callable[[random.Random], tuple]
     target: str
     passed: Callable[[float, float], bool]  # (p50 ms with, ratio) -> met
+    setting: tuple[str, str] | None = None  # a session setting for this case only (diagnostics)
 
 
 @dataclass
@@ -113,8 +123,16 @@ def cases(k: Keys, cancelled: list[int]) -> list[Case]:
         Case("variant by EAN", VARIANT_EAN, lambda r: (r.choice(k.eans),), "<= 1 ms", _ms(1)),
         Case("variants by 1 000 codes", VARIANT_CODES, lambda r: (batch(r, k.codes),), "<= 20 ms", _ms(20)),
         Case("variants by 1 000 EANs", VARIANT_EANS, lambda r: (batch(r, k.eans),), "<= 20 ms", _ms(20)),
-        Case("quarter revenue report", QUARTER, quarter, ">= 4x faster", lambda ms, ratio: ratio >= 4),
+        Case("quarter revenue report", QUARTER, quarter, ">= 4x faster", _faster(4)),
+        Case("quarter revenue totals", QUARTER_TOTALS, quarter, ">= 4x faster", _faster(4)),
+        # Diagnostics: the same two without parallel workers on either side (the work, not the wall clock).
+        Case("  report, no parallel workers", QUARTER_SERIAL, quarter, "(diagnostic)", _faster(4), NO_PARALLEL),
+        Case("  totals, no parallel workers", TOTALS_SERIAL, quarter, "(diagnostic)", _faster(4), NO_PARALLEL),
     ]
+
+
+def _faster(times: float) -> Callable[[float, float], bool]:
+    return lambda ms, ratio: ratio >= times
 
 
 def _ms(limit: float) -> Callable[[float, float], bool]:
@@ -222,9 +240,12 @@ def sample_keys(url: str, seed: int) -> Keys:
 def run_case(conn: psycopg.Connection, case: Case, seed: int, args: argparse.Namespace) -> list[float]:
     r = random.Random(seed)
     cur = conn.cursor()
-    for _ in range(args.warmup):
+    deadline = time.perf_counter() + args.budget / 3
+    for _ in range(args.warmup):  # at least one, then while a third of the budget lasts
         cur.execute(case.query, case.params(r), prepare=True)
         cur.fetchall()
+        if time.perf_counter() > deadline:
+            break
     r = random.Random(seed + 1)
     times: list[float] = []
     deadline = time.perf_counter() + args.budget
@@ -282,11 +303,15 @@ def measure(url: str, args: argparse.Namespace) -> list[dict]:
         for i, case in enumerate(cases(keys, list(DEFAULT_CANCELLED_STATUSES))):
             row: dict = {"case": case.name, "target": case.target}
             for side, conn in conns.items():
+                if case.setting:
+                    conn.execute("SELECT set_config(%s, %s, false)", case.setting)
                 times = run_case(conn, case, args.seed + 10 * i, args)
                 row[side] = {"p50": statistics.median(times), "p95": pct(times, 0.95), "n": len(times)}
                 row[side]["plan"] = plan_shape(conn, case, random.Random(args.seed))
-                if case.query is QUARTER:
+                if "quarter" in case.name or case.setting:
                     row[side]["explain"] = explain_text(conn, case, random.Random(args.seed))
+                if case.setting:
+                    conn.execute(sql.SQL("RESET {}").format(sql.Identifier(case.setting[0])))
             row["ratio"] = row[BASELINE]["p50"] / row[PRODUCT]["p50"]
             row["met"] = case.passed(row[PRODUCT]["p50"], row["ratio"])
             results.append(row)
@@ -328,7 +353,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server-url", help="PostgreSQL server URL (default: an embedded PostgreSQL 18 of its own)")
     ap.add_argument("--items", type=int, default=8_200_000, help="order items; the rest scales with it")
-    ap.add_argument("--database", default="hub_bench_queries")
+    ap.add_argument("--database", help="default: hub_bench_queries_<items> (one per size, so --reuse finds it)")
     ap.add_argument("--reuse", action="store_true", help="measure on the database a previous run built")
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--min-runs", type=int, default=10)
@@ -340,6 +365,7 @@ def main() -> None:
 
     server = args.server_url or _own_server()
     sizes = Sizes.scaled(args.items)
+    args.database = args.database or f"hub_bench_queries_{args.items}"
     url = (reusable(server, args.database, sizes) if args.reuse else None) or build(server, args.database, sizes)
     with psycopg.connect(libpq_url(with_database(server, "postgres"))) as c:
         c.execute("SELECT 1")
@@ -353,9 +379,10 @@ def main() -> None:
     print("\nplans (baseline | partitioned + indexes):")
     for row in results:
         print(f"  {row['case']}: {row[BASELINE]['plan']} | {row[PRODUCT]['plan']}")
-    quarter = next(r for r in results if r["case"] == "quarter revenue report")
-    for side in (BASELINE, PRODUCT):
-        print(f"\nquarter revenue report, EXPLAIN (ANALYZE, BUFFERS), {side}:\n{quarter[side]['explain']}")
+    for row in results:
+        for side in (BASELINE, PRODUCT):
+            if "explain" in row[side]:
+                print(f"\n{row['case'].strip()}, EXPLAIN (ANALYZE, BUFFERS), {side}:\n{row[side]['explain']}")
     if args.json:
         args.json.write_text(json.dumps({"sizes": sizes.__dict__, "results": results}, indent=1, default=str))
 
