@@ -13,6 +13,7 @@ Everything started is stopped at the end, and the test checks that no process is
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -87,6 +88,11 @@ def _hub(env: dict, *args: str, timeout: float = 300) -> str:
     return proc.stdout + proc.stderr
 
 
+def _status(env: dict) -> tuple[dict, int]:
+    proc = subprocess.run([*HUB, "status", "--json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return json.loads(proc.stdout), proc.returncode
+
+
 def _spawn(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -157,7 +163,7 @@ def test_deployments_on_two_workers_keep_the_locks(prefect_server, db_url, tmp_p
         sandbox_log = tmp_path / "sandbox.log"
         sandbox = _spawn(
             [*HUB, "sandbox", "--port", str(sandbox_port), "--token", TOKEN, "--orders", str(ORDERS)]
-            + ["--job-seconds", "8"],
+            + ["--job-seconds", "15"],  # a snapshot holds its lock that long: runs contend for it
             env,
             sandbox_log,
         )
@@ -188,10 +194,18 @@ def test_deployments_on_two_workers_keep_the_locks(prefect_server, db_url, tmp_p
         assert len(spans) == 2 and all(s[1] == "succeeded" for s in spans), spans
         (_, _, in1, out1), (_, _, in2, out2) = spans
         assert out1 <= in2, f"locked sections overlapped: {spans}"
-        # ... while the two flow runs themselves did overlap: the later one really waited for the lock.
-        starts = sorted(datetime.fromisoformat(r["start_time"]) for r in (ra, rb))
-        assert starts[1] < out1, f"the runs did not contend (starts {starts}, first lock released {out1})"
         assert _orders_rows(db_url) == (ORDERS, ORDERS)  # every order of the shop, each with its items
+        # Which worker claims which run first is up to them: the fast fetch may finish before the snapshot
+        # starts. So once more with the contention certain: the fetch is started while the snapshot holds
+        # the lock, and must wait for it.
+        c = api.run("import-snapshot/orders-full-snapshot", lock_wait=None)
+        _wait_for_holder(db_url, orders_lock, c)
+        d = api.run("fetch-new-orders/fetch-new-orders", lock_wait=None, since=since)
+        rc, rd = api.wait(c), api.wait(d)
+        assert (rc["state_type"], rd["state_type"]) == ("COMPLETED", "COMPLETED"), (rc["state"], rd["state"])
+        (_, _, in3, out3), (_, _, in4, _) = _runs(db_url, [c, d])
+        assert out3 <= in4, "the waiting run's locked section began before the holder's ended"
+        assert datetime.fromisoformat(rd["start_time"]) < out3, "the fetch did not run while the lock was held"
 
         phase("contention")
 
@@ -211,8 +225,12 @@ def test_deployments_on_two_workers_keep_the_locks(prefect_server, db_url, tmp_p
         with psycopg.connect(libpq_url(db_url)) as conn:
             dead = read_holder(conn, orders_lock)
             assert dead.flow_run_id == victim and not holder_alive(conn, dead), "recorded holder, known dead"
-        # TODO(lead, issue 12): assert that `hub status` reports this failure (the dead run / the lock
-        # held by a dead holder) with a non-zero exit code, once hub status is merged.
+        # `hub status` reports it for a monitor: exit 2, the orders lock held by a dead holder.
+        report, code = _status(env)
+        assert code == 2 and report["level"] == "fail", report
+        locks = next(c for c in report["checks"] if c["name"] == "locks")
+        (held,) = [x for x in locks["data"]["items"] if x["lock"] == orders_lock]
+        assert (held["level"], held["holder_alive"]) == ("fail", False), held
         # An operator (or an automation) marks the dead run Crashed, which frees its deployment's slot.
         api.call(
             "POST",
