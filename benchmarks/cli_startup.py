@@ -10,7 +10,8 @@ same PostgreSQL, its URL in ``HUB_HOME/run/prefect-server.json``, which the CLI 
 
 Prints the medians of wall time and of the command's CPU time (user + system of the child processes:
 less sensitive to other load on the machine than wall time), and the ratios. The server's own start-up
-is reported once; it is paid once per ``hub serve``, not per command.
+is reported once; it is paid once per ``hub serve``, not per command. The floor beside them: a process
+that only imports what the command imports (Prefect and the flows), which no server can remove.
 """
 
 from __future__ import annotations
@@ -48,10 +49,17 @@ def run_command(env: dict[str, str], path: Path) -> tuple[float, float]:
     return wall, cpu
 
 
-def measure(label: str, env: dict[str, str], path: Path, runs: int) -> dict[str, float]:
+def run_imports(env: dict[str, str], path: Path) -> tuple[float, float]:
+    """The floor: a Python process that only imports what ``hub import-file`` imports (Prefect, the flows)."""
+    cpu0, t0 = _child_cpu(), time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import deployments.cli, flows.snapshot"], env=env, cwd=ROOT, check=True)
+    return time.perf_counter() - t0, _child_cpu() - cpu0
+
+
+def measure(label: str, env: dict[str, str], path: Path, runs: int, command=None) -> dict[str, float]:
     walls, cpus = [], []
     for i in range(runs):
-        wall, cpu = run_command(env, path)
+        wall, cpu = (command or run_command)(env, path)
         walls.append(wall)
         cpus.append(cpu)
         print(f"  {label} run {i + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
@@ -83,6 +91,7 @@ def main() -> None:
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",  # a loaded machine: do not time out
     )
     print(f"hub import-file orders (10 orders), {args.runs} runs each")
+    floor = measure("imports only", env, path, args.runs, run_imports)
     run_command(env, path)  # the first import inserts; every measured run applies the same 10 unchanged
     ephemeral = measure("ephemeral", env, path, args.runs)
 
@@ -100,6 +109,8 @@ def main() -> None:
     print(f"{'':24}{'wall (median)':>16}{'CPU (median)':>16}")
     print(f"{'ephemeral Prefect':24}{ephemeral['wall']:>14.2f} s{ephemeral['cpu']:>14.2f} s")
     print(f"{'hub serve server up':24}{running['wall']:>14.2f} s{running['cpu']:>14.2f} s")
+    print(f"{'imports only (floor)':24}{floor['wall']:>14.2f} s{floor['cpu']:>14.2f} s")
+    print(f"{'ratio up / floor':24}{running['wall'] / floor['wall']:>15.1f}x{running['cpu'] / floor['cpu']:>15.1f}x")
     print(
         f"{'ratio ephemeral / up':24}{ephemeral['wall'] / running['wall']:>15.1f}x"
         f"{ephemeral['cpu'] / running['cpu']:>15.1f}x"
