@@ -241,12 +241,13 @@ def copy_batch(conn: psycopg.Connection, size: int) -> int:
 # --- 3. verify -----------------------------------------------------------------------------------------
 
 
-def checksum(conn: psycopg.Connection, table: str) -> tuple[int, int]:
-    """(rows, order-independent checksum of every column) of ``table``."""
+def checksum(conn: psycopg.Connection, table: str, where: sql.Composable = sql.SQL("TRUE")) -> tuple[int, int]:
+    """(rows, order-independent checksum of every column) of ``table`` (the rows matching ``where``)."""
     row = conn.execute(
         sql.SQL(
-            "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM (SELECT {} FROM {}) t"
-        ).format(_cols(), sql.Identifier(table))
+            "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) "
+            "FROM (SELECT {} FROM {} WHERE {}) t"
+        ).format(_cols(), sql.Identifier(table), where)
     ).fetchone()
     return int(row[0]), int(row[1])
 
