@@ -71,6 +71,7 @@ class Writer(threading.Thread):
         self.waits: dict[str, list[float]] = {}
         self.failures: dict[str, list[str]] = {}
         self.expected: dict[str, Decimal] = {}
+        self.slow: list[tuple[float, str, float]] = []  # (when, statement, seconds) of waits over 0.5 s
 
     def run(self) -> None:
         with psycopg.connect(libpq_url(self.url), autocommit=True) as c:
@@ -94,7 +95,10 @@ class Writer(threading.Thread):
         except psycopg.Error as exc:
             self.failures.setdefault(phase, []).append(str(exc).splitlines()[0])
             ok = False
-        self.waits.setdefault(phase, []).append(time.perf_counter() - t)
+        took = time.perf_counter() - t
+        self.waits.setdefault(phase, []).append(took)
+        if took > 0.5:
+            self.slow.append((t, stmt.split()[0], took))
         return ok
 
 
@@ -102,10 +106,14 @@ def untouched(c: psycopg.Connection, touched: list[str]) -> tuple[int, int]:
     return split.checksum(c, "order_items", UNTOUCHED.format(sql.Literal(touched)))
 
 
+STEPS: list[tuple[float, float, str]] = []  # (start, end, step): to place the writer's slow statements
+
+
 def timed(label: str, fn, times: dict[str, float]):  # noqa: ANN001, ANN201
     t = time.perf_counter()
     out = fn()
     times[label] = time.perf_counter() - t
+    STEPS.append((t, t + times[label], label))
     print(f"  {label:<34} {times[label]:8.2f} s", flush=True)
     return out
 
@@ -175,6 +183,9 @@ def main() -> None:
         p99 = w[min(len(w) - 1, int(len(w) * 0.99))]
         print(f"{phase:<10} {len(w):>10,} {len(writer.failures.get(phase, [])):>7} {w[-1] * 1000:>11.1f} "
               f"{p99 * 1000:>8.1f} {statistics.median(w) * 1000:>10.2f}")  # fmt: skip
+    for when, what, took in writer.slow:
+        step = next((f"{label} (+{when - a:.1f} s)" for a, b, label in STEPS if a <= when <= b), "between steps")
+        print(f"  slow writer {what}: {took * 1000:.0f} ms, during {step}")
     for phase, errs in writer.failures.items():
         print(f"  {phase} failures, first: {errs[0]}")
     print(f"rows: before {rows_before:,}; after {rows_after:,} = before + {w_rows:,} inserted by the writer: "
