@@ -20,6 +20,7 @@ import statistics
 import sys
 import threading
 import time
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
@@ -72,9 +73,23 @@ class Writer(threading.Thread):
         self.failures: dict[str, list[str]] = {}
         self.expected: dict[str, Decimal] = {}
         self.slow: list[tuple[float, str, float]] = []  # (when, statement, seconds) of waits over 0.5 s
+        self.pid: int | None = None
+        self.seen: Counter[tuple[str, str]] = Counter()  # (phase, wait event) sampled every 20 ms
+
+    def sample(self) -> None:
+        """What the writer's backend waits on, every 20 ms: a lock (a DDL step, a copy batch) or I/O."""
+        with psycopg.connect(libpq_url(self.url), autocommit=True) as c:
+            while not self.stop.is_set():
+                if self.pid:
+                    r = c.execute("SELECT wait_event_type, wait_event, state FROM pg_stat_activity WHERE pid = %s",
+                                  (self.pid,)).fetchone()  # fmt: skip
+                    if r and r[2] == "active":
+                        self.seen[(self.phase, f"{r[0]}:{r[1]}" if r[0] else "CPU")] += 1
+                time.sleep(0.02)
 
     def run(self) -> None:
         with psycopg.connect(libpq_url(self.url), autocommit=True) as c:
+            self.pid = c.info.backend_pid
             n = 0
             while not self.stop.is_set():
                 n += 1
@@ -136,6 +151,8 @@ def main() -> None:
 
     writer = Writer(url, touched)
     writer.start()
+    sampler = threading.Thread(target=writer.sample, daemon=True)
+    sampler.start()
     time.sleep(1)
     window = DateWindow.default()
     times: dict[str, float] = {}
@@ -163,6 +180,7 @@ def main() -> None:
     time.sleep(1)
     writer.stop.set()
     writer.join()
+    sampler.join()
 
     rows_after = conn.execute("SELECT count(*) FROM order_items").fetchone()[0]
     w_rows = conn.execute("SELECT count(*) FROM order_items WHERE order_code LIKE 'W%'").fetchone()[0]
@@ -186,6 +204,9 @@ def main() -> None:
     for when, what, took in writer.slow:
         step = next((f"{label} (+{when - a:.1f} s)" for a, b, label in STEPS if a <= when <= b), "between steps")
         print(f"  slow writer {what}: {took * 1000:.0f} ms, during {step}")
+    for phase in ("migrate", "split"):
+        top = sorted(((n, ev) for (ph, ev), n in writer.seen.items() if ph == phase), reverse=True)[:5]
+        print(f"  writer backend while {phase} (20 ms samples, active): " + ", ".join(f"{ev} {n}" for n, ev in top))
     for phase, errs in writer.failures.items():
         print(f"  {phase} failures, first: {errs[0]}")
     print(f"rows: before {rows_before:,}; after {rows_after:,} = before + {w_rows:,} inserted by the writer: "
