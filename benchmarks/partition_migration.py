@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--server-url", help="PostgreSQL server URL (default: the benchmarks' embedded PostgreSQL 18)")
     ap.add_argument("--rows", type=int, default=8_200_000)
     ap.add_argument("--batch-size", type=int, default=5000)
+    ap.add_argument("--pause", type=float, default=0.0, help="seconds between copy batches (--pause of the CLI)")
     args = ap.parse_args()
 
     url = fresh_db(server_url(args.server_url), "hub_bench_partition_migration")
@@ -169,7 +170,7 @@ def main() -> None:
     writer.phase = "split"
     print("split (writer running):", flush=True)
     timed("prepare (shadow, trigger)", lambda: split.prepare(conn), times)
-    batches = timed("copy in batches", lambda: _copy_all(conn, args.batch_size), times)
+    batches = timed("copy in batches", lambda: _copy_all(conn, args.batch_size, args.pause), times)
     verified = timed("verify (count + checksum)", lambda: split.verify(conn), times)
     attached = timed(
         "flip (one transaction)", lambda: split.flip_with_retries(conn, verified, window, sleep=time.sleep), times
@@ -217,10 +218,11 @@ def main() -> None:
     conn.close()
 
 
-def _copy_all(conn: psycopg.Connection, size: int) -> int:
+def _copy_all(conn: psycopg.Connection, size: int, pause: float) -> int:
     batches = 0
     while split.copy_batch(conn, size):
         batches += 1
+        time.sleep(pause)
         if batches % 200 == 0:
             print(f"    {batches * size:,} rows copied", flush=True)
     return batches

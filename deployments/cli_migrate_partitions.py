@@ -16,6 +16,9 @@ def migrate_partitions(
     max_batches: int = typer.Option(
         0, "--max-batches", min=0, help="Stop the --split copy after N batches (0: run to the end); rerun to resume."
     ),
+    pause: float = typer.Option(
+        0.0, "--pause", min=0.0, metavar="SECONDS", help="Pause between copy batches (eases I/O for writers)."
+    ),
     wait: float = typer.Option(
         0.0,
         "--wait",
@@ -37,7 +40,14 @@ def migrate_partitions(
         _make_legacy()
         return
     try:
-        out = flow(dry_run=dry_run, split=split, batch_size=batch_size, max_batches=max_batches or None, lock_wait=wait)
+        out = flow(
+            dry_run=dry_run,
+            split=split,
+            batch_size=batch_size,
+            max_batches=max_batches or None,
+            lock_wait=wait,
+            pause=pause,
+        )
     except MigrationError as exc:
         fail(str(exc))
     except LockHeld as exc:

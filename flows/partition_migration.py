@@ -83,7 +83,7 @@ def prepare_split() -> list[str]:
 
 
 @task(name="copy-legacy-rows", cache_policy=NO_CACHE, **RETRIES)
-def copy_rows(batch_size: int, max_batches: int | None) -> dict[str, Any]:
+def copy_rows(batch_size: int, max_batches: int | None, pause: float = 0.0) -> dict[str, Any]:
     """Batches until the legacy partition is read to its end (or ``max_batches``); resumes from the progress row."""
     batches = rows = 0
     started = time.monotonic()
@@ -93,6 +93,7 @@ def copy_rows(batch_size: int, max_batches: int | None) -> dict[str, Any]:
             if n == 0:
                 break
             batches, rows = batches + 1, rows + n
+            time.sleep(pause)  # throttle: the copy's WAL competes with the writers' commits
             if batches % 200 == 0:
                 p = split_db.progress(conn)
                 logger().info("copied %d rows in %d batches this run (%d in all)", rows, batches, p.rows_copied)
@@ -142,12 +143,14 @@ def migrate_partitions(
     batch_size: int = BATCH_SIZE,
     max_batches: int | None = None,
     lock_wait: float | None = 0,
+    pause: float = 0.0,
 ) -> dict[str, Any]:
     """Make a plain ``order_items`` partitioned while writes go on; ``split``: move the legacy rows into quarters.
 
     ``dry_run``: print the plan, change nothing, take no lock. ``max_batches``: stop the copy after so
-    many batches (a later run resumes). ``lock_wait``: seconds to wait for the db-maintenance lock
-    (None: forever); a held lock raises ``LockHeld``. A refusal raises ``MigrationError``.
+    many batches (a later run resumes). ``pause``: seconds between copy batches (less WAL pressure on
+    the writers' commits). ``lock_wait``: seconds to wait for the db-maintenance lock (None: forever);
+    a held lock raises ``LockHeld``. A refusal raises ``MigrationError``.
     """
     with nullcontext() if dry_run else job_lock("db-maintenance", wait=lock_wait):
         plan = plan_migration()
@@ -162,19 +165,19 @@ def migrate_partitions(
             out["did"] += validate_range_check(plan)
             out["did"] += swap(plan)
         if split:
-            _split(out, batch_size, max_batches)
+            _split(out, batch_size, max_batches, pause)
     _publish(out)
     return out
 
 
-def _split(out: dict[str, Any], batch_size: int, max_batches: int | None) -> None:
+def _split(out: dict[str, Any], batch_size: int, max_batches: int | None, pause: float) -> None:
     with _conn() as conn:
         st = split_db.split_state(conn)
     if st == "not-migrated":
         raise MigrationError("order_items has no legacy partition to split: run `hub migrate-partitions` first")
     if st in ("to-prepare", "copying"):
         out["did"] += prepare_split()
-        out["copy"] = copy_rows(batch_size, max_batches)
+        out["copy"] = copy_rows(batch_size, max_batches, pause)
         if not out["copy"]["finished"]:
             out["did"].append(f"copy paused after {max_batches} batches; run again to resume")
             return
