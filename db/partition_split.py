@@ -57,6 +57,7 @@ PROGRESS = "order_items_split_progress"
 TRIGGER = "order_items_legacy_sync"
 FLIP_LOCK_TIMEOUT = "200ms"  # writers queue behind the waiting flip
 SHORT_LOCK_TIMEOUT = "500ms"
+BATCH_LOCK_TIMEOUT = "100ms"
 VERIFIED = "verified copy; rows="
 
 
@@ -197,10 +198,20 @@ def _create_trigger(conn: psycopg.Connection, sleep: Callable[[float], None]) ->
 # --- 2. copy -------------------------------------------------------------------------------------------
 
 
-def copy_batch(conn: psycopg.Connection, size: int) -> int:
-    """Copy the next ``size`` legacy rows (primary-key order) into the shadow; the number read (0: done)."""
+def copy_batch(conn: psycopg.Connection, size: int, *, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Copy the next ``size`` legacy rows (primary-key order) into the shadow; the number read (0: done).
+
+    The batch waits at most ``BATCH_LOCK_TIMEOUT`` for a row a writer holds, then gives up and is
+    retried: a writer locking several rows in another order can then never deadlock with a batch and
+    be the one aborted — the batch always yields.
+    """
+    return retry_on_lock_timeout("copy batch", lambda: _copy_batch(conn, size), sleep=sleep)
+
+
+def _copy_batch(conn: psycopg.Connection, size: int) -> int:
     p = sql.Identifier(PROGRESS)
     with conn.transaction():
+        set_lock_timeout(conn, BATCH_LOCK_TIMEOUT, local=True)  # under deadlock_timeout (1 s)
         last = conn.execute(
             sql.SQL("SELECT last_order_code, last_item_id, last_created_at FROM {} FOR UPDATE").format(p)
         ).fetchone()

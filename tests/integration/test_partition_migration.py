@@ -19,7 +19,7 @@ from db.connection import libpq_url, sqlalchemy_url
 from db.legacy_layout import make_legacy_order_items
 from db.partition_migration import MigrationError, state
 from db.partition_plan import make_plan
-from db.partition_split import checksum, split_state
+from db.partition_split import checksum, copy_batch, prepare, split_state, verify
 from db.partitions import Quarter, ensure_partitions, existing_partitions, legacy_bound
 from flows import runtime
 from flows.partition_migration import migrate_partitions
@@ -207,3 +207,27 @@ def test_cli(legacy, hub_env):
     assert done.exit_code == 0 and "flipped" in done.output, done.output
     again = runner.invoke(app, ["migrate-partitions", "--split"])
     assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+
+
+def test_a_copy_batch_gives_way_to_a_writer_holding_a_row(legacy):
+    """The batch's lock_timeout: it yields (and is retried) instead of holding a writer or deadlocking with it."""
+    migrate_partitions()
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        prepare(c)
+    writer = psycopg.connect(libpq_url(legacy))  # an open transaction holding the first row in key order
+    writer.execute("UPDATE order_items SET amount = 42 WHERE order_code = 'B000000'")
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 2:
+            writer.commit()
+
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        assert copy_batch(c, 100, sleep=sleep) == 100
+        while copy_batch(c, 2000):
+            pass
+        rows, _ = verify(c)
+    writer.close()
+    assert len(pauses) == 2 and rows == ROWS
+    assert amounts(legacy)["B000000"] == Decimal(42)
