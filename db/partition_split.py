@@ -17,7 +17,8 @@ So the split copies, keeps the copy exact, and swaps the bounds in one catalog-o
    NOTHING``), each batch one short transaction that also advances the progress row: resumable
    after a kill. ``FOR SHARE`` makes a writer's update of a row being copied wait for the batch (and
    the batch read the latest version of a row a writer just changed), so the copy and the trigger
-   never disagree about a row's last version;
+   never disagree about a row's last version. A batch waits at most 100 ms for a row a writer holds,
+   then rolls back and is retried: it gives way, and is never a writer's deadlock partner;
 3. verify: count and checksum of the legacy partition and the shadow in one REPEATABLE READ
    snapshot (the trigger writes in the writer's transaction, so any snapshot sees both alike);
 4. flip, one transaction under a short ``lock_timeout`` (retried): drop the trigger, DETACH the
