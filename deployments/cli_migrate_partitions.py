@@ -12,12 +12,12 @@ def migrate_partitions(
     split: bool = typer.Option(
         False, "--split", help="Then move the legacy partition's rows into quarter partitions (resumable)."
     ),
-    batch_size: int = typer.Option(5000, "--batch-size", min=100, help="Rows per copy batch of --split."),
+    batch_size: int = typer.Option(2000, "--batch-size", min=100, help="Rows per copy batch of --split."),
     max_batches: int = typer.Option(
         0, "--max-batches", min=0, help="Stop the --split copy after N batches (0: run to the end); rerun to resume."
     ),
     pause: float = typer.Option(
-        0.0, "--pause", min=0.0, metavar="SECONDS", help="Pause between copy batches (eases I/O for writers)."
+        0.05, "--pause", min=0.0, metavar="SECONDS", help="Pause between copy batches (eases I/O for writers)."
     ),
     wait: float = typer.Option(
         0.0,
