@@ -13,7 +13,8 @@ So the split copies, keeps the copy exact, and swaps the bounds in one catalog-o
    CHECK of their range — for every quarter from the oldest legacy row to the cutover, a DEFAULT
    catch-all, a one-row progress table; then an AFTER ROW trigger on the legacy partition that
    mirrors every INSERT/UPDATE/DELETE into the shadow in the writer's own transaction;
-2. copy in small batches in primary-key order (``… FOR SHARE`` then ``INSERT … ON CONFLICT DO
+2. copy in small batches in primary-key order, up to the last key present once the trigger exists (the
+   trigger has every later row) (``… FOR SHARE`` then ``INSERT … ON CONFLICT DO
    NOTHING``), each batch one short transaction that also advances the progress row: resumable
    after a kill. ``FOR SHARE`` makes a writer's update of a row being copied wait for the batch (and
    the batch read the latest version of a row a writer just changed), so the copy and the trigger
@@ -137,13 +138,29 @@ def prepare(conn: psycopg.Connection, *, sleep: Callable[[float], None] = time.s
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
                 "rows_copied bigint NOT NULL DEFAULT 0, batches integer NOT NULL DEFAULT 0, last_order_code text, "
-                "last_item_id bigint, last_created_at timestamptz, updated_at timestamptz DEFAULT now())"
+                "last_item_id bigint, last_created_at timestamptz, bounded boolean NOT NULL DEFAULT false, "
+                "end_order_code text, end_item_id bigint, end_created_at timestamptz, "
+                "updated_at timestamptz DEFAULT now())"
             ).format(sql.Identifier(PROGRESS))
         )
         conn.execute(sql.SQL("INSERT INTO {} DEFAULT VALUES ON CONFLICT DO NOTHING").format(sql.Identifier(PROGRESS)))
         done.append(f"created {PROGRESS}")
     if _create_trigger(conn, sleep):
         done.append(f"created trigger {TRIGGER} on {LEGACY}")
+    # The copy ends at the last key present once the trigger exists: later rows are the trigger's
+    # (new orders sort last; a copy chasing them would never end while writers write).
+    order_desc = sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(k)) for k in KEY)
+    conn.execute(
+        sql.SQL(
+            "UPDATE {p} SET bounded = true, (end_order_code, end_item_id, end_created_at) = "
+            "(SELECT {key} FROM {legacy} ORDER BY {desc} LIMIT 1) WHERE NOT bounded"
+        ).format(
+            p=sql.Identifier(PROGRESS),
+            key=sql.SQL(", ").join(map(sql.Identifier, KEY)),
+            legacy=sql.Identifier(LEGACY),
+            desc=order_desc,
+        )
+    )
     return done
 
 
@@ -213,14 +230,19 @@ def _copy_batch(conn: psycopg.Connection, size: int) -> int:
     p = sql.Identifier(PROGRESS)
     with conn.transaction():
         set_lock_timeout(conn, BATCH_LOCK_TIMEOUT, local=True)  # under deadlock_timeout (1 s)
-        last = conn.execute(
-            sql.SQL("SELECT last_order_code, last_item_id, last_created_at FROM {} FOR UPDATE").format(p)
+        got = conn.execute(
+            sql.SQL(
+                "SELECT last_order_code, last_item_id, last_created_at, end_order_code, end_item_id, end_created_at "
+                "FROM {} FOR UPDATE"
+            ).format(p)
         ).fetchone()
-        after = (
-            sql.SQL("({}) > ({}, {}, {})").format(sql.SQL(", ").join(map(sql.Identifier, KEY)), *map(sql.Literal, last))
-            if last[0] is not None
-            else sql.SQL("TRUE")
-        )
+        last, end = got[:3], got[3:]
+        if end[0] is None:  # an empty legacy partition when the trigger came: nothing to copy
+            return 0
+        key = sql.SQL(", ").join(map(sql.Identifier, KEY))
+        after = sql.SQL("({}) <= ({}, {}, {})").format(key, *map(sql.Literal, end))
+        if last[0] is not None:
+            after = sql.SQL("({}) > ({}, {}, {}) AND {}").format(key, *map(sql.Literal, last), after)
         order = sql.SQL(", ").join(map(sql.Identifier, KEY))
         desc = sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(k)) for k in KEY)
         row = conn.execute(
