@@ -70,10 +70,13 @@ def make_plan(
     plan = Plan(now, horizon, ahead)
     existing = partitions.existing_partitions(conn)
     archived = partitions.archived_quarters(conn)
+    legacy = partitions.legacy_bound(conn)
     for q in sorted(set(ahead) | set(partitions.data_quarters(conn))):
         if q.name in existing:
             continue
-        if q.key in archived:
+        if legacy is not None and q.end <= legacy:
+            plan.skipped.append((q, f"held by {partitions.LEGACY} (`hub migrate-partitions --split` moves it)"))
+        elif q.key in archived:
             plan.skipped.append((q, "archived (beyond retention)"))
         elif horizon is not None and q.end <= horizon:
             plan.skipped.append((q, "past retention"))

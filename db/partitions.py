@@ -22,6 +22,7 @@ from db.dates import DateWindow
 log = logging.getLogger(__name__)
 
 PARENT = "order_items"
+LEGACY = "order_items_legacy"  # the pre-partitioning table, attached whole by ``hub migrate-partitions``
 
 
 @dataclass(frozen=True, order=True)
@@ -72,6 +73,17 @@ def existing_partitions(conn: psycopg.Connection, parent: str = PARENT) -> set[s
     return {r[0] for r in rows}
 
 
+def legacy_bound(conn: psycopg.Connection, parent: str = PARENT) -> datetime | None:
+    """The upper bound of the attached legacy partition (it holds every row below it), or None."""
+    row = conn.execute(
+        r"""SELECT (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)'))[1]::timestamptz
+              FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = to_regclass(%s) AND c.relname = %s""",
+        (parent, LEGACY),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def ensure_partitions(
     conn: psycopg.Connection,
     quarters: list[Quarter],
@@ -80,13 +92,20 @@ def ensure_partitions(
     attempts: int = 5,
     sleep=time.sleep,  # noqa: ANN001
     window: DateWindow | None = None,
+    parent: str = PARENT,
+    with_check: bool = False,
 ) -> list[str]:
     """Create every missing quarter partition; return the names created. ``conn`` must be autocommit.
 
     A quarter outside the accepted dates (``window``, by default ``DateWindow.default()``) is refused:
     the loader rejects such lines, so a request for one is a bug, not data. So is an archived quarter
     (``partition_archives``, the retention horizon): the loader drops its items before asking, and only
-    ``hub partitions restore-archive`` lifts the horizon.
+    ``hub partitions restore-archive`` lifts the horizon. A quarter below the legacy partition's bound
+    (``hub migrate-partitions`` before its ``--split``) is already covered: skipped, not created.
+
+    ``parent``/``with_check``: the split of the legacy partition builds its quarters under a shadow
+    parent, each with a CHECK of its range, so that they can later be attached to ``order_items``
+    without a scan (``db/partition_split.py``).
     """
     if not conn.autocommit:
         raise ValueError("ensure_partitions needs an autocommit connection (one short transaction per step)")
@@ -94,8 +113,9 @@ def ensure_partitions(
     outside = [q.name for q in quarters if not (window.contains(q.start) or window.contains(q.last_moment))]
     if outside:
         raise ValueError(f"refusing to create partitions outside the accepted dates: {', '.join(outside)}")
-    existing = existing_partitions(conn)
-    missing = [q for q in quarters if q.name not in existing]
+    existing = existing_partitions(conn, parent)
+    covered = legacy_bound(conn, parent)
+    missing = [q for q in quarters if q.name not in existing and not (covered and q.end <= covered)]
     archived = archived_quarters(conn) if missing else frozenset()
     beyond = [q.name for q in missing if q.key in archived]
     if beyond:
@@ -104,7 +124,7 @@ def ensure_partitions(
     for quarter in missing:
         for attempt in range(1, attempts + 1):
             try:
-                _create_partition(conn, quarter, lock_timeout)
+                _create_partition(conn, quarter, lock_timeout, parent, with_check)
                 created.append(quarter.name)
                 break
             except psycopg.errors.LockNotAvailable:
@@ -115,13 +135,15 @@ def ensure_partitions(
     return created
 
 
-def _create_partition(conn: psycopg.Connection, quarter: Quarter, lock_timeout: str) -> None:
+def _create_partition(
+    conn: psycopg.Connection, quarter: Quarter, lock_timeout: str, parent_name: str = PARENT, with_check: bool = False
+) -> None:
     ident = sql.Identifier(quarter.name)
-    parent = sql.Identifier(PARENT)
+    parent = sql.Identifier(parent_name)
     with conn.transaction():
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
         # Another writer may have attached it since we looked: re-check inside the transaction.
-        if quarter.name in existing_partitions(conn):
+        if quarter.name in existing_partitions(conn, parent_name):
             return
         conn.execute(
             sql.SQL(
@@ -129,12 +151,45 @@ def _create_partition(conn: psycopg.Connection, quarter: Quarter, lock_timeout: 
                 "INCLUDING STORAGE INCLUDING COMMENTS)"
             ).format(ident, parent)
         )
+        if with_check:  # proves the range to a later ATTACH elsewhere, which then skips its scan
+            conn.execute(
+                sql.SQL(
+                    "ALTER TABLE {t} ADD CONSTRAINT {c} CHECK ({k} IS NOT NULL AND {k} >= {a} AND {k} < {b})"
+                ).format(
+                    t=ident,
+                    c=sql.Identifier(range_check_name(quarter)),
+                    k=sql.Identifier("created_at"),
+                    a=sql.Literal(quarter.start),
+                    b=sql.Literal(quarter.end),
+                )
+            )
         conn.execute(
             sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
                 parent, ident, sql.Literal(quarter.start), sql.Literal(quarter.end)
             )
         )
-    log.info("created partition %s", quarter.name)
+    log.info("created partition %s of %s", quarter.name, parent_name)
+
+
+def range_check_name(quarter: Quarter) -> str:
+    return f"{quarter.name}_range"
+
+
+def create_default_partition(conn: psycopg.Connection, parent: str, name: str, lock_timeout: str = "5s") -> bool:
+    """A DEFAULT partition of ``parent`` (only the split's shadow parent has one); False if it exists."""
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+        if name in existing_partitions(conn, parent):
+            return False
+        conn.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
+                sql.Identifier(name), sql.Identifier(parent)
+            )
+        )
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} DEFAULT").format(sql.Identifier(parent), sql.Identifier(name))
+        )
+    return True
 
 
 # --- what the rollover and retention read ------------------------------------------------------------

@@ -14,6 +14,7 @@ from deployments.cli_fetch import fetch_changes_cmd, fetch_orders_cmd
 from deployments.cli_forget import forget as forget_cmd
 from deployments.cli_indexes import indexes as indexes_cmd
 from deployments.cli_metrics import metrics as metrics_cmd
+from deployments.cli_migrate_partitions import migrate_partitions as migrate_partitions_cmd
 from deployments.cli_partitions import partitions_app
 from deployments.cli_sandbox import sandbox_cmd
 from deployments.cli_serve import bootstrap_cmd, deploy_cmd, serve_cmd
@@ -225,6 +226,7 @@ app.command("fetch-orders")(fetch_orders_cmd)
 app.command("fetch-changes")(fetch_changes_cmd)
 app.command("forget")(forget_cmd)
 app.command("indexes")(indexes_cmd)
+app.command("migrate-partitions")(migrate_partitions_cmd)
 
 
 def _print_counters(entity: str, rows: list[dict]) -> None:
