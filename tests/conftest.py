@@ -16,6 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import psycopg
 import pytest
+from prefect.testing.utilities import prefect_test_harness
 from psycopg import sql
 
 from db.connection import libpq_url, with_database
@@ -126,3 +127,28 @@ def no_retry_waits(monkeypatch):
         for obj in vars(importlib.import_module(info.name)).values():
             if isinstance(obj, Task) and obj.retry_delay_seconds:
                 monkeypatch.setattr(obj, "retry_delay_seconds", 0)
+
+
+@pytest.fixture(scope="session")
+def shared_prefect_server():
+    """One temporary Prefect server for the whole session: starting one per module cost minutes per run.
+
+    Modules share it safely: lock limits are named per hub instance (per test database), and flow runs
+    are told apart by the hub's own run records. A module that reads the server's flow runs as a whole
+    (`hub status`) starts its own with ``isolated_prefect_harness``.
+    """
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="module")
+def prefect_harness(shared_prefect_server):
+    """The Prefect server for the module's flow runs (limits must be created inside it)."""
+    yield
+
+
+@pytest.fixture(scope="module")
+def isolated_prefect_harness():
+    """A Prefect server of the module's own, for tests that read every flow run on the server."""
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

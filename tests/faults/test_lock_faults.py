@@ -38,7 +38,7 @@ from db.sync_state import get_state, save_watermark
 from deployments.cli import app
 from flows.locks import LockError, LockHeld, LockLost, ensure_limits, instance, job_lock, limit_name, limit_status
 from tests.factories import order, write_jsonl
-from tests.integration.conftest import hub_env, prefect_harness  # noqa: F401 - fixtures used below
+from tests.integration.conftest import hub_env  # noqa: F401 - fixtures used below
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

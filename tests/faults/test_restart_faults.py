@@ -18,7 +18,7 @@ from flows.entities import Entity
 from flows.snapshot import import_file
 from tests.factories import customer, order, write_jsonl
 from tests.faults.pg_restart import restart_server
-from tests.integration.conftest import hub_env, prefect_harness  # noqa: F401 - fixtures
+from tests.integration.conftest import hub_env  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

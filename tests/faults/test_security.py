@@ -32,9 +32,6 @@ from flows.snapshot import SnapshotFailed, import_snapshot
 from shoptet.client import ShoptetClient
 from shoptet.sandbox import REFERENCE, ManualClock
 from shoptet.sandbox.server import SandboxServer
-from tests.integration import conftest as integration
-
-prefect_harness = integration.prefect_harness
 
 ROOT = Path(__file__).resolve().parents[2]
 SENTINEL_TOKEN = "sentinel-token-" + "7" * 26  # 41 chars, alnum + '-', shaped like a private token

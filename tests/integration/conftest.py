@@ -5,18 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.config import get_config
 from shoptet.sandbox import REFERENCE, ManualClock
 from shoptet.sandbox.server import SandboxServer
-
-
-@pytest.fixture(scope="module")
-def prefect_harness():
-    """A temporary Prefect server for the module's flow runs (limits must be created inside it)."""
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ from flows.config import get_config
 from flows.locks import ensure_limits, instance, limit_name
 from tests.factories import order, write_jsonl
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
+# Its own Prefect server: the runs check reads every flow run on the server, not only this module's.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("isolated_prefect_harness")]
 runner = CliRunner()
 # Prefect sets its logging up when a flow module is first imported. Now, not inside a CliRunner call: its
 # console handler would keep that call's stderr, closed once it returns (later flow runs fail to log).
