@@ -26,7 +26,7 @@ from shoptet.sandbox.generator import ShopSpec, iter_customers, iter_orders
 from tests.integration import conftest as integration
 
 SPEC = ShopSpec.for_orders(240, seed=11)
-prefect_harness, hub_env = integration.prefect_harness, integration.hub_env  # the flow tests' fixtures
+hub_env = integration.hub_env  # the flow tests' fixture (prefect_harness is in tests/conftest.py)
 # Columns that are not about the person: what an erasure keeps (a new column must be put in one list).
 KEPT_COLUMNS = {
     "orders": {
