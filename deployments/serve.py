@@ -114,7 +114,9 @@ def run_serve(host: str = "127.0.0.1", port: int = 4200, console: Console | None
         console.print(f"[bold red]error:[/] {exc}")
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        # A second Ctrl-C or SIGTERM (uv and `timeout` forward theirs too) must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for _, proc in reversed(started):
             ps.stop_process(proc)
         state = ps.read_state(cfg.home)
