@@ -11,18 +11,14 @@ import shutil
 from pathlib import Path
 
 from db import pg_tools
-from db.backups.manifest import PARTIAL_SUFFIX, BackupDamaged, BackupError, Manifest, write_manifest
-
-
-def _fsync_tree(path: Path) -> None:
-    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-    for f in files:
-        os.chmod(f, 0o600)
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+from db.backups.manifest import (
+    PARTIAL_SUFFIX,
+    BackupDamaged,
+    BackupError,
+    Manifest,
+    fsync_private,
+    write_manifest,
+)
 
 
 def copy_backup(backup: Path, manifest: Manifest, dest_dir: Path) -> Path:
@@ -37,7 +33,7 @@ def copy_backup(backup: Path, manifest: Manifest, dest_dir: Path) -> Path:
         shutil.copytree(backup, tmp)
     else:
         shutil.copyfile(backup, tmp)
-    _fsync_tree(tmp)
+    fsync_private(tmp)
     actual = pg_tools.sha256_of(tmp)
     if actual != manifest.sha256:
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from db import pg_tools
-from db.backups.manifest import PARTIAL_SUFFIX, BackupError, Manifest, manifest_path, write_manifest
+from db.backups.manifest import PARTIAL_SUFFIX, BackupError, Manifest, fsync_private, manifest_path, write_manifest
 from db.connection import connect, mask_url
 
 log = logging.getLogger(__name__)
@@ -91,14 +91,7 @@ def _prepare_target(tmp: Path, fmt: str) -> None:
 
 def _seal(tmp: Path, final: Path) -> None:
     """0600 files, fsync'd, then the rename that makes the backup visible."""
-    files = [p for p in tmp.rglob("*") if p.is_file()] if tmp.is_dir() else [tmp]
-    for f in files:
-        os.chmod(f, 0o600)
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_private(tmp)
     os.replace(tmp, final)
     fd = os.open(final.parent, os.O_RDONLY)
     try:

@@ -129,3 +129,15 @@ def newest_restore_tested(directory: Path | None) -> datetime | None:
     """When the newest backup that passed a test restore finished, or None."""
     done = [m.finished for _, m in list_backups(directory) if m.restore_tested]
     return max(done, default=None)
+
+
+def fsync_private(path: Path) -> None:
+    """Make a backup's files (one file, or a directory-format dump's) 0600 and flush them to disk."""
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    for f in files:
+        os.chmod(f, 0o600)
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
