@@ -39,7 +39,7 @@ from db.backups import dump, restore, verify  # noqa: E402
 from db.backups.manifest import read_manifest  # noqa: E402
 from db.connection import libpq_url, with_database  # noqa: E402
 from db.dates import DateWindow  # noqa: E402
-from db.partitions import Quarter, ensure_partitions  # noqa: E402
+from db.partitions.rollover import Quarter, ensure_partitions  # noqa: E402
 
 DB = "hub_bench_backup"
 QUARTERS = [Quarter(2026, 1), Quarter(2026, 2), Quarter(2026, 3)]

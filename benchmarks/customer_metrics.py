@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import fresh_db, server_url  # noqa: E402
 from db.connection import connect  # noqa: E402
-from db.metrics import recalculate  # noqa: E402
-from db.metrics_scores import ORDERINGS  # noqa: E402
+from db.metrics.compute import recalculate  # noqa: E402
+from db.metrics.scores import ORDERINGS  # noqa: E402
 
 INDEXES = {  # built after the bulk insert (faster, and their build time is a figure of its own)
     "ix_orders_customer_key": (

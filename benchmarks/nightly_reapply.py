@@ -37,8 +37,8 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import fresh_db  # noqa: E402
-from db import indexes as db_indexes  # noqa: E402
 from db.connection import connect  # noqa: E402
+from db.indexes import ensure as db_indexes  # noqa: E402
 from db.loader import ApplyOptions, apply_snapshot_file  # noqa: E402
 from db.runs import start_run  # noqa: E402
 from shoptet.sandbox.generator import ShopSpec, iter_orders  # noqa: E402

@@ -4,7 +4,7 @@
     uv run python benchmarks/partition_migration.py --rows 200000    # a quick run
     uv run python benchmarks/partition_migration.py --server-url postgresql://postgres@/postgres?host=/var/run/postgresql
 
-A fresh database in the old layout (``db/legacy_layout.py``: plain table keyed by order_code, item_id),
+A fresh database in the old layout (``benchmarks/legacy_layout.py``: plain table keyed by order_code, item_id),
 its rows generated server-side (2.7M orders' worth of items over six years). Then the steps of
 ``hub migrate-partitions`` and of ``--split`` (the db/ functions the flow's tasks call), each timed,
 while one writer thread runs without pause: insert a new item, update it, update an existing legacy
@@ -30,11 +30,11 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import fresh_db, server_url  # noqa: E402
-from db import partition_migration as mig  # noqa: E402
-from db import partition_split as split  # noqa: E402
+from benchmarks.legacy_layout import make_legacy_order_items  # noqa: E402
 from db.connection import libpq_url  # noqa: E402
 from db.dates import DateWindow  # noqa: E402
-from db.legacy_layout import make_legacy_order_items  # noqa: E402
+from db.partitions import migration as mig  # noqa: E402
+from db.partitions import split  # noqa: E402
 
 TOUCHED_EVERY = 10_007  # the writer updates every such legacy order (a fixed set)
 

@@ -7,7 +7,7 @@
 One database, two schemas holding the same rows (generated inside PostgreSQL, ``benchmarks/shop_data.py``):
 
 - ``public``: what the product builds, a freshly migrated hub database: ``order_items`` partitioned
-  by quarter (``db.partitions.ensure_partitions`` for every quarter with data plus the current one and
+  by quarter (``db.partitions.rollover.ensure_partitions`` for every quarter with data plus the current one and
   the next two), the migrations' indexes, then the strategic ones built by ``db.indexes.ensure_indexes``
   (what ``hub indexes`` runs); ``VACUUM ANALYZE``.
 - ``baseline``: the same rows in plain tables with only their primary keys (no partitioning, no
@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import fresh_db  # noqa: E402
 from benchmarks.shop_data import TABLES, Sizes, baseline_tables, copy_tables, generate  # noqa: E402
-from db import indexes as db_indexes  # noqa: E402
 from db.connection import connect, libpq_url, with_database  # noqa: E402
-from db.metrics_rules import DEFAULT_CANCELLED_STATUSES  # noqa: E402
-from db.partitions import Quarter, ensure_partitions  # noqa: E402
+from db.indexes import ensure as db_indexes  # noqa: E402
+from db.metrics.rules import DEFAULT_CANCELLED_STATUSES  # noqa: E402
+from db.partitions.rollover import Quarter, ensure_partitions  # noqa: E402
 
 BASELINE = "baseline"
 QUARTER_NAME = re.compile(r"order_items_\d{4}_q\d")

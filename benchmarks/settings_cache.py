@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import fresh_db, server_url  # noqa: E402
 from db.connection import connect, libpq_url  # noqa: E402
-from db.settings import SettingsService  # noqa: E402
-from db.settings_store import fetch_json  # noqa: E402
+from db.settings.service import SettingsService  # noqa: E402
+from db.settings.store import fetch_json  # noqa: E402
 
 DB_NAME = "hub_bench_settings"
 

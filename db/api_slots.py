@@ -9,7 +9,7 @@ depend on the schema: two hubs in one database that share a token share its 3 sl
 
 A caller tries every slot; when all are held it waits with growing, jittered gaps (up to ``max_wait``).
 A held slot lives on its own pooled session: if the session or the process dies, PostgreSQL frees it.
-The single-bigint key space is separate from the two-int keys of ``db.locks`` and ``db.metrics``.
+The single-bigint key space is separate from the two-int keys of ``db.locks`` and ``db.metrics.compute``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
-from db import partitions
-from db.partitions import Quarter
+from db.partitions import rollover as partitions
+from db.partitions.rollover import Quarter
 
 # Counters of a run as ``hub status`` shows them (columns of snapshot_runs).
 RUN_COUNTERS = ("lines", "inserted", "updated", "unchanged", "rejected", "skipped_older", "deleted")

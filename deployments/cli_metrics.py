@@ -33,8 +33,8 @@ def metrics(
 ) -> None:
     """Recompute customer metrics and RFM segments (incremental unless --full)."""
     quiet_prefect()
-    from db.metrics import MetricsBusyError
-    from db.metrics_rules import MetricsSettingsError
+    from db.metrics.compute import MetricsBusyError
+    from db.metrics.rules import MetricsSettingsError
     from flows.locks import LockHeld
     from flows.metrics import recalculate_customer_metrics, segments_with_total
 

@@ -25,9 +25,6 @@ def migrate_partitions(
         metavar="SECONDS",
         help="Wait up to SECONDS for the db-maintenance lock; without it a held lock exits with code 75.",
     ),
-    make_legacy: bool = typer.Option(
-        False, "--make-legacy", hidden=True, help="Development: turn order_items into the old plain table."
-    ),
 ) -> None:
     """Make order_items partitioned while writers go on: the old table becomes one legacy partition
     (indexes built CONCURRENTLY, a range CHECK validated first, one short swap under lock_timeout)."""
@@ -36,9 +33,6 @@ def migrate_partitions(
     from flows.partition_migration import MigrationError
     from flows.partition_migration import migrate_partitions as flow
 
-    if make_legacy:
-        _make_legacy()
-        return
     try:
         out = flow(
             dry_run=dry_run,
@@ -60,18 +54,3 @@ def migrate_partitions(
         print("dry run: nothing was changed")
     elif not out["did"]:
         print("nothing to do")
-
-
-def _make_legacy() -> None:
-    from db.connection import connection
-    from db.legacy_layout import make_legacy_order_items
-    from db.partition_migration import MigrationError
-    from flows import runtime
-
-    hub = runtime.hub()
-    with connection(hub.url, hub.schema, autocommit=True) as conn:
-        try:
-            rows = make_legacy_order_items(conn)
-        except MigrationError as exc:
-            fail(str(exc))
-    print(f"order_items is now the old plain table ({rows} rows)")

@@ -27,7 +27,7 @@ def partitions(
     if ctx.invoked_subcommand is not None:
         return
     quiet_prefect()
-    from db.partition_archive import ArchiveError
+    from db.partitions.archive import ArchiveError
     from flows.locks import LockHeld
     from flows.partitions import partition_maintenance
 
@@ -54,7 +54,7 @@ def restore_archive_cmd(
 ) -> None:
     """Verify the archive's checksum, restore its quarter as a partition and lift the horizon for it."""
     quiet_prefect()
-    from db.partition_archive import ArchiveError
+    from db.partitions.archive import ArchiveError
     from flows.locks import LockHeld
     from flows.partitions import restore_partition_archive
 

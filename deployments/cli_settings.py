@@ -17,7 +17,7 @@ from pydantic_core import to_jsonable_python
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from db.settings import SettingsService
+    from db.settings.service import SettingsService
 
 settings_app = typer.Typer(
     help="Runtime business rules (cancelled statuses, thresholds, …), cached per process.",
@@ -46,7 +46,7 @@ def _fail(message: str) -> None:
 
 @contextmanager
 def _service(*, listen: bool = False) -> Iterator[SettingsService]:
-    from db.settings import SettingsService
+    from db.settings.service import SettingsService
     from flows import runtime
     from flows.config import get_config
 
@@ -60,7 +60,7 @@ def _service(*, listen: bool = False) -> Iterator[SettingsService]:
 @settings_app.command("get")
 def get_cmd(key: str) -> None:
     """Print KEY's stored value as JSON (exit 1 if it is not set)."""
-    from db.settings_rules import RULES
+    from db.settings.rules import RULES
 
     missing = object()
     with _service() as svc:
@@ -78,7 +78,7 @@ VALUE_ARGUMENT = typer.Argument(..., help='JSON (42, true, [-4, 7], {"a": 1}, "4
 @settings_app.command("set", context_settings={"ignore_unknown_options": True})
 def set_cmd(key: str, value: str = VALUE_ARGUMENT) -> None:
     """Store VALUE under KEY; running flows see it at once (negative numbers need no `--`)."""
-    from db.settings import SettingValueError
+    from db.settings.service import SettingValueError
 
     parsed = parse_cli_value(value)
     try:
@@ -103,7 +103,7 @@ def delete_cmd(key: str) -> None:
 @settings_app.command("list")
 def list_cmd() -> None:
     """Print key, version, updated_at and value of every setting; unset known rules show their default."""
-    from db.settings_rules import RULES
+    from db.settings.rules import RULES
 
     with _service() as svc:
         rows = svc.list()
@@ -123,7 +123,7 @@ def stats_cmd() -> None:
     Counters are per process: each flow run or worker has its own cache and its own numbers. This shows
     the shape (one load per key, then hits) and that this process can connect and LISTEN.
     """
-    from db.settings_rules import RULES
+    from db.settings.rules import RULES
 
     with _service(listen=True) as svc:
         listening = svc.wait_listening(10.0)

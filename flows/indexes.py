@@ -2,7 +2,7 @@
 
 Runs under the ``db-maintenance`` lock (DDL and backups share it). Every build is CONCURRENTLY (the
 partitioned ``order_items``: ON ONLY + per partition + ATTACH), so writers keep writing meanwhile;
-``db.indexes`` has the how and why. Killed midway, the next run completes it. Also callable from a
+``db.indexes.ensure`` has the how and why. Killed midway, the next run completes it. Also callable from a
 notebook: ``ensure_indexes(dry_run=True)``.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from db import indexes as db_indexes
 from db.connection import connection
+from db.indexes import ensure as db_indexes
 from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact

@@ -1,7 +1,7 @@
 """Customer metrics flow: read the business settings → recompute → publish segments and movement.
 
 Also a plain function for notebooks: ``recalculate_customer_metrics(full=True)``. The SQL and the
-algorithm are in ``db.metrics``; the rules and their settings keys in ``db.metrics_rules``.
+algorithm are in ``db.metrics.compute``; the rules and their settings keys in ``db.metrics.rules``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 from prefect import flow, task
 
-from db import metrics as db_metrics
-from db.metrics_rules import (
+from db.metrics import compute as db_metrics
+from db.metrics.rules import (
     DEFAULT_CANCELLED_STATUSES,
     DEFAULT_SEGMENT_RULES,
     SETTING_CANCELLED,
@@ -33,11 +33,11 @@ SEGMENT_COLUMNS = ("segment", "customers", "previous", "moved_in", "moved_out", 
 def business_settings(url: str, schema: str) -> tuple[tuple[int, ...], tuple[SegmentRule, ...]]:
     """``cancelled_statuses`` and ``rfm_segments`` from the settings service, else the defaults.
 
-    The service (``db.settings``, TTL-cached) is optional: without it the defaults apply. A malformed
+    The service (``db.settings.service``, TTL-cached) is optional: without it the defaults apply. A malformed
     value raises ``MetricsSettingsError`` rather than silently computing with other rules.
     """
     try:
-        from db.settings import get_settings_service
+        from db.settings.service import get_settings_service
     except ImportError:
         return DEFAULT_CANCELLED_STATUSES, DEFAULT_SEGMENT_RULES
     svc = get_settings_service(url, schema)
@@ -78,7 +78,7 @@ def recalculate_customer_metrics(
         full: Recompute every customer instead of only those whose orders changed.
         as_of: The "today" of recency (default: now).
         cancelled_statuses: Order status ids that do not count as sales, for this run only (null: the
-            settings table's; format: see db.metrics_rules).
+            settings table's; format: see db.metrics.rules).
         segment_rules: RFM segment rules for this run only (null: the settings table's).
         lock_wait: Seconds to wait for the job lock when another job holds it (0: fail at once, null: wait forever).
     """

@@ -3,8 +3,8 @@
 Reads like the plan: plan → build the indexes concurrently → add and validate the range CHECK → swap
 (one short transaction: the old table becomes the ``order_items_legacy`` partition) — then, with
 ``split``: prepare the shadow quarters and the sync trigger → copy in batches → verify → flip → drop
-the detached legacy table. The SQL and the reasoning are in ``db/partition_migration.py`` and
-``db/partition_split.py``. Every step checks what is already done, so a rerun after a kill continues.
+the detached legacy table. The SQL and the reasoning are in ``db/partitions/migration.py`` and
+``db/partitions/split.py``. Every step checks what is already done, so a rerun after a kill continues.
 
 Runs under the ``db-maintenance`` lock (DDL and backups share it); writers (imports) go on. A dry run
 only reads and takes no lock. From a notebook: ``migrate_partitions(dry_run=True)``; as a deployment:
@@ -20,11 +20,11 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from db import partition_migration as mig
-from db import partition_split as split_db
 from db.connection import connection
 from db.dates import DateWindow
-from db.settings import get_settings_service
+from db.partitions import migration as mig
+from db.partitions import split as split_db
+from db.settings.service import get_settings_service
 from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact

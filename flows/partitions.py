@@ -2,8 +2,8 @@
 
 Reads like the plan it carries out: plan → create the missing quarters → for each quarter past the
 retention horizon: archive (pg_dump + sha256 + manifest) → verify, record, detach concurrently, drop →
-report. The SQL and the archive files are ``db/partition_plan.py`` and ``db/partition_archive.py``;
-partitions are created only through ``db/partitions.py``.
+report. The SQL and the archive files are ``db/partitions/plan.py`` and ``db/partitions/archive.py``;
+partitions are created only through ``db/partitions/rollover.py``.
 
 Locks: ``db-maintenance`` (DDL and backups share it) and ``orders``: between the dump and the drop no
 import may write into the quarter being retired, or those rows would be dropped unarchived. A dry run
@@ -20,12 +20,13 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from db import partition_archive, partitions
 from db.connection import connection
 from db.dates import DateWindow
-from db.partition_plan import Plan, make_plan
-from db.partitions import Quarter
-from db.settings import get_settings_service
+from db.partitions import archive as partition_archive
+from db.partitions import rollover as partitions
+from db.partitions.plan import Plan, make_plan
+from db.partitions.rollover import Quarter
+from db.settings.service import get_settings_service
 from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from db import locks as dblocks
-from db import settings_stats
 from db import status as dbstatus
 from db.connection import connection
-from db.partitions import Quarter
+from db.partitions.rollover import Quarter
+from db.settings import stats as settings_stats
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 LEVELS = (OK, WARN, FAIL)
@@ -154,7 +154,7 @@ def _db_run_item(r: dict[str, Any], now: datetime) -> dict[str, Any]:
 
 
 def _metrics_item(conn: Any) -> dict[str, Any] | None:
-    from db.metrics import STATE_KEY
+    from db.metrics.compute import STATE_KEY
     from db.sync_state import get_state
 
     st = get_state(conn, STATE_KEY)
@@ -291,7 +291,7 @@ def check_failed_snapshots(ctx: StatusContext) -> Check:
 
 def check_partition_runway(ctx: StatusContext) -> Check:
     """Quarters of ``order_items`` ready past the current one; below ``partition_runway_quarters`` → warn."""
-    from db.settings import SettingsService
+    from db.settings.service import SettingsService
 
     # A one-off reader: the cache counters this report shows must not count the report itself.
     with SettingsService(ctx.url, ctx.schema, listen=False, persist_stats=False) as rules:

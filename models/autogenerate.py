@@ -1,7 +1,7 @@
 """What Alembic's autogenerate compares: runtime-created partitions and online indexes are not migrations' business.
 
 Online indexes (``models.tables.online_index``) are declared on the models but built by the
-``ensure_indexes`` flow with ``CREATE INDEX CONCURRENTLY`` (``db/indexes.py``), never by a migration:
+``ensure_indexes`` flow with ``CREATE INDEX CONCURRENTLY`` (``db/indexes/ensure.py``), never by a migration:
 a migration's plain ``CREATE INDEX`` would block every write to the table for the whole build. So
 autogenerate neither proposes to create them (absent) nor to drop them (present, possibly still
 INVALID while the flow builds them).

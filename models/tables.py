@@ -247,7 +247,7 @@ class ProductVariant(SQLModel, table=True):
 class CustomerMetric(SQLModel, table=True):
     """One row per customer identity: lower(trim(email)) when known, else the customer GUID.
 
-    Written only by ``db.metrics`` (see its docstring). ``previous_segment`` is the segment before the
+    Written only by ``db.metrics.compute`` (see its docstring). ``previous_segment`` is the segment before the
     last run, so ``segment <> previous_segment`` lists who moved; NULL for customers new in that run.
     """
 
@@ -271,7 +271,7 @@ class CustomerMetric(SQLModel, table=True):
     previous_segment: Optional[str] = _text()
     updated_at: Optional[datetime] = _now()
 
-    # One per score, in its ntile order: a run reads the quintile boundaries off them (db.metrics).
+    # One per score, in its ntile order: a run reads the quintile boundaries off them (db.metrics.compute).
     __table_args__ = (
         sa.Index("ix_customer_metrics_r_order", "last_order_at", "orders_count", "revenue_with_vat", "customer_key"),
         sa.Index("ix_customer_metrics_f_order", "orders_count", "revenue_with_vat", "last_order_at", "customer_key"),
@@ -434,7 +434,7 @@ class PartitionArchive(SQLModel, table=True):
     """An ``order_items`` quarter archived with pg_dump (file, checksum, rows) before retention drops it.
 
     Rows with ``dropped_at`` set and no ``restored_at`` are the retention horizon: no import re-creates
-    that quarter's partition or re-inserts its items (``db.partitions.archived_quarters``).
+    that quarter's partition or re-inserts its items (``db.partitions.rollover.archived_quarters``).
     """
 
     __tablename__ = "partition_archives"

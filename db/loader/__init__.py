@@ -20,7 +20,7 @@ One way through, one module per stage, in one transaction on the shop tables:
 do and what it returns. A value PostgreSQL refuses fails its batch's savepoint, and the batch is redone
 line by line with exact validation, so the bad line becomes a reject naming its field. At the end: the
 reject threshold (over it, everything rolls back), the deletes, the run's counters, commit. A first
-import into an empty table builds its secondary indexes after the load (``db/deferred_indexes.py``).
+import into an empty table builds its secondary indexes after the load (``db/indexes/deferred.py``).
 """
 
 from db.loader.apply import apply_snapshot_file

@@ -11,9 +11,10 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from db import deferred_indexes, locks, partitions
+from db import locks
 from db.connection import connect
 from db.dates import DateWindow
+from db.indexes import deferred as deferred_indexes
 from db.loader import classify
 from db.loader.delete import delete_absent
 from db.loader.options import ApplyOptions, ApplyResult, Progress, TooManyRejectsError
@@ -22,6 +23,7 @@ from db.loader.pipeline import BIG_FILE, default_workers, mapped_chunks
 from db.loader.rejects import Rejects
 from db.loader.write import TableWriter, refused_value
 from db.mapping import ENTITIES, RowError
+from db.partitions import rollover as partitions
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from psycopg.adapt import Dumper, Transformer
 from db.dates import DateWindow
 from db.mapping import ENTITIES, EntitySpec, Mapped, RowError, content_hash, validate
 from db.mapping_fast import NotFast, order_rows_fast
-from db.partitions import Quarter
+from db.partitions.rollover import Quarter
 
 
 class JsonText(bytes):
@@ -203,7 +203,7 @@ def _kept(
 
 # What the reader hands to process_chunk: (entity, block of whole lines, keep raw JSON, run id,
 # compressed bytes read so far, accepted dates[, archived quarters]). A tuple: it is pickled to a worker
-# per block. The archived quarters (``db.partitions.archived_quarters``) may be left out: none.
+# per block. The archived quarters (``db.partitions.rollover.archived_quarters``) may be left out: none.
 BlockArgs = tuple  # (str, bytes, bool, int, int, DateWindow[, frozenset[tuple[int, int]]])
 NO_ARCHIVE: frozenset[tuple[int, int]] = frozenset()
 

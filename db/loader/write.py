@@ -1,7 +1,7 @@
 """Stage 4, write: new rows COPYed straight into the tables, changed rows staged and upserted.
 
 All inside the apply's one transaction (``main``). Missing ``order_items`` partitions are created first,
-in short transactions of their own on the side connection (``db/partitions.py``, under lock_timeout).
+in short transactions of their own on the side connection (``db/partitions/rollover.py``, under lock_timeout).
 COPYing new rows straight in instead of staging everything halves the rows PostgreSQL writes on a
 first import (docs/benchmarks.md). A full snapshot also records every key it saw (``seen_keys``), which
 ``delete.py`` compares the table with at the end.
@@ -14,10 +14,10 @@ from collections.abc import Iterable
 import psycopg
 from psycopg import sql
 
-from db import partitions
 from db.dates import DateWindow
 from db.loader.parse import Chunk, Line
 from db.mapping import EntitySpec
+from db.partitions import rollover as partitions
 
 ident = sql.Identifier
 

@@ -22,7 +22,7 @@ import pytest
 from db.connection import connect, libpq_url
 from db.dates import DateWindow
 from db.loader import ApplyOptions, MassDeleteRefusedError, TooManyRejectsError, apply_snapshot_file
-from db.partitions import existing_partitions
+from db.partitions.rollover import existing_partitions
 from db.runs import start_run
 from tests.factories import customer, order, product, write_jsonl
 
@@ -272,7 +272,7 @@ def test_apply_session_terminated_mid_apply_leaves_nothing_and_a_rerun_completes
 _KILLED_LOADER = """
 import sys, time
 from pathlib import Path
-from db.partitions import existing_partitions
+from db.partitions.rollover import existing_partitions
 from db.loader import ApplyOptions, apply_snapshot_file
 
 def slow(lines, done, total):

@@ -19,7 +19,7 @@ from db import forget as db_forget
 from db.connection import libpq_url
 from db.forget import ERASED_HASH, PERSONAL_COLUMNS, ForgetError, forget, scrub
 from db.loader import ApplyOptions, apply_snapshot_file
-from db.metrics import recalculate
+from db.metrics.compute import recalculate
 from db.runs import start_run
 from models.tables import Customer, Order
 from shoptet.sandbox.generator import ShopSpec, iter_customers, iter_orders

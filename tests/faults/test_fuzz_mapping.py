@@ -27,7 +27,7 @@ from db.connection import libpq_url
 from db.loader import ApplyOptions, apply_snapshot_file
 from db.loader.parse import Line, exact_line, process_chunk
 from db.mapping import RowError
-from db.partitions import Quarter
+from db.partitions.rollover import Quarter
 from db.runs import start_run
 from shoptet.sandbox.generator import iter_customers, iter_orders, iter_products
 

@@ -359,7 +359,7 @@ HOSTILE_SCHEMA = 'hub"; DROP TABLE pwned; --'
 def test_a_hostile_schema_name_is_only_ever_an_identifier(db_url, tmp_path):
     """Migrations, an apply (with partitions), metrics and forget run in a schema whose name is SQL."""
     from db import forget as db_forget
-    from db.metrics import recalculate
+    from db.metrics.compute import recalculate
     from db.migrate import upgrade
     from db.runs import start_run
     from shoptet.sandbox.generator import write_snapshot

@@ -9,8 +9,8 @@ import pytest
 from benchmarks import queries as q
 from benchmarks.shop_data import Sizes, baseline_tables, copy_tables, generate
 from db.connection import connect
-from db.indexes import ensure_indexes
-from db.partitions import ensure_partitions
+from db.indexes.ensure import ensure_indexes
+from db.partitions.rollover import ensure_partitions
 
 pytestmark = pytest.mark.integration
 

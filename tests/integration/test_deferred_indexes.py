@@ -7,8 +7,8 @@ import threading
 import psycopg
 import pytest
 
-from db import deferred_indexes
 from db.connection import connect
+from db.indexes import deferred as deferred_indexes
 from db.loader import TooManyRejectsError
 from tests.factories import order, write_jsonl
 from tests.integration.test_loader import apply

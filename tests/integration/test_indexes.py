@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from db import indexes
 from db.connection import libpq_url
-from db.partitions import Quarter, ensure_partitions
+from db.indexes import ensure as indexes
+from db.partitions.rollover import Quarter, ensure_partitions
 
 pytestmark = pytest.mark.integration
 

@@ -11,17 +11,17 @@ from typing import Any
 import psycopg
 import pytest
 
-import db.metrics_rules as rules_module
+import db.metrics.rules as rules_module
 from db.connection import connect
-from db.metrics import LOCK_NAMESPACE, MetricsBusyError, recalculate
-from db.metrics_rules import (
+from db.metrics.compute import LOCK_NAMESPACE, MetricsBusyError, recalculate
+from db.metrics.rules import (
     DEFAULT_SEGMENT_RULES,
     MetricsSettingsError,
     parse_cancelled_statuses,
     parse_segment_rules,
     segment_grid,
 )
-from db.metrics_scores import ORDERINGS, ntile_boundaries
+from db.metrics.scores import ORDERINGS, ntile_boundaries
 
 pytestmark = pytest.mark.integration
 
@@ -290,7 +290,7 @@ def test_a_row_count_other_than_expected_is_noticed(db_url, conn):
 
 
 def documented_grid() -> dict[tuple[int, Decimal], str]:
-    """The R × FM table in db.metrics_rules' docstring, cell by cell."""
+    """The R × FM table in db.metrics.rules' docstring, cell by cell."""
     bands = {0: ("1", "1.5"), 1: ("2", "2.5"), 2: ("3", "3.5"), 3: ("4", "4.5", "5")}
     grid = {}
     for line in rules_module.__doc__.splitlines():

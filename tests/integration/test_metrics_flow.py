@@ -13,8 +13,8 @@ from psycopg.types.json import Jsonb
 from typer.testing import CliRunner
 
 from db.connection import libpq_url
-from db.metrics import LOCK_NAMESPACE
-from db.metrics_rules import MetricsSettingsError
+from db.metrics.compute import LOCK_NAMESPACE
+from db.metrics.rules import MetricsSettingsError
 from deployments.cli import app
 from flows.metrics import recalculate_customer_metrics
 from tests.integration.test_metrics import T0, add_orders, ten_customers

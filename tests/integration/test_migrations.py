@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from db.connection import libpq_url, sqlalchemy_url
 from db.dates import DateWindow
 from db.migrate import current_revision, downgrade, head_revision, upgrade
-from db.partitions import Quarter, ensure_partitions
+from db.partitions.rollover import Quarter, ensure_partitions
 from models.autogenerate import PARTITION, include_object
 from models.tables import metadata
 

@@ -15,12 +15,12 @@ from alembic.runtime.migration import MigrationContext
 from psycopg import sql
 from typer.testing import CliRunner
 
+from benchmarks.legacy_layout import make_legacy_order_items
 from db.connection import libpq_url, sqlalchemy_url
-from db.legacy_layout import make_legacy_order_items
-from db.partition_migration import MigrationError, state
-from db.partition_plan import make_plan
-from db.partition_split import checksum, copy_batch, prepare, split_state, verify
-from db.partitions import Quarter, ensure_partitions, existing_partitions, legacy_bound
+from db.partitions.migration import MigrationError, state
+from db.partitions.plan import make_plan
+from db.partitions.rollover import Quarter, ensure_partitions, existing_partitions, legacy_bound
+from db.partitions.split import checksum, copy_batch, prepare, split_state, verify
 from flows import runtime
 from flows.partition_migration import migrate_partitions
 from models.autogenerate import include_object

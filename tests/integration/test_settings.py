@@ -9,7 +9,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from db.settings import SettingsService, SettingValueError, get_settings_service
+from db.settings.service import SettingsService, SettingValueError, get_settings_service
 
 pytestmark = pytest.mark.integration
 

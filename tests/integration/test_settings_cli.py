@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from db.settings_rules import RULES
+from db.settings.rules import RULES
 from deployments.cli import app
 from flows.config import get_config
 

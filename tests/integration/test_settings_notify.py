@@ -14,7 +14,7 @@ import pytest
 
 from db.connection import libpq_url
 from db.migrate import downgrade, upgrade
-from db.settings import SettingsService
+from db.settings.service import SettingsService
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> float:
 
 CHILD = """
 import json, sys, time
-from db.settings import SettingsService
+from db.settings.service import SettingsService
 
 url, key = sys.argv[1], sys.argv[2]
 with SettingsService(url) as svc:

@@ -13,12 +13,12 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from typer.testing import CliRunner
 
-from db import partitions
 from db.backups.manifest import Manifest, write_manifest
 from db.connection import libpq_url
-from db.partition_plan import runway
+from db.partitions import rollover as partitions
+from db.partitions.plan import runway
 from db.runs import record_failed_snapshot, start_run
-from db.settings import SettingsService
+from db.settings.service import SettingsService
 from deployments.cli import app
 from flows.config import get_config
 from flows.locks import ensure_limits, instance, limit_name
@@ -229,7 +229,7 @@ def test_settings_cache_hit_rate_sums_every_process(ready, monkeypatch):
     assert (data["hits"], data["misses"], data["loads"], data["hit_rate"]) == (6, 2, 2, 0.75)
     assert "hit rate 75.0% over 8 reads" in check(report, "settings_cache")["detail"]
     # A long-lived process flushes on a miss once FLUSH_SECONDS passed, without closing.
-    monkeypatch.setattr("db.settings_stats.FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr("db.settings.stats.FLUSH_SECONDS", 0.0)
     svc = SettingsService(ready, listen=False)
     svc.get("cancelled_statuses")
     assert check(status()[1], "settings_cache")["data"]["misses"] == 3
@@ -238,7 +238,9 @@ def test_settings_cache_hit_rate_sums_every_process(ready, monkeypatch):
 
 
 def test_a_process_adds_its_settings_cache_counts_at_exit(ready):
-    code = "from db.settings import get_settings_service as g; s = g(sys.argv[1]); [s.get('x') for _ in range(5)]"
+    code = (
+        "from db.settings.service import get_settings_service as g; s = g(sys.argv[1]); [s.get('x') for _ in range(5)]"
+    )
     subprocess.run([sys.executable, "-c", f"import sys; {code}", ready], check=True, timeout=60)
     data = check(status()[1], "settings_cache")["data"]
     # 5 reads: 1 miss, and more if the listener's (re)connect cleared the cache between two of them

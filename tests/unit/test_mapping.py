@@ -14,7 +14,7 @@ from db.mapping import (
     product_rows,
     validate,
 )
-from db.partitions import Quarter
+from db.partitions.rollover import Quarter
 from shoptet.sandbox.generator import iter_orders
 from tests.factories import customer, order, product
 

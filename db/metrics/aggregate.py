@@ -1,4 +1,4 @@
-"""Steps 2–3 of a metrics run (``db.metrics``): which identities to recompute, their aggregates, and
+"""Steps 2–3 of a metrics run (``db.metrics.compute``): which identities to recompute, their aggregates, and
 writing them to ``customer_metrics``. Each function is one statement on the run's connection.
 """
 
@@ -26,7 +26,7 @@ AGGREGATES = (
     "last_order_at",
     "avg_days_between_orders",
 )
-# Score columns of customer_metrics → the names ``db.metrics_scores.scored`` gives them.
+# Score columns of customer_metrics → the names ``db.metrics.scores.scored`` gives them.
 SCORE_COLUMNS = {"days_since_last_order": "days", "r_score": "r", "f_score": "f", "m_score": "m", "segment": "segment"}
 
 

@@ -3,14 +3,14 @@
 **Identity.** ``customer_key`` is ``metrics_customer_key(email, customer_guid)`` (migration 0003):
 ``lower(btrim(email))`` when the order has an e-mail, else its customer GUID. Orders with neither are
 not attributed; the run reports their count and revenue. Cancelled orders (status −4 plus the
-``cancelled_statuses`` setting, see ``db.metrics_rules``) count nowhere.
+``cancelled_statuses`` setting, see ``db.metrics.rules``) count nowhere.
 
 **Per customer.** Orders, revenue with and without VAT in the shop's base currency (order price ×
 its ``exchange_rate``, summed, then rounded to 2 dp; a missing rate counts as 1), average order value
 (with VAT), first and last order time, days since the last order (calendar days from its date to the
 date of ``as_of``, in the session's TimeZone: it moves once a day, so runs within a day rewrite only
 what changed), average days between orders (exact, NULL for one order), R/F/M quintile scores
-(``db.metrics_scores``) and the segment (``db.metrics_rules``).
+(``db.metrics.scores``) and the segment (``db.metrics.rules``).
 
 **A run** (``recalculate``):
 
@@ -19,7 +19,7 @@ what changed), average days between orders (exact, NULL for one order), R/F/M qu
    belongs to a transaction open now or started later, and the loader stamps ``synced_at = now()``,
    its transaction's start, so the next run's ``synced_at >= watermark`` still finds it.
 1. REPEATABLE READ: every statement below sees the same orders.
-2. The identities to recompute (``db.metrics_aggregate``). Full: all. Incremental: the identities of
+2. The identities to recompute (``db.metrics.aggregate``). Full: all. Incremental: the identities of
    orders with ``synced_at`` or ``changed_at`` at or after the stored watermark (new, edited, newly
    cancelled orders), plus the keys in ``customer_metrics_queue``: identities that *lost* an order,
    which ``orders`` can no longer tell (an e-mail or GUID edit moves the order to another identity; a
@@ -60,7 +60,7 @@ from psycopg import sql
 
 from db.connection import connect
 from db.locks import AdvisoryKey, guard_write, session_lock
-from db.metrics_aggregate import (
+from db.metrics.aggregate import (
     AGGREGATES,
     METRICS,
     NEW,
@@ -73,9 +73,9 @@ from db.metrics_aggregate import (
     delete_vanished,
     upsert,
 )
-from db.metrics_result import MetricsResult
-from db.metrics_rules import CANCELLED_STATUS, DEFAULT_CANCELLED_STATUSES, DEFAULT_SEGMENT_RULES, SegmentRule
-from db.metrics_scores import rescore, scored
+from db.metrics.result import MetricsResult
+from db.metrics.rules import CANCELLED_STATUS, DEFAULT_CANCELLED_STATUSES, DEFAULT_SEGMENT_RULES, SegmentRule
+from db.metrics.scores import rescore, scored
 from db.sync_state import get_state, save_watermark
 
 __all__ = ["LOCK_NAMESPACE", "MetricsBusyError", "MetricsResult", "STATE_KEY", "recalculate"]

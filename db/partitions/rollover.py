@@ -105,7 +105,7 @@ def ensure_partitions(
 
     ``parent``/``with_check``: the split of the legacy partition builds its quarters under a shadow
     parent, each with a CHECK of its range, so that they can later be attached to ``order_items``
-    without a scan (``db/partition_split.py``).
+    without a scan (``db/partitions/split.py``).
     """
     if not conn.autocommit:
         raise ValueError("ensure_partitions needs an autocommit connection (one short transaction per step)")

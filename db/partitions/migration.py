@@ -18,8 +18,8 @@ no row moves (reference §2b). Writers keep inserting and updating throughout:
    table ``FOR VALUES FROM (MINVALUE) TO (cutover)`` — the validated CHECK lets ATTACH skip its scan.
    Statements queued on the old table's lock re-resolve the name and go to the new parent.
 
-Quarters from the cutover on are created as usual by ``db/partitions.py`` (rollover, loader); the
-quarters below it are held by the legacy partition until ``--split`` (``db/partition_split.py``).
+Quarters from the cutover on are created as usual by ``db/partitions/rollover.py`` (rollover, loader); the
+quarters below it are held by the legacy partition until ``--split`` (``db/partitions/split.py``).
 
 Idempotent: each step checks the catalog first (an index present and valid, the constraint present,
 validated, the table partitioned), so a rerun after a kill continues where the last one stopped; an
@@ -42,7 +42,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from db.dates import DateWindow
 from db.ddl_retry import retry_on_lock_timeout, set_lock_timeout
-from db.partitions import LEGACY, PARENT, Quarter
+from db.partitions.rollover import LEGACY, PARENT, Quarter
 from models.tables import metadata
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def make_plan(conn: psycopg.Connection, window: DateWindow) -> MigrationPlan:
     if st in ("absent", "partitioned"):
         return MigrationPlan(st, None)
     if st == "migrated":
-        from db.partitions import legacy_bound
+        from db.partitions.rollover import legacy_bound
 
         bound = legacy_bound(conn)
         return MigrationPlan(st, bound, [Step(f"{LEGACY} attached for [MINVALUE, {bound:%Y-%m-%d})", True)])

@@ -10,8 +10,8 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from db.partition_migration import MigrationError, state
-from db.partitions import PARENT
+from db.partitions.migration import MigrationError, state
+from db.partitions.rollover import PARENT
 
 OLD_TABLE = "order_items_plain"
 

@@ -3,15 +3,15 @@
 Reads are served from a ``cachetools.TTLCache`` (not thread-safe, hence the lock) that also remembers
 absent keys. A cold key is loaded by one thread while the others wait for it (no stampede). Staleness is
 bounded three ways: a write drops the key locally at once; the trigger from migration 0002 NOTIFYs every
-other process at commit (``db.settings_listener``); and the TTL caps whatever a lost notification leaves.
+other process at commit (``db.settings.listener``); and the TTL caps whatever a lost notification leaves.
 
     svc = get_settings_service(url, schema)
-    svc.get("cancelled_statuses")             # [-4] until someone sets it (db.settings_rules)
+    svc.get("cancelled_statuses")             # [-4] until someone sets it (db.settings.rules)
     svc.get("vip_min_orders", 5, type_=int)   # any key; coerced/validated by pydantic
     svc.set("cancelled_statuses", [-4, 7])    # every process sees it within milliseconds
 
 Counters (``stats()``) are per process: each process has its own cache. Each service also adds them to
-totals over every process in the database (``db.settings_stats``, what ``hub status`` shows): at close,
+totals over every process in the database (``db.settings.stats``, what ``hub status`` shows): at close,
 at process exit, and at most once a minute on a cache miss.
 """
 
@@ -35,12 +35,12 @@ from cachetools import TTLCache
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
-from db import settings_stats
-from db import settings_store as store
 from db.connection import connect
-from db.settings_listener import Listener
-from db.settings_rules import RULES, adapter
-from db.settings_store import Change, SettingRow
+from db.settings import stats as settings_stats
+from db.settings import store
+from db.settings.listener import Listener
+from db.settings.rules import RULES, adapter
+from db.settings.store import Change, SettingRow
 
 __all__ = [
     "SettingRow",
@@ -468,7 +468,7 @@ def _flush_all(timeout: float = 5.0) -> None:
     flusher.join(timeout)
 
 
-atexit.register(_flush_all)  # each process's cache counters reach the totals (db.settings_stats)
+atexit.register(_flush_all)  # each process's cache counters reach the totals (db.settings.stats)
 
 
 # --- messages -------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ autocommit) and dropped. A concurrent detach that failed half way leaves the par
 pending"; ``DETACH … FINALIZE`` completes it. Every DDL statement runs under ``lock_timeout`` and is
 retried with backoff.
 
-``restore_archive`` is the way back: checksum, the partition re-created through ``db.partitions``
+``restore_archive`` is the way back: checksum, the partition re-created through ``db.partitions.rollover``
 (the one place that creates partitions) once the horizon is lifted, the rows loaded with pg_restore.
 """
 
@@ -28,9 +28,10 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from db import partitions, pg_tools
+from db import pg_tools
 from db.dates import DateWindow
-from db.partitions import PARENT, Quarter
+from db.partitions import rollover as partitions
+from db.partitions.rollover import PARENT, Quarter
 
 log = logging.getLogger(__name__)
 

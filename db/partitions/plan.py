@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from db import partitions
 from db.dates import DateWindow
-from db.partitions import Quarter
+from db.partitions import rollover as partitions
+from db.partitions.rollover import Quarter
 
 
 def retention_horizon(now: datetime, years: int) -> datetime | None:

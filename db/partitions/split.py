@@ -9,7 +9,7 @@ not yet attached would hide it from readers and lose the updates writers make to
 So the split copies, keeps the copy exact, and swaps the bounds in one catalog-only transaction:
 
 1. prepare (idempotent): a shadow parent ``order_items_split`` (``LIKE order_items INCLUDING ALL``:
-   the same columns and indexes), its quarter partitions — created by ``db/partitions.py`` with a
+   the same columns and indexes), its quarter partitions — created by ``db/partitions/rollover.py`` with a
    CHECK of their range — for every quarter from the oldest legacy row to the cutover, a DEFAULT
    catch-all, a one-row progress table; then an AFTER ROW trigger on the legacy partition that
    mirrors every INSERT/UPDATE/DELETE into the shadow in the writer's own transaction;
@@ -45,11 +45,11 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from db import partitions
 from db.dates import DateWindow
 from db.ddl_retry import retry_on_lock_timeout, set_lock_timeout
-from db.partition_migration import KEY, MigrationError, model_table, state
-from db.partitions import LEGACY, PARENT, Quarter
+from db.partitions import rollover as partitions
+from db.partitions.migration import KEY, MigrationError, model_table, state
+from db.partitions.rollover import LEGACY, PARENT, Quarter
 
 log = logging.getLogger(__name__)
 

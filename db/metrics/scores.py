@@ -1,4 +1,4 @@
-"""R/F/M quintile scores, segments and days since the last order for every customer (``db.metrics`` step 4).
+"""R/F/M quintile scores, segments and days since the last order for every customer (``db.metrics.compute`` step 4).
 
 A score is ``ntile(5)`` over all customers in its ``ORDERINGS`` order. A full run computes them as
 windows while it upserts every customer (``scored``). An incremental run has rewritten a few customers
@@ -7,7 +7,7 @@ and must re-score everyone (``rescore``): instead of three window sorts of every
 0003) with a cursor that MOVEs over the index without sending rows (~0.15 s), then scores each customer
 in one scan by how many boundary rows it sorts after, which is exactly its ntile(5) bucket, and writes
 only the rows that change. The segment is one subscript into the rules' 45-cell table
-(``db.metrics_rules``).
+(``db.metrics.rules``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from db.metrics_rules import SegmentRule, segment_of, segment_table
+from db.metrics.rules import SegmentRule, segment_of, segment_table
 
 _I = sql.Identifier
 METRICS, SCORED = _I("customer_metrics"), _I("cm_scored")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import psycopg
 
 from db.connection import connect
-from db.settings_store import Change, listen, parse_payload
+from db.settings.store import Change, listen, parse_payload
 
 log = logging.getLogger(__name__)
 

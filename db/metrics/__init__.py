@@ -1,0 +1,2 @@
+"""Customer metrics: lifetime aggregates and RFM segments (``compute`` runs them; ``aggregate``, ``scores``,
+``rules`` and ``result`` are its parts)."""
