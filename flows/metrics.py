@@ -37,7 +37,7 @@ def business_settings(url: str, schema: str) -> tuple[tuple[int, ...], tuple[Seg
     value raises ``MetricsSettingsError`` rather than silently computing with other rules.
     """
     try:
-        from db.settings.service import get_settings_service
+        from db.settings.registry import get_settings_service
     except ImportError:
         return DEFAULT_CANCELLED_STATUSES, DEFAULT_SEGMENT_RULES
     svc = get_settings_service(url, schema)

@@ -24,7 +24,7 @@ from db.connection import connection
 from db.dates import DateWindow
 from db.partitions import migration as mig
 from db.partitions import split as split_db
-from db.settings.service import get_settings_service
+from db.settings.registry import get_settings_service
 from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact

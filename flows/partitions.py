@@ -26,7 +26,7 @@ from db.partitions import archive as partition_archive
 from db.partitions import rollover as partitions
 from db.partitions.plan import Plan, make_plan
 from db.partitions.rollover import Quarter
-from db.settings.service import get_settings_service
+from db.settings.registry import get_settings_service
 from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact

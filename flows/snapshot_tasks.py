@@ -21,7 +21,7 @@ from db.connection import connection
 from db.dates import DateWindow
 from db.loader import ApplyOptions, ApplyResult, apply_snapshot_file
 from db.partitions.rollover import archived_quarters
-from db.settings.service import get_settings_service
+from db.settings.registry import get_settings_service
 from flows import progress as progress_hooks
 from flows import runtime
 from flows.entities import Entity

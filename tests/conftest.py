@@ -82,7 +82,7 @@ def make_db(pg_server_url: str, template_db: str):
         return with_database(pg_server_url, name)
 
     yield make
-    from db.settings.service import close_settings_services
+    from db.settings.registry import close_settings_services
 
     close_settings_services()  # their listeners would keep reconnecting to the dropped databases
     with _admin(pg_server_url) as conn:

@@ -17,19 +17,14 @@ at process exit, and at most once a minute on a cache miss.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import partial
-from typing import Annotated, Any, get_args, get_origin
+from typing import Any
 
-import orjson
 import psycopg
 from cachetools import TTLCache
 from pydantic import ValidationError
@@ -38,6 +33,17 @@ from pydantic_core import to_jsonable_python
 from db.connection import connect
 from db.settings import stats as settings_stats
 from db.settings import store
+from db.settings.entries import (
+    _ABSENT,
+    SettingsStats,
+    SettingValueError,
+    _check_key,
+    _Entry,
+    _first_error,
+    _Load,
+    _short,
+    _type_name,
+)
 from db.settings.listener import Listener
 from db.settings.rules import RULES, adapter
 from db.settings.store import Change, SettingRow
@@ -47,86 +53,12 @@ __all__ = [
     "SettingValueError",
     "SettingsService",
     "SettingsStats",
-    "close_settings_services",
-    "get_settings_service",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 3600.0
 _UNSET: Any = object()
-
-
-class SettingValueError(ValueError):
-    """A stored or proposed value does not fit the setting's type."""
-
-
-class _Entry:
-    """A cached value and how to hand out a private copy of it (a caller may mutate what it gets)."""
-
-    __slots__ = ("checked", "copy", "value")
-
-    def __init__(self, value: Any, copy: Callable[[Any], Any] | None = None) -> None:
-        self.value, self.copy = value, copy  # copy None: an immutable scalar, shared as is
-        # Validated forms by type: a hit on a typed key then skips pydantic (only flat or scalar values,
-        # whose copy function copies what it is given; nested ones are re-parsed from JSON instead).
-        self.checked: dict[Any, Any] = {}
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> _Entry:
-        value = orjson.loads(raw)
-        if isinstance(value, list):
-            flat = not any(isinstance(v, (list, dict)) for v in value)
-            return cls(value, list.copy if flat else partial(_reparse, raw))
-        if isinstance(value, dict):
-            flat = not any(isinstance(v, (list, dict)) for v in value.values())
-            return cls(value, dict.copy if flat else partial(_reparse, raw))
-        return cls(value)
-
-    def get(self) -> Any:
-        return self.value if self.copy is None else self.copy(self.value)
-
-
-def _reparse(raw: bytes, _value: Any) -> Any:
-    """A deep copy of a nested value: parsing its JSON again beats copy.deepcopy."""
-    return orjson.loads(raw)
-
-
-_ABSENT = _Entry(None)  # negative cache entry: the key has no row
-
-
-class _Load:
-    """One in-flight DB read of a key; later readers of the same key wait on it."""
-
-    __slots__ = ("done", "entry", "error", "stale")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.entry: _Entry | None = None
-        self.error: BaseException | None = None
-        self.stale = False  # invalidated while loading: hand the result out, but do not cache it
-
-
-@dataclass(frozen=True)
-class SettingsStats:
-    hits: int
-    misses: int
-    loads: int  # DB reads started (misses that waited for another thread's read are not loads)
-    load_errors: int
-    invalidations: int  # single keys dropped (own writes and notifications)
-    clears: int  # whole-cache drops (listener (re)connects, TRUNCATE, clear())
-    notifications: int
-    connects: int  # listener sessions established; connects - 1 = reconnects
-    size: int
-    listening: bool
-
-    @property
-    def hit_rate(self) -> float:
-        reads = self.hits + self.misses
-        return self.hits / reads if reads else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "hit_rate": round(self.hit_rate, 6)}
 
 
 class SettingsService:
@@ -144,8 +76,10 @@ class SettingsService:
         poll_interval: float = 0.25,
         reconnect_backoff: tuple[float, float] = (0.05, 5.0),
         persist_stats: bool = True,
+        on_close: Callable[[SettingsService], None] | None = None,
     ) -> None:
         self.url, self.schema = url, schema
+        self._on_close = on_close  # the process registry forgets a closed service
         self._persist_stats = persist_stats  # False: a reader that must not count itself (hub status)
         self._lock = threading.Lock()
         self._cache: TTLCache[str, _Entry] = TTLCache(maxsize=maxsize, ttl=ttl, timer=clock)
@@ -340,7 +274,8 @@ class SettingsService:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-        _forget(self)
+        if self._on_close is not None:
+            self._on_close(self)
 
     def __enter__(self) -> SettingsService:
         return self
@@ -412,95 +347,3 @@ class SettingsService:
                 self._db.close()
                 self._db = None
                 raise
-
-
-# --- the process-wide services used by flows ------------------------------------------------------------
-
-_registry: dict[tuple[str, str], SettingsService] = {}
-_registry_lock = threading.Lock()
-_inherited: list[SettingsService] = []
-
-
-def get_settings_service(url: str, schema: str = "public") -> SettingsService:
-    """The process's service for (url, schema), created (and its listener started) on first use."""
-    with _registry_lock:
-        svc = _registry.get((url, schema))
-        if svc is None:
-            svc = _registry[(url, schema)] = SettingsService(url, schema)
-        return svc
-
-
-def close_settings_services() -> None:
-    with _registry_lock:
-        services = list(_registry.values())
-        _registry.clear()
-    for svc in services:
-        svc.close()
-
-
-def _forget(svc: SettingsService) -> None:
-    with _registry_lock:
-        if _registry.get((svc.url, svc.schema)) is svc:
-            del _registry[(svc.url, svc.schema)]
-
-
-def _after_fork_in_child() -> None:
-    # A forked child has no listener thread and shares the parent's sockets. Start afresh, and keep the
-    # inherited objects referenced: finalizing them would send a Terminate on the parent's connections.
-    global _registry_lock
-    _registry_lock = threading.Lock()
-    _inherited.extend(_registry.values())
-    _registry.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _flush_all(timeout: float = 5.0) -> None:
-    """At exit: flush every service's counters, giving up after ``timeout`` (a dead database must not
-    hold the process: a daemon thread does not keep the interpreter alive)."""
-    with _registry_lock:
-        services = list(_registry.values())
-    if not services:
-        return
-    flusher = threading.Thread(target=lambda: [svc.flush_stats() for svc in services], daemon=True)
-    flusher.start()
-    flusher.join(timeout)
-
-
-atexit.register(_flush_all)  # each process's cache counters reach the totals (db.settings.stats)
-
-
-# --- messages -------------------------------------------------------------------------------------------
-
-
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not key.strip():
-        raise SettingValueError("a setting key must be a non-empty string")
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = orjson.dumps(value).decode() if _jsonable(value) else repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        orjson.dumps(value)
-    except TypeError:
-        return False
-    return True
-
-
-def _type_name(type_: Any) -> str:
-    if get_origin(type_) is Annotated:  # the constraints are in the error message already
-        type_ = get_args(type_)[0]
-    if isinstance(type_, type) and not get_args(type_):
-        return type_.__name__
-    return repr(type_).replace("typing.", "")
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    return f"{err['msg']}" + (f" at {where}" if where else "")

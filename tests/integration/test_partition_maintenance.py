@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from db.connection import libpq_url
 from db.partitions import archive as partition_archive
 from db.partitions.rollover import Quarter, archived_quarters, existing_partitions
-from db.settings.service import get_settings_service
+from db.settings.registry import get_settings_service
 from flows import runtime
 from flows.config import get_config
 from flows.partitions import partition_maintenance, restore_partition_archive

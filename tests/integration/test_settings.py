@@ -9,7 +9,8 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from db.settings.service import SettingsService, SettingValueError, get_settings_service
+from db.settings.registry import get_settings_service
+from db.settings.service import SettingsService, SettingValueError
 
 pytestmark = pytest.mark.integration
 

@@ -148,7 +148,7 @@ def test_gives_up_after_three_retry_attempts(hub, db_url):
 
 
 def test_reject_threshold_setting_wins_over_env(hub, db_url):
-    from db.settings.service import get_settings_service
+    from db.settings.registry import get_settings_service
 
     get_settings_service(db_url, "public").set("reject_threshold", 0.001)
     hub.state.faults.malformed_line_at = 3

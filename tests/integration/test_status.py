@@ -239,7 +239,7 @@ def test_settings_cache_hit_rate_sums_every_process(ready, monkeypatch):
 
 def test_a_process_adds_its_settings_cache_counts_at_exit(ready):
     code = (
-        "from db.settings.service import get_settings_service as g; s = g(sys.argv[1]); [s.get('x') for _ in range(5)]"
+        "from db.settings.registry import get_settings_service as g; s = g(sys.argv[1]); [s.get('x') for _ in range(5)]"
     )
     subprocess.run([sys.executable, "-c", f"import sys; {code}", ready], check=True, timeout=60)
     data = check(status()[1], "settings_cache")["data"]

@@ -8,8 +8,8 @@ import orjson
 import pytest
 from pydantic import Field
 
+from db.settings.entries import SettingsStats, _Entry, _type_name
 from db.settings.rules import RULES, adapter
-from db.settings.service import SettingsStats, _Entry, _type_name
 from db.settings.store import Change, parse_payload
 from deployments.cli_settings import parse_cli_value
 
