@@ -30,6 +30,8 @@ from psycopg import sql
 
 from db import pg_tools
 from db.dates import DateWindow
+from db.ddl_retry import lock_timeout as ddl_lock_timeout
+from db.ddl_retry import retry_on_lock_timeout
 from db.partitions import rollover as partitions
 from db.partitions.rollover import PARENT, Quarter
 
@@ -193,20 +195,6 @@ def record_archive(conn: psycopg.Connection, archive: Archive, dump: Path) -> in
 # --- detach and drop ----------------------------------------------------------------------------------
 
 
-def _with_retries(
-    what: str, step: Callable[[], None], *, attempts: int, sleep: Callable[[float], None] = time.sleep
-) -> None:
-    for attempt in range(1, attempts + 1):
-        try:
-            step()
-            return
-        except psycopg.errors.LockNotAvailable:
-            if attempt == attempts:
-                raise
-            log.warning("lock_timeout on %s (attempt %d/%d); retrying", what, attempt, attempts)
-            sleep(min(2**attempt * 0.1, 5))
-
-
 def _detach_pending(conn: psycopg.Connection, name: str) -> bool | None:
     """True: detach pending; False: attached; None: not a partition (any more)."""
     row = conn.execute(
@@ -228,8 +216,7 @@ def detach_and_drop(
     if not conn.autocommit:
         raise ValueError("detach_and_drop needs an autocommit connection (DETACH CONCURRENTLY)")
     parent, child = sql.Identifier(PARENT), sql.Identifier(quarter.name)
-    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
-    try:
+    with ddl_lock_timeout(conn, lock_timeout):
 
         def detach() -> None:
             state = _detach_pending(conn, quarter.name)
@@ -238,15 +225,13 @@ def detach_and_drop(
             how = sql.SQL("FINALIZE" if state else "CONCURRENTLY")
             conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} {}").format(parent, child, how))
 
-        _with_retries(f"detaching {quarter.name}", detach, attempts=attempts, sleep=sleep)
-        _with_retries(
+        retry_on_lock_timeout(f"detaching {quarter.name}", detach, attempts=attempts, sleep=sleep)
+        retry_on_lock_timeout(
             f"dropping {quarter.name}",
             lambda: conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(child)),
             attempts=attempts,
             sleep=sleep,
         )
-    finally:
-        conn.execute("RESET lock_timeout")
     log.info("detached and dropped %s", quarter.name)
 
 

@@ -18,6 +18,8 @@ import psycopg
 from psycopg import sql
 
 from db.dates import DateWindow
+from db.ddl_retry import lock_timeout as ddl_lock_timeout
+from db.ddl_retry import retry_on_lock_timeout
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +124,13 @@ def ensure_partitions(
         raise ValueError(f"refusing to re-create archived partitions (beyond retention): {', '.join(beyond)}")
     created = []
     for quarter in missing:
-        for attempt in range(1, attempts + 1):
-            try:
-                _create_partition(conn, quarter, lock_timeout, parent, with_check)
-                created.append(quarter.name)
-                break
-            except psycopg.errors.LockNotAvailable:
-                if attempt == attempts:
-                    raise
-                log.warning("lock_timeout creating %s (attempt %d/%d); retrying", quarter.name, attempt, attempts)
-                sleep(min(2**attempt * 0.1, 5))
+        retry_on_lock_timeout(
+            f"creating {quarter.name}",
+            lambda q=quarter: _create_partition(conn, q, lock_timeout, parent, with_check),
+            attempts=attempts,
+            sleep=sleep,
+        )
+        created.append(quarter.name)
     return created
 
 
@@ -140,8 +139,7 @@ def _create_partition(
 ) -> None:
     ident = sql.Identifier(quarter.name)
     parent = sql.Identifier(parent_name)
-    with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+    with conn.transaction(), ddl_lock_timeout(conn, lock_timeout):
         # Another writer may have attached it since we looked: re-check inside the transaction.
         if quarter.name in existing_partitions(conn, parent_name):
             return
@@ -177,8 +175,7 @@ def range_check_name(quarter: Quarter) -> str:
 
 def create_default_partition(conn: psycopg.Connection, parent: str, name: str, lock_timeout: str = "5s") -> bool:
     """A DEFAULT partition of ``parent`` (only the split's shadow parent has one); False if it exists."""
-    with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+    with conn.transaction(), ddl_lock_timeout(conn, lock_timeout):
         if name in existing_partitions(conn, parent):
             return False
         conn.execute(

@@ -46,7 +46,7 @@ import psycopg
 from psycopg import sql
 
 from db.dates import DateWindow
-from db.ddl_retry import retry_on_lock_timeout, set_lock_timeout
+from db.ddl_retry import lock_timeout, retry_on_lock_timeout
 from db.partitions import rollover as partitions
 from db.partitions.migration import KEY, MigrationError, model_table, state
 from db.partitions.rollover import LEGACY, PARENT, Quarter
@@ -190,8 +190,7 @@ def _create_trigger(conn: psycopg.Connection, sleep: Callable[[float], None]) ->
     ).format(split=split, old=match("OLD"), new=match("NEW"), cols=_cols(), vals=_cols("NEW"))
 
     def step() -> bool:
-        with conn.transaction():
-            set_lock_timeout(conn, SHORT_LOCK_TIMEOUT, local=True)
+        with conn.transaction(), lock_timeout(conn, SHORT_LOCK_TIMEOUT):
             have = conn.execute(
                 "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s", (LEGACY, TRIGGER)
             ).fetchone()
@@ -228,8 +227,7 @@ def copy_batch(conn: psycopg.Connection, size: int, *, sleep: Callable[[float], 
 
 def _copy_batch(conn: psycopg.Connection, size: int) -> int:
     p = sql.Identifier(PROGRESS)
-    with conn.transaction():
-        set_lock_timeout(conn, BATCH_LOCK_TIMEOUT, local=True)  # under deadlock_timeout (1 s)
+    with conn.transaction(), lock_timeout(conn, BATCH_LOCK_TIMEOUT):  # under deadlock_timeout (1 s)
         got = conn.execute(
             sql.SQL(
                 "SELECT last_order_code, last_item_id, last_created_at, end_order_code, end_item_id, end_created_at "
@@ -305,8 +303,7 @@ def verify(conn: psycopg.Connection) -> tuple[int, int]:
 def flip(conn: psycopg.Connection, verified: tuple[int, int], window: DateWindow) -> list[str]:
     """One transaction: the legacy partition out, the shadow quarters in; the names attached."""
     t = sql.Identifier(PARENT)
-    with conn.transaction():
-        set_lock_timeout(conn, FLIP_LOCK_TIMEOUT, local=True)
+    with conn.transaction(), lock_timeout(conn, FLIP_LOCK_TIMEOUT):
         for name in (PARENT, LEGACY, SPLIT):  # the writers' order: parent, partition, then the shadow
             conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(name)))
         if split_state(conn) != "copying":

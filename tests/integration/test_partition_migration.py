@@ -231,3 +231,34 @@ def test_a_copy_batch_gives_way_to_a_writer_holding_a_row(legacy):
     writer.close()
     assert len(pauses) == 2 and rows == ROWS
     assert amounts(legacy)["B000000"] == Decimal(42)
+
+
+def test_a_lock_timeout_in_the_migrations_concurrent_build_is_retried(legacy, monkeypatch):
+    """L1: the build times out waiting for a writer, leaving an INVALID index; the retry drops it and builds."""
+    import importlib
+    import importlib.util
+
+    import db.partitions.migration as migration
+
+    for module in ("db.indexes.build", "db.partitions.migration"):  # the builder's (and the old copy's) timeout
+        if importlib.util.find_spec(module) is not None:
+            monkeypatch.setattr(importlib.import_module(module), "CONCURRENT_LOCK_TIMEOUT", "100ms")
+    need = migration.needed_indexes()[1]
+    writer = psycopg.connect(libpq_url(legacy))  # an open writing transaction: the build waits for it
+    writer.execute("UPDATE order_items SET amount = 1 WHERE order_code = 'B000001'")
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        with psycopg.connect(libpq_url(legacy), autocommit=True) as c:  # the timed-out build's leftover
+            valid = c.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (need.build_as,))
+            assert valid.fetchone() == (False,)
+        writer.commit()
+
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        c.execute("SET lock_timeout = '7s'")  # as a role's or database's own setting would
+        assert migration.build_index(c, need, sleep=sleep) is True
+        ix = [i for i in migration.table_indexes(c, "order_items") if i.name == need.build_as]
+        assert c.execute("SHOW lock_timeout").fetchone()[0] == "7s"  # back, not clobbered with 0
+    writer.close()
+    assert len(pauses) == 1 and len(ix) == 1 and ix[0].valid
