@@ -104,6 +104,8 @@ def progress(conn: psycopg.Connection) -> Progress | None:
         )
     ).fetchone()
     est = conn.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)", (LEGACY,))
+    if r is None:  # a table without its row (a kill inside an old prepare): nothing copied; prepare adds it
+        return Progress(0, 0, None, est.fetchone()[0] or 0)
     return Progress(r[0], r[1], tuple(r[2:]) if r[2] is not None else None, est.fetchone()[0] or 0)
 
 
@@ -133,17 +135,7 @@ def prepare(conn: psycopg.Connection, *, sleep: Callable[[float], None] = time.s
         done += [f"created shadow quarter {n}" for n in made]
     if partitions.create_default_partition(conn, SPLIT, SPLIT_DEFAULT):
         done.append(f"created {SPLIT_DEFAULT}")
-    if not _exists(conn, PROGRESS):
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
-                "rows_copied bigint NOT NULL DEFAULT 0, batches integer NOT NULL DEFAULT 0, last_order_code text, "
-                "last_item_id bigint, last_created_at timestamptz, bounded boolean NOT NULL DEFAULT false, "
-                "end_order_code text, end_item_id bigint, end_created_at timestamptz, "
-                "updated_at timestamptz DEFAULT now())"
-            ).format(sql.Identifier(PROGRESS))
-        )
-        conn.execute(sql.SQL("INSERT INTO {} DEFAULT VALUES ON CONFLICT DO NOTHING").format(sql.Identifier(PROGRESS)))
+    if _ensure_progress_row(conn):
         done.append(f"created {PROGRESS}")
     if _create_trigger(conn, sleep):
         done.append(f"created trigger {TRIGGER} on {LEGACY}")
@@ -162,6 +154,27 @@ def prepare(conn: psycopg.Connection, *, sleep: Callable[[float], None] = time.s
         )
     )
     return done
+
+
+def _ensure_progress_row(conn: psycopg.Connection) -> bool:
+    """The progress table and its one row, in one transaction; the row also when a table without it is found.
+
+    (An earlier version created the table and inserted the row in two steps: a kill between them left
+    an empty table, on which every rerun failed.) True if the table was created.
+    """
+    with conn.transaction():
+        created = not _exists(conn, PROGRESS)
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+                "rows_copied bigint NOT NULL DEFAULT 0, batches integer NOT NULL DEFAULT 0, last_order_code text, "
+                "last_item_id bigint, last_created_at timestamptz, bounded boolean NOT NULL DEFAULT false, "
+                "end_order_code text, end_item_id bigint, end_created_at timestamptz, "
+                "updated_at timestamptz DEFAULT now())"
+            ).format(sql.Identifier(PROGRESS))
+        )
+        conn.execute(sql.SQL("INSERT INTO {} DEFAULT VALUES ON CONFLICT DO NOTHING").format(sql.Identifier(PROGRESS)))
+    return created
 
 
 def _quarters(first: Quarter, cutover: datetime) -> list[Quarter]:

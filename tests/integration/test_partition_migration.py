@@ -262,3 +262,20 @@ def test_a_lock_timeout_in_the_migrations_concurrent_build_is_retried(legacy, mo
         assert c.execute("SHOW lock_timeout").fetchone()[0] == "7s"  # back, not clobbered with 0
     writer.close()
     assert len(pauses) == 1 and len(ix) == 1 and ix[0].valid
+
+
+def test_a_split_killed_between_creating_the_progress_table_and_its_row_reruns(legacy):
+    """L2: the state a kill inside prepare leaves (the progress table without its row, no trigger yet)."""
+    from db.partitions.split import PROGRESS, TRIGGER
+
+    migrate_partitions()
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        prepare(c)
+        c.execute(sql.SQL("DROP TRIGGER {} ON order_items_legacy").format(sql.Identifier(TRIGGER)))
+        c.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(PROGRESS)))
+    out = migrate_partitions(split=True, batch_size=2000)
+    assert any(d.startswith("flipped") for d in out["did"]), out
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        assert split_state(c) == "done"
+        assert c.execute("SELECT count(*) FROM order_items").fetchone()[0] == ROWS
+
