@@ -279,3 +279,16 @@ def test_a_split_killed_between_creating_the_progress_table_and_its_row_reruns(l
         assert split_state(c) == "done"
         assert c.execute("SELECT count(*) FROM order_items").fetchone()[0] == ROWS
 
+
+def test_status_counts_the_quarters_the_legacy_partition_holds_as_present(legacy):
+    """L3: right after migrate-partitions the current quarter lives in order_items_legacy: not missing."""
+    from db.status import partition_runway
+
+    migrate_partitions()
+    now = datetime.now(UTC)
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        bound = legacy_bound(c)
+        current, ahead, _ = partition_runway(c, now)
+    assert bound is not None and Quarter.of(now).end <= bound
+    assert current is True and ahead >= 1
+
