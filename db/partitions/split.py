@@ -48,6 +48,7 @@ from psycopg import sql
 from db.dates import DateWindow
 from db.ddl_retry import lock_timeout, retry_on_lock_timeout
 from db.partitions import rollover as partitions
+from db.partitions import shadow_indexes
 from db.partitions.migration import KEY, MigrationError, model_table, state
 from db.partitions.rollover import LEGACY, PARENT, Quarter
 
@@ -321,11 +322,13 @@ def flip(conn: psycopg.Connection, verified: tuple[int, int], window: DateWindow
             conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(name)))
         if split_state(conn) != "copying":
             return []
+        quarters = sorted(partitions.existing_partitions(conn, SPLIT) - {SPLIT_DEFAULT})
+        shadow_indexes.refuse_if_missing(conn, quarters)  # an ATTACH must never build one under this lock
         conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(TRIGGER), sql.Identifier(LEGACY)))
         conn.execute(sql.SQL("DROP FUNCTION {}()").format(sql.Identifier(TRIGGER)))
         conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(t, sql.Identifier(LEGACY)))
         attached = []
-        for name in sorted(partitions.existing_partitions(conn, SPLIT) - {SPLIT_DEFAULT}):
+        for name in quarters:
             quarter = partitions.quarter_of_name(name)
             conn.execute(
                 sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(sql.Identifier(SPLIT), sql.Identifier(name))
@@ -385,4 +388,8 @@ def drop_legacy(conn: psycopg.Connection) -> int:
 def flip_with_retries(
     conn: psycopg.Connection, verified: tuple[int, int], window: DateWindow, *, sleep: Callable[[float], None]
 ) -> list[str]:
+    """The indexes the parent gained since ``prepare`` built on the shadow quarters (concurrently), then the flip."""
+    quarters = sorted(partitions.existing_partitions(conn, SPLIT) - {SPLIT_DEFAULT})
+    for built in shadow_indexes.build_missing(conn, quarters, sleep=sleep):
+        log.info("built %s before the flip", built)
     return retry_on_lock_timeout("flip", lambda: flip(conn, verified, window), sleep=sleep)

@@ -292,3 +292,31 @@ def test_status_counts_the_quarters_the_legacy_partition_holds_as_present(legacy
     assert bound is not None and Quarter.of(now).end <= bound
     assert current is True and ahead >= 1
 
+
+def test_an_index_the_parent_gained_after_prepare_is_built_before_the_flip_never_in_it(legacy):
+    """M3: the flip's ATTACH would build it under ACCESS EXCLUSIVE; it is built concurrently first, or refused."""
+    from db.dates import DateWindow
+    from db.partitions.split import flip
+
+    migrate_partitions()
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        prepare(c)
+        while copy_batch(c, 5000):
+            pass
+        c.execute("CREATE INDEX ix_test_amount ON order_items (amount)")  # a release's new index, after prepare
+        with pytest.raises(MigrationError, match="ix_test_amount"):
+            flip(c, verify(c), DateWindow.default())  # the flip alone: refused, it never builds under its lock
+        assert split_state(c) == "copying"
+        shadow = existing_partitions(c, "order_items_split") - {"order_items_split_default"}
+    out = migrate_partitions(split=True, batch_size=5000)
+    assert any(d.startswith("flipped") for d in out["did"]), out
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        rows = c.execute(
+            """SELECT t.relname, ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 JOIN pg_class t ON t.oid = i.indrelid JOIN pg_inherits h ON h.inhrelid = ic.oid
+                WHERE h.inhparent = 'ix_test_amount'::regclass AND t.relname LIKE 'order_items_20%'"""
+        ).fetchall()
+    built = {t: ix for t, ix in rows if t in shadow}
+    assert "order_items_2024_q1" in shadow and set(built) == shadow
+    # each is the one built concurrently before the flip (its name), none an ATTACH-time build (auto-named)
+    assert all(ix == "ix_test_amount" + t.removeprefix("order_items") for t, ix in built.items()), built
