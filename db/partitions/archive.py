@@ -1,17 +1,12 @@
-"""Retention of ``order_items`` quarters: archive with pg_dump, verify, detach concurrently, drop — and back.
+"""Archives of ``order_items`` quarters: written with pg_dump, verified, recorded.
 
 Never drop without a verified archive: the partition is dumped (``pg_dump -Fc -t``, a binary of the
-server's major version), a ``.sha256`` file and a JSON manifest are written beside the dump, and the
-dump is verified by checksum *and* by a full read (``pg_restore -f /dev/null``: ``pg_restore --list``
-reads a truncated dump without complaint). Only then is the quarter recorded in ``partition_archives``
-(the retention horizon: imports stop writing it), detached with ``DETACH … CONCURRENTLY`` (readers and
-writers of the other partitions are not blocked; it cannot run in a transaction block, so ``conn`` is
-autocommit) and dropped. A concurrent detach that failed half way leaves the partition "detach
-pending"; ``DETACH … FINALIZE`` completes it. Every DDL statement runs under ``lock_timeout`` and is
-retried with backoff.
+server's major version, in a snapshot exported by a transaction that counts and checksums the rows
+in that very snapshot: the manifest says what the dump holds), a ``.sha256`` file and a JSON manifest
+are written beside the dump, and the dump is verified by checksum *and* by a full read
+(``pg_restore -f /dev/null``: ``pg_restore --list`` reads a truncated dump without complaint).
 
-``restore_archive`` is the way back: checksum, the partition re-created through ``db.partitions.rollover``
-(the one place that creates partitions) once the horizon is lifted, the rows loaded with pg_restore.
+Detach and drop: ``db/partitions/retire.py``; the way back: ``db/partitions/restore.py``.
 """
 
 from __future__ import annotations
@@ -19,8 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,11 +24,11 @@ import psycopg
 from psycopg import sql
 
 from db import pg_tools
+from db.connection import connect
 from db.dates import DateWindow
-from db.ddl_retry import lock_timeout as ddl_lock_timeout
-from db.ddl_retry import retry_on_lock_timeout
 from db.partitions import rollover as partitions
-from db.partitions.rollover import PARENT, Quarter
+from db.partitions.rollover import Quarter
+from db.partitions.split import checksum
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +79,7 @@ class Archive:
     pg_dump_version: str
     file: str  # the dump's file name; the manifest and .sha256 sit beside it
     archived_at: str
+    checksum: str | None = None  # db.partitions.split.checksum of the rows, in the dump's own snapshot
 
     @property
     def quarter_of(self) -> Quarter:
@@ -106,14 +102,33 @@ def archive_partition(conn: psycopg.Connection, url: str, schema: str, quarter: 
     """
     major = server_major(conn)
     pg_dump = find_tool("pg_dump", major)
-    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(quarter.name))).fetchone()[0]
+    with dump_snapshot(url, schema) as (snap, snapshot):
+        rows, check = checksum(snap, quarter.name)  # what the dump holds: counted in its own snapshot
+        return _dump(url, schema, quarter, directory, pg_dump, snapshot, rows, check)
+
+
+@contextmanager
+def dump_snapshot(url: str, schema: str) -> Iterator[tuple[psycopg.Connection, str]]:
+    """A REPEATABLE READ transaction and its exported snapshot, open while pg_dump (``--snapshot``) runs."""
+    with connect(url, schema, autocommit=True) as snap:
+        snap.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield snap, snap.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        finally:
+            snap.execute("ROLLBACK")
+
+
+def _dump(
+    url: str, schema: str, quarter: Quarter, directory: Path, pg_dump: Path, snapshot: str, rows: int, check: int
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     dump = directory / f"{quarter.name}-{stamp}.dump"
     tmp = dump.with_name(dump.name + ".partial")
     conninfo, env = _libpq_env(url)
     table = f'"{schema}"."{quarter.name}"'
-    done = _run([str(pg_dump), "-Fc", "-t", table, "-f", str(tmp), "--dbname", conninfo], env)
+    args = [str(pg_dump), "-Fc", "-t", table, "-f", str(tmp), f"--snapshot={snapshot}"]
+    done = _run([*args, "--dbname", conninfo], env)
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise ArchiveError(f"pg_dump of {quarter.name} failed: {done.stderr.strip()}")
@@ -131,6 +146,7 @@ def archive_partition(conn: psycopg.Connection, url: str, schema: str, quarter: 
         pg_dump_version=pg_tools.tool_version(pg_dump),
         file=dump.name,
         archived_at=datetime.now(UTC).isoformat(),
+        checksum=str(check),
     )
     manifest_path(dump).write_text(json.dumps(asdict(archive), indent=2) + "\n")
     log.info("archived %s (%d rows) to %s", quarter.name, rows, dump)
@@ -190,64 +206,6 @@ def record_archive(conn: psycopg.Connection, archive: Archive, dump: Path) -> in
             archive.pg_dump_version,
         ),
     ).fetchone()[0]
-
-
-# --- detach and drop ----------------------------------------------------------------------------------
-
-
-def _detach_pending(conn: psycopg.Connection, name: str) -> bool | None:
-    """True: detach pending; False: attached; None: not a partition (any more)."""
-    row = conn.execute(
-        "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass(%s) AND inhparent = to_regclass(%s)",
-        (name, PARENT),
-    ).fetchone()
-    return None if row is None else bool(row[0])
-
-
-def detach_and_drop(
-    conn: psycopg.Connection,
-    quarter: Quarter,
-    *,
-    lock_timeout: str = "5s",
-    attempts: int = 5,
-    sleep: Callable[[float], None] = time.sleep,
-) -> None:
-    """``DETACH PARTITION … CONCURRENTLY`` (or ``FINALIZE`` a pending one), then ``DROP TABLE``. Autocommit only."""
-    if not conn.autocommit:
-        raise ValueError("detach_and_drop needs an autocommit connection (DETACH CONCURRENTLY)")
-    parent, child = sql.Identifier(PARENT), sql.Identifier(quarter.name)
-    with ddl_lock_timeout(conn, lock_timeout):
-
-        def detach() -> None:
-            state = _detach_pending(conn, quarter.name)
-            if state is None:
-                return
-            how = sql.SQL("FINALIZE" if state else "CONCURRENTLY")
-            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} {}").format(parent, child, how))
-
-        retry_on_lock_timeout(f"detaching {quarter.name}", detach, attempts=attempts, sleep=sleep)
-        retry_on_lock_timeout(
-            f"dropping {quarter.name}",
-            lambda: conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(child)),
-            attempts=attempts,
-            sleep=sleep,
-        )
-    log.info("detached and dropped %s", quarter.name)
-
-
-def retire_partition(
-    conn: psycopg.Connection, dump: Path, *, lock_timeout: str = "5s", attempts: int = 5
-) -> tuple[Archive, int]:
-    """Verify ``dump``, record the quarter as archived (the horizon), detach and drop it.
-
-    A damaged archive raises ArchiveDamaged before anything changes. Returns (archive, its row id).
-    """
-    archive = verify_archive(dump, server_major(conn))
-    quarter = archive.quarter_of
-    archive_id = record_archive(conn, archive, dump)
-    detach_and_drop(conn, quarter, lock_timeout=lock_timeout, attempts=attempts)
-    conn.execute("UPDATE partition_archives SET dropped_at = now() WHERE id = %s", (archive_id,))
-    return archive, archive_id
 
 
 # --- restore ------------------------------------------------------------------------------------------

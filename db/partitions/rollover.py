@@ -137,36 +137,50 @@ def ensure_partitions(
 def _create_partition(
     conn: psycopg.Connection, quarter: Quarter, lock_timeout: str, parent_name: str = PARENT, with_check: bool = False
 ) -> None:
-    ident = sql.Identifier(quarter.name)
-    parent = sql.Identifier(parent_name)
     with conn.transaction(), ddl_lock_timeout(conn, lock_timeout):
         # Another writer may have attached it since we looked: re-check inside the transaction.
         if quarter.name in existing_partitions(conn, parent_name):
             return
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
-                "INCLUDING STORAGE INCLUDING COMMENTS)"
-            ).format(ident, parent)
-        )
-        if with_check:  # proves the range to a later ATTACH elsewhere, which then skips its scan
-            conn.execute(
-                sql.SQL(
-                    "ALTER TABLE {t} ADD CONSTRAINT {c} CHECK ({k} IS NOT NULL AND {k} >= {a} AND {k} < {b})"
-                ).format(
-                    t=ident,
-                    c=sql.Identifier(range_check_name(quarter)),
-                    k=sql.Identifier("created_at"),
-                    a=sql.Literal(quarter.start),
-                    b=sql.Literal(quarter.end),
-                )
-            )
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-                parent, ident, sql.Literal(quarter.start), sql.Literal(quarter.end)
-            )
-        )
+        create_unattached(conn, quarter, parent_name, with_check=with_check)
+        attach(conn, quarter, parent_name)
     log.info("created partition %s of %s", quarter.name, parent_name)
+
+
+def create_unattached(
+    conn: psycopg.Connection, quarter: Quarter, parent: str = PARENT, *, with_check: bool = False
+) -> None:
+    """The quarter's table shaped like ``parent``, not attached (if missing). ``with_check``: with a CHECK of
+    its range, which proves the range to a later ATTACH (no scan under its lock)."""
+    ident = sql.Identifier(quarter.name)
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+            "INCLUDING STORAGE INCLUDING COMMENTS)"
+        ).format(ident, sql.Identifier(parent))
+    )
+    have = conn.execute(
+        "SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s",
+        (quarter.name, range_check_name(quarter)),
+    ).fetchone()
+    if with_check and not have:
+        conn.execute(
+            sql.SQL("ALTER TABLE {t} ADD CONSTRAINT {c} CHECK ({k} IS NOT NULL AND {k} >= {a} AND {k} < {b})").format(
+                t=ident,
+                c=sql.Identifier(range_check_name(quarter)),
+                k=sql.Identifier("created_at"),
+                a=sql.Literal(quarter.start),
+                b=sql.Literal(quarter.end),
+            )
+        )
+
+
+def attach(conn: psycopg.Connection, quarter: Quarter, parent: str = PARENT) -> None:
+    """``ATTACH PARTITION`` the quarter's table for its range (SHARE UPDATE EXCLUSIVE on the parent)."""
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(parent), sql.Identifier(quarter.name), sql.Literal(quarter.start), sql.Literal(quarter.end)
+        )
+    )
 
 
 def range_check_name(quarter: Quarter) -> str:
