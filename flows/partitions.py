@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from db.connection import connection
 from db.dates import DateWindow
 from db.partitions import archive as partition_archive
-from db.partitions import retire
+from db.partitions import restore, retire
 from db.partitions import rollover as partitions
 from db.partitions.plan import Plan, make_plan
 from db.partitions.rollover import Quarter
@@ -163,10 +163,14 @@ def partition_report(plan: Plan, archived: list[dict[str, Any]]) -> list[dict[st
 def restore_archive(dump: Path) -> dict[str, Any]:
     hub = runtime.hub()
     with connection(hub.url, hub.schema, autocommit=True) as conn:
-        archive = partition_archive.restore_archive(
-            conn, hub.url, hub.schema, dump, window=_window(hub.url, hub.schema)
-        )
-    return {"partition": archive.partition, "rows": archive.rows, "file": str(dump)}
+        done = restore.restore_archive(conn, hub.url, hub.schema, dump, lock_timeout=LOCK_TIMEOUT)
+    return {
+        "partition": done.archive.partition,
+        "rows": done.rows,
+        "orders_invalidated": done.orders_invalidated,
+        "orphans_deleted": done.orphans_deleted,
+        "file": str(dump),
+    }
 
 
 @flow(name="restore-partition-archive")

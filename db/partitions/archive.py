@@ -21,12 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 from db import pg_tools
 from db.connection import connect
-from db.dates import DateWindow
-from db.partitions import rollover as partitions
 from db.partitions.rollover import Quarter
 from db.partitions.split import checksum
 
@@ -206,56 +203,3 @@ def record_archive(conn: psycopg.Connection, archive: Archive, dump: Path) -> in
             archive.pg_dump_version,
         ),
     ).fetchone()[0]
-
-
-# --- restore ------------------------------------------------------------------------------------------
-
-
-def restore_archive(
-    conn: psycopg.Connection, url: str, schema: str, dump: Path, *, window: DateWindow | None = None
-) -> Archive:
-    """Bring an archived quarter back: verify, lift the horizon, re-create the partition, load its rows.
-
-    Refused when the quarter's partition already holds rows (restoring would duplicate them).
-    """
-    if not conn.autocommit:
-        raise ValueError("restore_archive needs an autocommit connection")
-    major = server_major(conn)
-    archive = verify_archive(dump, major)
-    quarter = archive.quarter_of
-    if quarter.name in partitions.existing_partitions(conn):
-        n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(quarter.name))).fetchone()[0]
-        if n:
-            raise ArchiveError(f"{quarter.name} exists and holds {n} rows: restoring {dump.name} would duplicate them")
-    with conn.transaction():
-        conn.execute(
-            """UPDATE partition_archives SET restored_at = now()
-                WHERE year = %s AND quarter = %s AND restored_at IS NULL""",
-            (quarter.year, quarter.q),
-        )
-    # The quarter may lie before dates_accepted_from: the archive proves it held data, so allow it.
-    window = window or DateWindow.default()
-    wide = DateWindow(min(window.earliest, quarter.start), max(window.latest, quarter.last_moment))
-    partitions.ensure_partitions(conn, [quarter], window=wide)
-    pg_restore = find_tool("pg_restore", major)
-    conninfo, env = _libpq_env(url)
-    done = _run(
-        [
-            str(pg_restore),
-            "--data-only",
-            "--single-transaction",
-            "--no-owner",
-            "-n",
-            schema,
-            "-t",
-            quarter.name,
-            "--dbname",
-            conninfo,
-            str(dump),
-        ],
-        env,
-    )
-    if done.returncode != 0:
-        raise ArchiveError(f"pg_restore of {dump.name} into {quarter.name} failed: {done.stderr.strip()}")
-    log.info("restored %s (%d rows) from %s", quarter.name, archive.rows, dump)
-    return archive

@@ -12,12 +12,14 @@ import pytest
 
 from db.connection import libpq_url
 from db.partitions import archive as partition_archive
-from db.partitions import retire
+from db.partitions import restore, retire
+from db.partitions.archive import ArchiveError
 from db.partitions.rollover import Quarter, archived_quarters, existing_partitions
 from flows import runtime
 from flows.config import get_config
-from flows.partitions import partition_maintenance
+from flows.partitions import partition_maintenance, restore_partition_archive
 from flows.snapshot import import_file
+from tests.factories import order, write_jsonl
 from tests.integration.test_partition_maintenance import NOW, items, q, shop_file
 
 pytestmark = pytest.mark.integration
@@ -63,6 +65,48 @@ def test_retention_keeps_a_quarter_written_after_its_dump(hub, db_url, tmp_path,
         assert Q1.name in existing_partitions(c) and archived_quarters(c) == frozenset()
     assert items(db_url, "created_at < '2020-04-01'") == before  # attached again, every row
     assert q(db_url, "SELECT dropped_at FROM partition_archives") == [(None,)]
+
+
+def test_a_restore_that_loads_nothing_lifts_nothing(hub, db_url, tmp_path):
+    """M6: pg_restore -n <a schema the dump lacks> exits 0 and loads 0 rows: counted, refused, the horizon stays."""
+    import_file("orders", shop_file(tmp_path / "shop.jsonl.gz"))
+    out = partition_maintenance(now=NOW)
+    dump = next(Path(a["file"]) for a in out["archived"] if a["partition"] == Q1.name)
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
+        with pytest.raises(ArchiveError, match="loaded 0 rows, the archive's manifest says 9"):
+            restore.restore_archive(c, db_url, "hub", dump)
+        assert archived_quarters(c) == {(2020, 1), (2021, 2)}
+        assert c.execute("SELECT to_regclass(%s)", (Q1.name,)).fetchone()[0] is None  # its own table dropped
+        manifest = partition_archive.manifest_path(dump)  # a manifest that says more rows than the dump has
+        manifest.write_text(manifest.read_text().replace('"rows": 9', '"rows": 10'))
+        with pytest.raises(ArchiveError, match="loaded 9 rows, the archive's manifest says 10"):
+            restore.restore_archive(c, db_url, "public", dump)
+        assert archived_quarters(c) == {(2020, 1), (2021, 2)} and Q1.name not in existing_partitions(c)
+    assert items(db_url, "created_at < '2020-04-01'") == []
+
+
+def test_restored_items_of_orders_changed_while_archived_are_rewritten(hub, db_url, tmp_path):
+    """M5, the review's probe: 2 items archived, the order changes to 4 while archived; after the restore the same
+    current line gives 4 items. Items of an order deleted while archived do not come back as orphans."""
+    created = "2020-02-10T10:00:00+0100"
+    first = [order("20000001", created=created, changed=created, items=2),
+             order("20000002", created=created, changed=created, items=2)]  # fmt: skip
+    import_file("orders", write_jsonl(tmp_path / "first.jsonl.gz", first))
+    out = partition_maintenance(now=NOW)
+    dump = next(Path(a["file"]) for a in out["archived"] if a["partition"] == Q1.name)
+    changed = write_jsonl(
+        tmp_path / "changed.jsonl.gz", [order("20000001", created=created, changed="2026-11-01T10:00:00+0100", items=4)]
+    )
+    assert import_file("orders", changed)["beyond_retention"] == 1
+    q(db_url, "DELETE FROM orders WHERE code = '20000002'")  # as a full snapshot would while archived
+
+    restored = restore_partition_archive(dump)
+
+    assert restored["rows"] == 4 and restored["orders_invalidated"] == 1 and restored["orphans_deleted"] == 2
+    assert [r[:2] for r in items(db_url)] == [("20000001", 1000), ("20000001", 1001)]  # as archived
+    again = import_file("orders", changed)  # the same current line, re-applied
+    assert again["updated"] == 1
+    assert [r[:2] for r in items(db_url)] == [("20000001", 1000 + i) for i in range(4)]
 
 
 class _ReaderUntilFinalizeWaits(threading.Thread):
