@@ -24,8 +24,8 @@ import psycopg
 
 from db import pg_tools
 from db.connection import connect
+from db.partitions.checksum import checksum
 from db.partitions.rollover import Quarter
-from db.partitions.split import checksum
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from db.ddl_retry import lock_timeout as ddl_lock_timeout
 from db.ddl_retry import retry_on_lock_timeout
 from db.partitions import rollover
 from db.partitions.archive import Archive, ArchiveError, find_tool, verify_archive
+from db.partitions.checksum import checksum
 from db.partitions.rollover import PARENT, Quarter
-from db.partitions.split import checksum
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from db.ddl_retry import retry_on_lock_timeout
 from db.locks import ActiveLock, guard_write
 from db.partitions import rollover
 from db.partitions.archive import Archive, ArchiveError, record_archive, server_major, verify_archive
+from db.partitions.checksum import checksum
 from db.partitions.rollover import PARENT, Quarter
-from db.partitions.split import checksum
 
 log = logging.getLogger(__name__)
 

@@ -64,6 +64,15 @@ class Quarter:
         return f"{PARENT}_{self.year:04d}_q{self.q}"  # 4 digits: models/autogenerate.py matches this
 
 
+def quarters_until(first: Quarter, end: datetime) -> list[Quarter]:
+    """``first`` and every later quarter that starts before ``end``."""
+    out, q = [], first
+    while q.start < end:
+        out.append(q)
+        q = q.next()
+    return out
+
+
 def existing_partitions(conn: psycopg.Connection, parent: str = PARENT) -> set[str]:
     rows = conn.execute(
         """SELECT c.relname FROM pg_inherits i
