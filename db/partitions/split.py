@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import psycopg
 from psycopg import sql
@@ -49,6 +49,7 @@ from db.dates import DateWindow
 from db.ddl_retry import lock_timeout, retry_on_lock_timeout
 from db.partitions import rollover as partitions
 from db.partitions import shadow_indexes
+from db.partitions.checksum import checksum
 from db.partitions.migration import KEY, MigrationError, model_table, state
 from db.partitions.rollover import LEGACY, PARENT, Quarter
 
@@ -61,6 +62,7 @@ TRIGGER = "order_items_legacy_sync"
 FLIP_LOCK_TIMEOUT = "200ms"  # writers queue behind the waiting flip
 SHORT_LOCK_TIMEOUT = "500ms"
 BATCH_LOCK_TIMEOUT = "100ms"
+BATCH_WAIT_BUDGET = 3600.0  # seconds of pauses a batch waits out a writer's rows (a full apply: up to an hour)
 VERIFIED = "verified copy; rows="
 
 
@@ -129,7 +131,7 @@ def prepare(conn: psycopg.Connection, *, sleep: Callable[[float], None] = time.s
         )
         done.append(f"created {SPLIT}")
     oldest = conn.execute(sql.SQL("SELECT min(created_at) FROM {}").format(sql.Identifier(LEGACY))).fetchone()[0]
-    quarters = _quarters(Quarter.of(oldest), cutover) if oldest is not None else []
+    quarters = partitions.quarters_until(Quarter.of(oldest), cutover) if oldest is not None else []
     if quarters:
         wide = DateWindow(quarters[0].start, cutover - timedelta(microseconds=1))
         made = partitions.ensure_partitions(conn, quarters, parent=SPLIT, with_check=True, window=wide, sleep=sleep)
@@ -158,11 +160,8 @@ def prepare(conn: psycopg.Connection, *, sleep: Callable[[float], None] = time.s
 
 
 def _ensure_progress_row(conn: psycopg.Connection) -> bool:
-    """The progress table and its one row, in one transaction; the row also when a table without it is found.
-
-    (An earlier version created the table and inserted the row in two steps: a kill between them left
-    an empty table, on which every rerun failed.) True if the table was created.
-    """
+    """The progress table and its one row, in one transaction (and the row whenever missing: a kill inside an
+    older version's prepare left the table empty, on which every rerun failed). True if the table was created."""
     with conn.transaction():
         created = not _exists(conn, PROGRESS)
         conn.execute(
@@ -176,14 +175,6 @@ def _ensure_progress_row(conn: psycopg.Connection) -> bool:
         )
         conn.execute(sql.SQL("INSERT INTO {} DEFAULT VALUES ON CONFLICT DO NOTHING").format(sql.Identifier(PROGRESS)))
     return created
-
-
-def _quarters(first: Quarter, cutover: datetime) -> list[Quarter]:
-    out, q = [], first
-    while q.start < cutover:
-        out.append(q)
-        q = q.next()
-    return out
 
 
 def _create_trigger(conn: psycopg.Connection, sleep: Callable[[float], None]) -> bool:
@@ -229,14 +220,33 @@ def _create_trigger(conn: psycopg.Connection, sleep: Callable[[float], None]) ->
 # --- 2. copy -------------------------------------------------------------------------------------------
 
 
-def copy_batch(conn: psycopg.Connection, size: int, *, sleep: Callable[[float], None] = time.sleep) -> int:
+def copy_batch(
+    conn: psycopg.Connection,
+    size: int,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    wait_budget: float = BATCH_WAIT_BUDGET,
+) -> int:
     """Copy the next ``size`` legacy rows (primary-key order) into the shadow; the number read (0: done).
 
-    The batch waits at most ``BATCH_LOCK_TIMEOUT`` for a row a writer holds, then gives up and is
-    retried: a writer locking several rows in another order can then never deadlock with a batch and
-    be the one aborted — the batch always yields.
+    The batch waits at most ``BATCH_LOCK_TIMEOUT`` for a row a writer holds, then yields (rolls back)
+    and is retried, so it is never a writer's deadlock partner. A full orders apply holds the rows it
+    replaces for up to an hour: the batch retries (pauses up to 10 s) for ``wait_budget`` s, then
+    raises MigrationError; nothing is lost, a rerun resumes from the progress row.
     """
-    return retry_on_lock_timeout("copy batch", lambda: _copy_batch(conn, size), sleep=sleep)
+    try:
+        return retry_on_lock_timeout(
+            "copy batch (a writer holds rows)",
+            lambda: _copy_batch(conn, size),
+            attempts=None,
+            give_up_after=wait_budget,
+            sleep=sleep,
+        )
+    except psycopg.errors.LockNotAvailable:
+        raise MigrationError(
+            f"a writer has held rows of {LEGACY} the copy needs for over {wait_budget:.0f} s (a long apply?): "
+            "the copy stopped where it was; run `hub migrate-partitions --split` again to resume"
+        ) from None
 
 
 def _copy_batch(conn: psycopg.Connection, size: int) -> int:
@@ -285,17 +295,6 @@ def _copy_batch(conn: psycopg.Connection, size: int) -> int:
 
 
 # --- 3. verify -----------------------------------------------------------------------------------------
-
-
-def checksum(conn: psycopg.Connection, table: str, where: sql.Composable = sql.SQL("TRUE")) -> tuple[int, int]:
-    """(rows, order-independent checksum of every column) of ``table`` (the rows matching ``where``)."""
-    row = conn.execute(
-        sql.SQL(
-            "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) "
-            "FROM (SELECT {} FROM {} WHERE {}) t"
-        ).format(_cols(), sql.Identifier(table), where)
-    ).fetchone()
-    return int(row[0]), int(row[1])
 
 
 def verify(conn: psycopg.Connection) -> tuple[int, int]:

@@ -320,3 +320,40 @@ def test_an_index_the_parent_gained_after_prepare_is_built_before_the_flip_never
     assert "order_items_2024_q1" in shadow and set(built) == shadow
     # each is the one built concurrently before the flip (its name), none an ATTACH-time build (auto-named)
     assert all(ix == "ix_test_amount" + t.removeprefix("order_items") for t, ix in built.items()), built
+
+
+def test_a_copy_batch_waits_out_a_long_transaction_holding_rows_then_resumes(legacy):
+    """L8: an apply holds the rows it replaces for its whole (long) transaction; the batch keeps yielding and
+    retrying past the old 8 tries, copies once the writer commits, and gives up with a clear error after its
+    budget (the split resumes on the next run)."""
+    migrate_partitions()
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        prepare(c)
+    writer = psycopg.connect(libpq_url(legacy))  # one long transaction, as a full orders apply
+    writer.execute("DELETE FROM order_items WHERE order_code = 'B000000'")
+    pauses: list[float] = []
+
+    def never(seconds: float) -> None:
+        pauses.append(seconds)
+
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        with pytest.raises(MigrationError, match="held rows .* over 60 s"):
+            copy_batch(c, 100, sleep=never, wait_budget=60)
+        assert sum(pauses) <= 60 and progress_rows(c) == 0  # nothing copied, nothing lost
+        pauses.clear()
+
+        def commit_after_twelve(seconds: float) -> None:
+            pauses.append(seconds)
+            if len(pauses) == 12:
+                writer.commit()
+
+        assert copy_batch(c, 100, sleep=commit_after_twelve) == 100
+        while copy_batch(c, 2000):
+            pass
+        rows, _ = verify(c)
+    writer.close()
+    assert len(pauses) == 12 and rows == ROWS - 1
+
+
+def progress_rows(c: psycopg.Connection) -> int:
+    return c.execute("SELECT rows_copied FROM order_items_split_progress").fetchone()[0]
