@@ -192,9 +192,14 @@ def reconcile(
             conn.execute("UPDATE partition_archives SET dropped_at = now() WHERE id = %s", (archive_id,))
             done.append(f"recorded {name} as dropped (archive {path})")
         elif state in ("standalone", "pending"):  # detached (or half) by a killed run: finish, checked
-            archive = verify_archive(Path(path), server_major(conn))  # about to drop on its word
-            detach(conn, archive.quarter_of, **kw)
-            drop_verified(conn, archive, archive_id, **kw)
+            try:
+                archive = verify_archive(Path(path), server_major(conn))  # about to drop on its word
+                detach(conn, archive.quarter_of, **kw)
+                drop_verified(conn, archive, archive_id, **kw)
+            except ArchiveError as exc:  # kept (or attached again); the rollover after this must still run
+                log.warning("reconcile: %s kept: %s", name, exc)
+                done.append(f"kept {name}: {exc}")
+                continue
             done.append(f"dropped the detached {name}, matching its archive {path}")
     for line in done:
         log.info("reconcile: %s", line)

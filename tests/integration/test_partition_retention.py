@@ -174,3 +174,31 @@ def test_reconcile_retires_a_quarter_detached_but_not_dropped(hub, db_url, tmp_p
 
 def _major(c: psycopg.Connection) -> int:
     return partition_archive.server_major(c)
+
+
+def test_retention_does_not_detach_once_the_jobs_lock_session_is_gone(hub, db_url, tmp_path):
+    """M7: the lock session is checked before the DETACH (another job may write once it died): LockLost, kept."""
+    from datetime import UTC, datetime
+
+    from db.locks import ActiveLock, LockLost
+
+    dump = _archive(db_url, hub, tmp_path)
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
+        dead = ActiveLock("orders", 4242, backend_pid=1, backend_start=datetime.now(UTC), dbname=c.info.dbname)
+        with pytest.raises(LockLost):
+            retire.retire_partition(c, dump, sleep=lambda s: None, guards=[dead])
+        assert retire.detach_state(c, Q1.name) == "attached" and archived_quarters(c) == frozenset()
+
+
+def test_reconcile_attaches_a_detached_quarter_that_differs_from_its_archive_and_goes_on(hub, db_url, tmp_path):
+    """L5 + M7: a standalone table holding a row its archive lacks is attached again, not dropped; the run goes on."""
+    dump = _archive(db_url, hub, tmp_path)
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
+        partition_archive.record_archive(c, partition_archive.verify_archive(dump, _major(c)), dump)
+        c.execute(f"ALTER TABLE order_items DETACH PARTITION {Q1.name}")
+        c.execute(f"INSERT INTO {Q1.name} (order_code, item_id, created_at, position) "
+                  "VALUES ('20000001', 99, '2020-02-10 09:00+00', 9)")  # fmt: skip
+        repaired = retire.reconcile(c, sleep=lambda s: None)
+        assert len(repaired) == 1 and repaired[0].startswith(f"kept {Q1.name}"), repaired
+        assert retire.detach_state(c, Q1.name) == "attached"
+    assert len(items(db_url, "created_at < '2020-04-01'")) == 10
