@@ -136,7 +136,7 @@ def needed_indexes() -> list[Needed]:
     out = [Needed("order_items_pkey", LEGACY_PKEY, True, "btree (" + ", ".join(KEY) + ")", pkey)]
     for ix in sorted(model_table().indexes, key=lambda i: i.name):
         keys = str(CreateIndex(ix).compile(dialect=dialect)).split(on, 1)[1].strip()
-        using = sql.SQL(f"USING btree {keys}")  # compiled from the model's own declaration, never from data
+        using = sql.SQL("USING btree {}").format(sql.SQL(keys))  # the model's own declaration, not data
         out.append(Needed(ix.name, f"{ix.name}_legacy", bool(ix.unique), f"btree {keys}", using))
     return out
 

@@ -61,7 +61,7 @@ def build_missing(
     built = []
     for m in missing(conn, quarters):
         # the keys as the server itself prints the parent's index (pg_get_indexdef), never data
-        keys = sql.SQL("USING " + m.index.method_keys)
+        keys = sql.SQL("USING {}").format(sql.SQL(m.index.method_keys))
         if build_concurrently(conn, schema, m.quarter, m.build_as, keys, unique=m.index.unique, sleep=sleep):
             built.append(f"{m.build_as} on {m.quarter}")
     return built
