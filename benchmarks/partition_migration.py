@@ -133,12 +133,30 @@ def timed(label: str, fn, times: dict[str, float]):  # noqa: ANN001, ANN201
     return out
 
 
+def _index_like_ensure_indexes(conn: psycopg.Connection) -> None:
+    """A new index on the parent as ``ensure-indexes`` builds one: ON ONLY, then per leaf CONCURRENTLY and attach."""
+    conn.execute("CREATE INDEX ix_bench_amount ON ONLY order_items (amount)")
+    for (leaf,) in conn.execute(
+        "SELECT relid::regclass::text FROM pg_partition_tree('order_items') WHERE isleaf"
+    ).fetchall():
+        conn.execute(sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} (amount)").format(
+            sql.Identifier(f"ix_bench_amount_{leaf}"), sql.Identifier(leaf)))  # fmt: skip
+        conn.execute(sql.SQL("ALTER INDEX ix_bench_amount ATTACH PARTITION {}").format(
+            sql.Identifier(f"ix_bench_amount_{leaf}")))  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server-url", help="PostgreSQL server URL (default: the benchmarks' embedded PostgreSQL 18)")
     ap.add_argument("--rows", type=int, default=8_200_000)
     ap.add_argument("--batch-size", type=int, default=5000)
     ap.add_argument("--pause", type=float, default=0.0, help="seconds between copy batches (--pause of the CLI)")
+    ap.add_argument(
+        "--index-after-prepare",
+        action="store_true",
+        help="add an index to order_items after the split's prepare (as ensure-indexes would): the flip must not "
+        "build it under its lock",
+    )
     args = ap.parse_args()
 
     url = fresh_db(server_url(args.server_url), "hub_bench_partition_migration")
@@ -170,6 +188,8 @@ def main() -> None:
     writer.phase = "split"
     print("split (writer running):", flush=True)
     timed("prepare (shadow, trigger)", lambda: split.prepare(conn), times)
+    if args.index_after_prepare:
+        timed("index added after prepare", lambda: _index_like_ensure_indexes(conn), times)
     batches = timed("copy in batches", lambda: _copy_all(conn, args.batch_size, args.pause), times)
     verified = timed("verify (count + checksum)", lambda: split.verify(conn), times)
     attached = timed(

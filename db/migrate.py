@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -13,6 +15,7 @@ from alembic.script import ScriptDirectory
 from psycopg import sql
 
 from db.connection import libpq_url, sqlalchemy_url
+from db.ddl_retry import lock_timeout, retry_on_lock_timeout
 from db.locks import AdvisoryKey, session_lock
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "models" / "migrations"
@@ -20,6 +23,8 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "models" / "migrations"
 # per-schema key: migrations of different schemas of one database are serialized too.
 MIGRATION_LOCK_KEY = 0x5B0_7E7
 _LOCK = AdvisoryKey.bigint(MIGRATION_LOCK_KEY)
+LOCK_TIMEOUT = "5s"  # each DDL statement's wait for its lock; then the whole upgrade is rolled back and retried
+ATTEMPTS = 8
 
 
 def _config() -> Config:
@@ -28,32 +33,55 @@ def _config() -> Config:
     return cfg
 
 
-def _run(url: str, schema: str, fn) -> None:  # noqa: ANN001
+def _run(
+    url: str,
+    schema: str,
+    fn,  # noqa: ANN001
+    *,
+    lock_timeout: str = LOCK_TIMEOUT,
+    attempts: int = ATTEMPTS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
     # A session lock (not xact): it must outlive the migration's own transactions. It is held on a
     # session of its own, next to the one Alembic drives, so it never mixes into that one's transactions.
     with psycopg.connect(libpq_url(url), autocommit=True) as lock_conn, session_lock(lock_conn, _LOCK):
         engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
         try:
-            with engine.connect() as conn:
-                raw = conn.connection.driver_connection
-                with conn.begin():  # commits the two statements sent past SQLAlchemy
-                    raw.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-                    raw.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
-                cfg = _config()
-                cfg.attributes["connection"] = conn
-                cfg.attributes["schema"] = schema
-                fn(cfg)
-                conn.commit()
+            retry_on_lock_timeout(
+                "migrating", lambda: _migrate_once(engine, schema, fn, lock_timeout), attempts=attempts, sleep=sleep
+            )
         finally:
             engine.dispose()
 
 
-def upgrade(url: str, schema: str = "public", revision: str = "heads") -> None:
-    _run(url, schema, lambda cfg: command.upgrade(cfg, revision))
+def _migrate_once(engine: sa.Engine, schema: str, fn, timeout: str) -> None:  # noqa: ANN001
+    """One try: every pending migration in one transaction under ``timeout`` (rolled back whole if it expires)."""
+    try:
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            with conn.begin():  # commits the two statements sent past SQLAlchemy
+                raw.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                raw.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
+            cfg = _config()
+            cfg.attributes["connection"] = conn
+            cfg.attributes["schema"] = schema
+            # An ALTER waiting for its lock (behind a nightly pg_dump's ACCESS SHARE, say) would queue every
+            # query on that table behind it: wait at most ``timeout``, then roll back and try again later.
+            with conn.begin(), lock_timeout(raw, timeout):
+                fn(cfg)
+    except sa.exc.DBAPIError as exc:
+        if isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+            raise exc.orig from None
+        raise
 
 
-def downgrade(url: str, schema: str = "public", revision: str = "-1") -> None:
-    _run(url, schema, lambda cfg: command.downgrade(cfg, revision))
+def upgrade(url: str, schema: str = "public", revision: str = "heads", **retry) -> None:  # noqa: ANN003
+    """Pending migrations up to ``revision``; ``retry``: ``lock_timeout``, ``attempts``, ``sleep`` (see ``_run``)."""
+    _run(url, schema, lambda cfg: command.upgrade(cfg, revision), **retry)
+
+
+def downgrade(url: str, schema: str = "public", revision: str = "-1", **retry) -> None:  # noqa: ANN003
+    _run(url, schema, lambda cfg: command.downgrade(cfg, revision), **retry)
 
 
 def current_revisions(url: str, schema: str = "public") -> set[str]:

@@ -65,12 +65,19 @@ def partition_runway(conn: psycopg.Connection, now: datetime) -> tuple[bool, int
     """(current quarter's partition exists, quarters ready past it in a row, the partitions that exist).
 
     The runway counts consecutive quarters after the current one: a gap ends it, because the first
-    missing quarter is where an insert would need a partition created on the spot.
+    missing quarter is where an insert would need a partition created on the spot. A quarter below the
+    legacy partition's bound (``hub migrate-partitions`` before ``--split``) is held by that partition:
+    present, not missing.
     """
     existing = partitions.existing_partitions(conn)
+    covered = partitions.legacy_bound(conn)
+
+    def present(q: Quarter) -> bool:
+        return q.name in existing or (covered is not None and q.end <= covered)
+
     current = Quarter.of(now)
     ahead, q = 0, current.next()
-    while q.name in existing:
+    while present(q):  # ends: the legacy bound is finite, and so are the partitions
         ahead += 1
         q = q.next()
-    return current.name in existing, ahead, sorted(existing)
+    return present(current), ahead, sorted(existing)

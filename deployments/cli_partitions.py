@@ -52,7 +52,8 @@ def restore_archive_cmd(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The .dump file written by retention."),
     wait: float = WAIT,
 ) -> None:
-    """Verify the archive's checksum, restore its quarter as a partition and lift the horizon for it."""
+    """Verify the archive, load its quarter unattached, check its rows against the manifest, then attach it and
+    lift the horizon (and mark the quarter's orders changed since the archive for a rewrite of their items)."""
     quiet_prefect()
     from db.partitions.archive import ArchiveError
     from flows.locks import LockHeld
@@ -64,4 +65,8 @@ def restore_archive_cmd(
         fail(str(exc))
     except LockHeld as exc:
         fail(str(exc), exc.exit_code)
-    print(f"restored {out['partition']}: {out['rows']} rows from {out['file']}")
+    print(f"restored {out['partition']}: {out['rows']} rows (checked against the manifest) from {out['file']}")
+    print(
+        f"{out['orders_invalidated']} orders changed while archived: the next orders snapshot rewrites their items; "
+        f"{out['orphans_deleted']} restored items of orders that no longer exist deleted"
+    )

@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from db.connection import connection
 from db.dates import DateWindow
 from db.partitions import archive as partition_archive
+from db.partitions import restore, retire
 from db.partitions import rollover as partitions
 from db.partitions.plan import Plan, make_plan
 from db.partitions.rollover import Quarter
@@ -73,12 +74,20 @@ def archive_partition(quarter: Quarter) -> Path:
         return partition_archive.archive_partition(conn, hub.url, hub.schema, quarter, hub.cfg.archive_path)
 
 
+@task(name="reconcile-archives", cache_policy=NO_CACHE, **RETRIES)
+def reconcile_archives() -> list[str]:
+    """What a killed earlier run left: a drop not recorded, a quarter detached but not dropped (L5)."""
+    hub = runtime.hub()
+    with connection(hub.url, hub.schema, autocommit=True) as conn:
+        return retire.reconcile(conn, lock_timeout=LOCK_TIMEOUT)
+
+
 @task(name="retire-partition", cache_policy=NO_CACHE, **RETRIES)
 def retire_partition(dump: Path) -> dict[str, Any]:
     """Verify the archive (a damaged one raises ArchiveDamaged: nothing is dropped), then detach and drop."""
     hub = runtime.hub()
     with connection(hub.url, hub.schema, autocommit=True) as conn:
-        archive, _ = partition_archive.retire_partition(conn, dump, lock_timeout=LOCK_TIMEOUT)
+        archive, _ = retire.retire_partition(conn, dump, lock_timeout=LOCK_TIMEOUT)
     return {"partition": archive.partition, "rows": archive.rows, "sha256": archive.sha256, "file": str(dump)}
 
 
@@ -96,7 +105,10 @@ def partition_maintenance(
         now: The clock (default: now; tests set it).
     """
     with nullcontext() if dry_run else job_lock(*LOCK_GROUPS, wait=lock_wait):
+        repaired = [] if dry_run else reconcile_archives()
         plan = plan_partitions(now)
+        for line in repaired:
+            logger().info("repaired: %s", line)
         for line in plan.describe():
             logger().info("%s%s", "dry run: " if dry_run else "", line)
         if dry_run:
@@ -104,7 +116,14 @@ def partition_maintenance(
         created = create_partitions(plan.create)
         archived = [retire_partition(archive_partition(q)) for q in plan.retire]
     rows = partition_report(plan, archived)
-    return {"dry_run": False, "plan": plan.describe(), "created": created, "archived": archived, "partitions": rows}
+    return {
+        "dry_run": False,
+        "plan": plan.describe(),
+        "repaired": repaired,
+        "created": created,
+        "archived": archived,
+        "partitions": rows,
+    }
 
 
 def partition_report(plan: Plan, archived: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -144,10 +163,14 @@ def partition_report(plan: Plan, archived: list[dict[str, Any]]) -> list[dict[st
 def restore_archive(dump: Path) -> dict[str, Any]:
     hub = runtime.hub()
     with connection(hub.url, hub.schema, autocommit=True) as conn:
-        archive = partition_archive.restore_archive(
-            conn, hub.url, hub.schema, dump, window=_window(hub.url, hub.schema)
-        )
-    return {"partition": archive.partition, "rows": archive.rows, "file": str(dump)}
+        done = restore.restore_archive(conn, hub.url, hub.schema, dump, lock_timeout=LOCK_TIMEOUT)
+    return {
+        "partition": done.archive.partition,
+        "rows": done.rows,
+        "orders_invalidated": done.orders_invalidated,
+        "orphans_deleted": done.orphans_deleted,
+        "file": str(dump),
+    }
 
 
 @flow(name="restore-partition-archive")

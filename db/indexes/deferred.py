@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from db.ddl_retry import lock_timeout
+
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = "2s"
@@ -56,10 +58,9 @@ def drop_if_empty(conn: psycopg.Connection, schema: str, table: str) -> list[Def
     if not indexes:
         return []
     target = sql.Identifier(schema, table)
-    previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
     try:
-        with conn.transaction():  # a savepoint: giving up releases the lock again
-            conn.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
+        # a savepoint: giving up releases the lock again (and its rollback the lock_timeout)
+        with conn.transaction(), lock_timeout(conn, LOCK_TIMEOUT):
             conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target))
             if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target)).fetchone()[0]:
                 raise _NotEmpty
@@ -70,8 +71,6 @@ def drop_if_empty(conn: psycopg.Connection, schema: str, table: str) -> list[Def
     except psycopg.errors.LockNotAvailable:
         log.info("%s is in use: loading it with its indexes in place", table)
         return []
-    finally:
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
     log.info("%s is empty: its %d secondary indexes are built after the load", table, len(indexes))
     return indexes
 

@@ -34,13 +34,11 @@ from psycopg import sql
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex
 
+from db.indexes import build
 from models.tables import metadata as models_metadata
 
 log = logging.getLogger(__name__)
 
-BLOCKING_LOCK_TIMEOUT = "500ms"  # ON ONLY / ATTACH: writers queue behind the waiting statement
-CONCURRENT_LOCK_TIMEOUT = "30s"  # CONCURRENTLY: its waits do not hold writers up
-ATTEMPTS = 5
 LEFTOVER = re.compile(r"_cc(new|old)\d*$")
 MAX_NAME = 63  # NAMEDATALEN - 1: a longer name would be cut silently
 
@@ -267,15 +265,13 @@ def _drop_leftovers_of(ddl: _Ddl, name: str) -> None:
 
 
 def _build(ddl: _Ddl, report: Report, ix: Declared, table: str, name: str, action: str = "built") -> bool:
-    """CREATE INDEX CONCURRENTLY ``name`` on ``table``; a failed build's INVALID index is dropped again."""
-    stmt = sql.SQL("CREATE {unique}INDEX CONCURRENTLY {name} ON {table} {keys}").format(
-        unique=sql.SQL("UNIQUE " if ix.unique else ""),
-        name=sql.Identifier(name),
-        table=sql.Identifier(ddl.schema, table),
-        keys=sql.SQL(ix.keys),  # compiled from the models' own declaration, never from data
-    )
+    """CREATE INDEX CONCURRENTLY ``name`` on ``table`` (``db.indexes.build``); a failed build's INVALID index goes."""
+    keys = sql.SQL(ix.keys)  # compiled from the models' own declaration, never from data
     try:
-        ddl.execute(stmt, concurrent=True, cleanup=name)
+        if ddl.dry_run:
+            log.info("dry run: CREATE INDEX CONCURRENTLY %s ON %s %s", name, table, ix.keys)
+        else:
+            build.build_concurrently(ddl.conn, ddl.schema, table, name, keys, unique=ix.unique, sleep=ddl.sleep)
     except psycopg.OperationalError:
         raise
     except psycopg.Error as exc:
@@ -348,26 +344,9 @@ class _Ddl:
         if self.dry_run:
             log.info("dry run: %s", stmt.as_string(self.conn))
             return
-        timeout = CONCURRENT_LOCK_TIMEOUT if concurrent else BLOCKING_LOCK_TIMEOUT
-        self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (timeout,))
-        try:
-            for attempt in range(1, ATTEMPTS + 1):
-                try:
-                    self.conn.execute(stmt)
-                    return
-                except psycopg.errors.LockNotAvailable:
-                    self.drop_if_invalid(cleanup)  # a concurrent build that timed out leaves it INVALID
-                    if attempt == ATTEMPTS:
-                        raise
-                    log.info("lock not granted within %s (attempt %d); retrying", timeout, attempt)
-                    self.sleep(min(30.0, 0.5 * 2**attempt))
-                except psycopg.Error:
-                    self.drop_if_invalid(cleanup)
-                    raise
-        finally:
-            self.conn.execute("SELECT set_config('lock_timeout', '0', false)")
+        hook = (lambda: self.drop_if_invalid(cleanup)) if cleanup else None  # a failed concurrent build
+        build.run_ddl(self.conn, stmt, concurrent=concurrent, sleep=self.sleep, cleanup=hook)
 
     def drop_if_invalid(self, name: str | None) -> None:
-        p = present_indexes(self.conn, self.schema).get(name) if name else None
-        if p is not None and not p.valid:
-            self.run("DROP INDEX CONCURRENTLY IF EXISTS {}", name, concurrent=True)
+        if name:
+            build.drop_if_invalid(self.conn, self.schema, name, sleep=self.sleep)

@@ -1,17 +1,12 @@
-"""Retention of ``order_items`` quarters: archive with pg_dump, verify, detach concurrently, drop — and back.
+"""Archives of ``order_items`` quarters: written with pg_dump, verified, recorded.
 
 Never drop without a verified archive: the partition is dumped (``pg_dump -Fc -t``, a binary of the
-server's major version), a ``.sha256`` file and a JSON manifest are written beside the dump, and the
-dump is verified by checksum *and* by a full read (``pg_restore -f /dev/null``: ``pg_restore --list``
-reads a truncated dump without complaint). Only then is the quarter recorded in ``partition_archives``
-(the retention horizon: imports stop writing it), detached with ``DETACH … CONCURRENTLY`` (readers and
-writers of the other partitions are not blocked; it cannot run in a transaction block, so ``conn`` is
-autocommit) and dropped. A concurrent detach that failed half way leaves the partition "detach
-pending"; ``DETACH … FINALIZE`` completes it. Every DDL statement runs under ``lock_timeout`` and is
-retried with backoff.
+server's major version, in a snapshot exported by a transaction that counts and checksums the rows
+in that very snapshot: the manifest says what the dump holds), a ``.sha256`` file and a JSON manifest
+are written beside the dump, and the dump is verified by checksum *and* by a full read
+(``pg_restore -f /dev/null``: ``pg_restore --list`` reads a truncated dump without complaint).
 
-``restore_archive`` is the way back: checksum, the partition re-created through ``db.partitions.rollover``
-(the one place that creates partitions) once the horizon is lifted, the rows loaded with pg_restore.
+Detach and drop: ``db/partitions/retire.py``; the way back: ``db/partitions/restore.py``.
 """
 
 from __future__ import annotations
@@ -19,19 +14,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 from db import pg_tools
-from db.dates import DateWindow
-from db.partitions import rollover as partitions
-from db.partitions.rollover import PARENT, Quarter
+from db.connection import connect
+from db.partitions.checksum import checksum
+from db.partitions.rollover import Quarter
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +76,7 @@ class Archive:
     pg_dump_version: str
     file: str  # the dump's file name; the manifest and .sha256 sit beside it
     archived_at: str
+    checksum: str | None = None  # db.partitions.split.checksum of the rows, in the dump's own snapshot
 
     @property
     def quarter_of(self) -> Quarter:
@@ -104,14 +99,33 @@ def archive_partition(conn: psycopg.Connection, url: str, schema: str, quarter: 
     """
     major = server_major(conn)
     pg_dump = find_tool("pg_dump", major)
-    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(quarter.name))).fetchone()[0]
+    with dump_snapshot(url, schema) as (snap, snapshot):
+        rows, check = checksum(snap, quarter.name)  # what the dump holds: counted in its own snapshot
+        return _dump(url, schema, quarter, directory, pg_dump, snapshot, rows, check)
+
+
+@contextmanager
+def dump_snapshot(url: str, schema: str) -> Iterator[tuple[psycopg.Connection, str]]:
+    """A REPEATABLE READ transaction and its exported snapshot, open while pg_dump (``--snapshot``) runs."""
+    with connect(url, schema, autocommit=True) as snap:
+        snap.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield snap, snap.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        finally:
+            snap.execute("ROLLBACK")
+
+
+def _dump(
+    url: str, schema: str, quarter: Quarter, directory: Path, pg_dump: Path, snapshot: str, rows: int, check: int
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     dump = directory / f"{quarter.name}-{stamp}.dump"
     tmp = dump.with_name(dump.name + ".partial")
     conninfo, env = _libpq_env(url)
     table = f'"{schema}"."{quarter.name}"'
-    done = _run([str(pg_dump), "-Fc", "-t", table, "-f", str(tmp), "--dbname", conninfo], env)
+    args = [str(pg_dump), "-Fc", "-t", table, "-f", str(tmp), f"--snapshot={snapshot}"]
+    done = _run([*args, "--dbname", conninfo], env)
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise ArchiveError(f"pg_dump of {quarter.name} failed: {done.stderr.strip()}")
@@ -129,6 +143,7 @@ def archive_partition(conn: psycopg.Connection, url: str, schema: str, quarter: 
         pg_dump_version=pg_tools.tool_version(pg_dump),
         file=dump.name,
         archived_at=datetime.now(UTC).isoformat(),
+        checksum=str(check),
     )
     manifest_path(dump).write_text(json.dumps(asdict(archive), indent=2) + "\n")
     log.info("archived %s (%d rows) to %s", quarter.name, rows, dump)
@@ -188,131 +203,3 @@ def record_archive(conn: psycopg.Connection, archive: Archive, dump: Path) -> in
             archive.pg_dump_version,
         ),
     ).fetchone()[0]
-
-
-# --- detach and drop ----------------------------------------------------------------------------------
-
-
-def _with_retries(
-    what: str, step: Callable[[], None], *, attempts: int, sleep: Callable[[float], None] = time.sleep
-) -> None:
-    for attempt in range(1, attempts + 1):
-        try:
-            step()
-            return
-        except psycopg.errors.LockNotAvailable:
-            if attempt == attempts:
-                raise
-            log.warning("lock_timeout on %s (attempt %d/%d); retrying", what, attempt, attempts)
-            sleep(min(2**attempt * 0.1, 5))
-
-
-def _detach_pending(conn: psycopg.Connection, name: str) -> bool | None:
-    """True: detach pending; False: attached; None: not a partition (any more)."""
-    row = conn.execute(
-        "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass(%s) AND inhparent = to_regclass(%s)",
-        (name, PARENT),
-    ).fetchone()
-    return None if row is None else bool(row[0])
-
-
-def detach_and_drop(
-    conn: psycopg.Connection,
-    quarter: Quarter,
-    *,
-    lock_timeout: str = "5s",
-    attempts: int = 5,
-    sleep: Callable[[float], None] = time.sleep,
-) -> None:
-    """``DETACH PARTITION … CONCURRENTLY`` (or ``FINALIZE`` a pending one), then ``DROP TABLE``. Autocommit only."""
-    if not conn.autocommit:
-        raise ValueError("detach_and_drop needs an autocommit connection (DETACH CONCURRENTLY)")
-    parent, child = sql.Identifier(PARENT), sql.Identifier(quarter.name)
-    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
-    try:
-
-        def detach() -> None:
-            state = _detach_pending(conn, quarter.name)
-            if state is None:
-                return
-            how = sql.SQL("FINALIZE" if state else "CONCURRENTLY")
-            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} {}").format(parent, child, how))
-
-        _with_retries(f"detaching {quarter.name}", detach, attempts=attempts, sleep=sleep)
-        _with_retries(
-            f"dropping {quarter.name}",
-            lambda: conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(child)),
-            attempts=attempts,
-            sleep=sleep,
-        )
-    finally:
-        conn.execute("RESET lock_timeout")
-    log.info("detached and dropped %s", quarter.name)
-
-
-def retire_partition(
-    conn: psycopg.Connection, dump: Path, *, lock_timeout: str = "5s", attempts: int = 5
-) -> tuple[Archive, int]:
-    """Verify ``dump``, record the quarter as archived (the horizon), detach and drop it.
-
-    A damaged archive raises ArchiveDamaged before anything changes. Returns (archive, its row id).
-    """
-    archive = verify_archive(dump, server_major(conn))
-    quarter = archive.quarter_of
-    archive_id = record_archive(conn, archive, dump)
-    detach_and_drop(conn, quarter, lock_timeout=lock_timeout, attempts=attempts)
-    conn.execute("UPDATE partition_archives SET dropped_at = now() WHERE id = %s", (archive_id,))
-    return archive, archive_id
-
-
-# --- restore ------------------------------------------------------------------------------------------
-
-
-def restore_archive(
-    conn: psycopg.Connection, url: str, schema: str, dump: Path, *, window: DateWindow | None = None
-) -> Archive:
-    """Bring an archived quarter back: verify, lift the horizon, re-create the partition, load its rows.
-
-    Refused when the quarter's partition already holds rows (restoring would duplicate them).
-    """
-    if not conn.autocommit:
-        raise ValueError("restore_archive needs an autocommit connection")
-    major = server_major(conn)
-    archive = verify_archive(dump, major)
-    quarter = archive.quarter_of
-    if quarter.name in partitions.existing_partitions(conn):
-        n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(quarter.name))).fetchone()[0]
-        if n:
-            raise ArchiveError(f"{quarter.name} exists and holds {n} rows: restoring {dump.name} would duplicate them")
-    with conn.transaction():
-        conn.execute(
-            """UPDATE partition_archives SET restored_at = now()
-                WHERE year = %s AND quarter = %s AND restored_at IS NULL""",
-            (quarter.year, quarter.q),
-        )
-    # The quarter may lie before dates_accepted_from: the archive proves it held data, so allow it.
-    window = window or DateWindow.default()
-    wide = DateWindow(min(window.earliest, quarter.start), max(window.latest, quarter.last_moment))
-    partitions.ensure_partitions(conn, [quarter], window=wide)
-    pg_restore = find_tool("pg_restore", major)
-    conninfo, env = _libpq_env(url)
-    done = _run(
-        [
-            str(pg_restore),
-            "--data-only",
-            "--single-transaction",
-            "--no-owner",
-            "-n",
-            schema,
-            "-t",
-            quarter.name,
-            "--dbname",
-            conninfo,
-            str(dump),
-        ],
-        env,
-    )
-    if done.returncode != 0:
-        raise ArchiveError(f"pg_restore of {dump.name} into {quarter.name} failed: {done.stderr.strip()}")
-    log.info("restored %s (%d rows) from %s", quarter.name, archive.rows, dump)
-    return archive

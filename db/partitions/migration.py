@@ -41,7 +41,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from db.dates import DateWindow
-from db.ddl_retry import retry_on_lock_timeout, set_lock_timeout
+from db.ddl_retry import lock_timeout, retry_on_lock_timeout
+from db.indexes.build import build_concurrently
 from db.partitions.rollover import LEGACY, PARENT, Quarter
 from models.tables import metadata
 
@@ -52,7 +53,7 @@ LEGACY_PKEY = f"{LEGACY}_pkey"
 RANGE_CHECK = f"{LEGACY}_range"
 SWAP_LOCK_TIMEOUT = "200ms"  # writers queue behind the waiting swap: keep their wait well under 1 s
 SHORT_LOCK_TIMEOUT = "500ms"  # ADD CONSTRAINT … NOT VALID: a brief ACCESS EXCLUSIVE
-CONCURRENT_LOCK_TIMEOUT = "30s"  # CONCURRENTLY / VALIDATE: their waits never hold writers up
+CONCURRENT_LOCK_TIMEOUT = "30s"  # VALIDATE: its wait never holds writers up
 
 
 class MigrationError(Exception):
@@ -125,30 +126,19 @@ class Needed:
     build_as: str
     unique: bool
     method_keys: str
-    create: sql.Composable
+    keys: sql.Composable  # what follows the table in its CREATE INDEX
 
 
 def needed_indexes() -> list[Needed]:
     dialect = postgresql.dialect()
     on = f" ON {PARENT} "
-    out = [Needed("order_items_pkey", LEGACY_PKEY, True, "btree (" + ", ".join(KEY) + ")", _unique_key_sql())]
+    pkey = sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Identifier, KEY)))
+    out = [Needed("order_items_pkey", LEGACY_PKEY, True, "btree (" + ", ".join(KEY) + ")", pkey)]
     for ix in sorted(model_table().indexes, key=lambda i: i.name):
         keys = str(CreateIndex(ix).compile(dialect=dialect)).split(on, 1)[1].strip()
-        legacy_name = f"{ix.name}_legacy"
-        create = sql.SQL("CREATE {}INDEX CONCURRENTLY {} ON {} USING btree {}").format(
-            sql.SQL("UNIQUE " if ix.unique else ""),
-            sql.Identifier(legacy_name),
-            sql.Identifier(PARENT),
-            sql.SQL(keys),  # compiled from the model's own declaration, never from data
-        )
-        out.append(Needed(ix.name, legacy_name, bool(ix.unique), f"btree {keys}", create))
+        using = sql.SQL("USING btree {}").format(sql.SQL(keys))  # the model's own declaration, not data
+        out.append(Needed(ix.name, f"{ix.name}_legacy", bool(ix.unique), f"btree {keys}", using))
     return out
-
-
-def _unique_key_sql() -> sql.Composable:
-    return sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY {} ON {} ({})").format(
-        sql.Identifier(LEGACY_PKEY), sql.Identifier(PARENT), sql.SQL(", ").join(map(sql.Identifier, KEY))
-    )
 
 
 def matching(indexes: list[TableIndex], need: Needed) -> TableIndex | None:
@@ -244,32 +234,21 @@ def migrate(
 
 
 def build_index(conn: psycopg.Connection, need: Needed, *, sleep: Callable[[float], None] = time.sleep) -> bool:
-    """Build ``need`` on the old table CONCURRENTLY unless a matching valid index is there; True if built."""
-    indexes = table_indexes(conn, PARENT)
-    if matching(indexes, need):
+    """Build ``need`` on the old table CONCURRENTLY unless a matching valid index is there; True if built.
+
+    ``db.indexes.build`` does the build: an INVALID index left by a killed or timed-out build is dropped first.
+    """
+    if matching(table_indexes(conn, PARENT), need):
         return False
-    if any(ix.name == need.build_as and not ix.valid for ix in indexes):  # a killed build: start over
-        log.info("dropping the INVALID %s left by an interrupted build", need.build_as)
-        _concurrent(conn, sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(need.build_as)), sleep)
-    _concurrent(conn, need.create, sleep)
-    log.info("built %s", need.build_as)
-    return True
-
-
-def _concurrent(conn: psycopg.Connection, stmt: sql.Composable, sleep: Callable[[float], None]) -> None:
-    set_lock_timeout(conn, CONCURRENT_LOCK_TIMEOUT, local=False)
-    try:
-        retry_on_lock_timeout("concurrent DDL", lambda: conn.execute(stmt), sleep=sleep)
-    finally:
-        set_lock_timeout(conn, "0", local=False)
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    return build_concurrently(conn, schema, PARENT, need.build_as, need.keys, unique=need.unique, sleep=sleep)
 
 
 def add_range_check(
     conn: psycopg.Connection, cutover: datetime, *, sleep: Callable[[float], None] = time.sleep
 ) -> None:
     def step() -> None:
-        with conn.transaction():
-            set_lock_timeout(conn, SHORT_LOCK_TIMEOUT, local=True)
+        with conn.transaction(), lock_timeout(conn, SHORT_LOCK_TIMEOUT):
             if _constraint(conn, PARENT, RANGE_CHECK) is not None:
                 return
             conn.execute(
@@ -296,7 +275,8 @@ def validate_range_check(conn: psycopg.Connection, *, sleep: Callable[[float], N
         return
     stmt = sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(sql.Identifier(PARENT), sql.Identifier(RANGE_CHECK))
     try:
-        _concurrent(conn, stmt, sleep)
+        with lock_timeout(conn, CONCURRENT_LOCK_TIMEOUT):
+            retry_on_lock_timeout("validate range check", lambda: conn.execute(stmt), sleep=sleep)
     except psycopg.errors.CheckViolation as exc:
         raise MigrationError(
             f"some order_items rows have no created_at or one on/after the cutover {con[1]}: such rows cannot "
@@ -308,8 +288,7 @@ def validate_range_check(conn: psycopg.Connection, *, sleep: Callable[[float], N
 def swap(conn: psycopg.Connection, cutover: datetime) -> bool:
     """The one short transaction: the old table becomes the legacy partition of a new partitioned parent."""
     t, legacy = sql.Identifier(PARENT), sql.Identifier(LEGACY)
-    with conn.transaction():
-        set_lock_timeout(conn, SWAP_LOCK_TIMEOUT, local=True)
+    with conn.transaction(), lock_timeout(conn, SWAP_LOCK_TIMEOUT):
         conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t))
         if state(conn) != "plain":
             return False

@@ -18,6 +18,8 @@ import psycopg
 from psycopg import sql
 
 from db.dates import DateWindow
+from db.ddl_retry import lock_timeout as ddl_lock_timeout
+from db.ddl_retry import retry_on_lock_timeout
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,15 @@ class Quarter:
     @property
     def name(self) -> str:
         return f"{PARENT}_{self.year:04d}_q{self.q}"  # 4 digits: models/autogenerate.py matches this
+
+
+def quarters_until(first: Quarter, end: datetime) -> list[Quarter]:
+    """``first`` and every later quarter that starts before ``end``."""
+    out, q = [], first
+    while q.start < end:
+        out.append(q)
+        q = q.next()
+    return out
 
 
 def existing_partitions(conn: psycopg.Connection, parent: str = PARENT) -> set[str]:
@@ -122,53 +133,63 @@ def ensure_partitions(
         raise ValueError(f"refusing to re-create archived partitions (beyond retention): {', '.join(beyond)}")
     created = []
     for quarter in missing:
-        for attempt in range(1, attempts + 1):
-            try:
-                _create_partition(conn, quarter, lock_timeout, parent, with_check)
-                created.append(quarter.name)
-                break
-            except psycopg.errors.LockNotAvailable:
-                if attempt == attempts:
-                    raise
-                log.warning("lock_timeout creating %s (attempt %d/%d); retrying", quarter.name, attempt, attempts)
-                sleep(min(2**attempt * 0.1, 5))
+        retry_on_lock_timeout(
+            f"creating {quarter.name}",
+            lambda q=quarter: _create_partition(conn, q, lock_timeout, parent, with_check),
+            attempts=attempts,
+            sleep=sleep,
+        )
+        created.append(quarter.name)
     return created
 
 
 def _create_partition(
     conn: psycopg.Connection, quarter: Quarter, lock_timeout: str, parent_name: str = PARENT, with_check: bool = False
 ) -> None:
-    ident = sql.Identifier(quarter.name)
-    parent = sql.Identifier(parent_name)
-    with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+    with conn.transaction(), ddl_lock_timeout(conn, lock_timeout):
         # Another writer may have attached it since we looked: re-check inside the transaction.
         if quarter.name in existing_partitions(conn, parent_name):
             return
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
-                "INCLUDING STORAGE INCLUDING COMMENTS)"
-            ).format(ident, parent)
-        )
-        if with_check:  # proves the range to a later ATTACH elsewhere, which then skips its scan
-            conn.execute(
-                sql.SQL(
-                    "ALTER TABLE {t} ADD CONSTRAINT {c} CHECK ({k} IS NOT NULL AND {k} >= {a} AND {k} < {b})"
-                ).format(
-                    t=ident,
-                    c=sql.Identifier(range_check_name(quarter)),
-                    k=sql.Identifier("created_at"),
-                    a=sql.Literal(quarter.start),
-                    b=sql.Literal(quarter.end),
-                )
-            )
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-                parent, ident, sql.Literal(quarter.start), sql.Literal(quarter.end)
-            )
-        )
+        create_unattached(conn, quarter, parent_name, with_check=with_check)
+        attach(conn, quarter, parent_name)
     log.info("created partition %s of %s", quarter.name, parent_name)
+
+
+def create_unattached(
+    conn: psycopg.Connection, quarter: Quarter, parent: str = PARENT, *, with_check: bool = False
+) -> None:
+    """The quarter's table shaped like ``parent``, not attached (if missing). ``with_check``: with a CHECK of
+    its range, which proves the range to a later ATTACH (no scan under its lock)."""
+    ident = sql.Identifier(quarter.name)
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+            "INCLUDING STORAGE INCLUDING COMMENTS)"
+        ).format(ident, sql.Identifier(parent))
+    )
+    have = conn.execute(
+        "SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s",
+        (quarter.name, range_check_name(quarter)),
+    ).fetchone()
+    if with_check and not have:
+        conn.execute(
+            sql.SQL("ALTER TABLE {t} ADD CONSTRAINT {c} CHECK ({k} IS NOT NULL AND {k} >= {a} AND {k} < {b})").format(
+                t=ident,
+                c=sql.Identifier(range_check_name(quarter)),
+                k=sql.Identifier("created_at"),
+                a=sql.Literal(quarter.start),
+                b=sql.Literal(quarter.end),
+            )
+        )
+
+
+def attach(conn: psycopg.Connection, quarter: Quarter, parent: str = PARENT) -> None:
+    """``ATTACH PARTITION`` the quarter's table for its range (SHARE UPDATE EXCLUSIVE on the parent)."""
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(parent), sql.Identifier(quarter.name), sql.Literal(quarter.start), sql.Literal(quarter.end)
+        )
+    )
 
 
 def range_check_name(quarter: Quarter) -> str:
@@ -177,8 +198,7 @@ def range_check_name(quarter: Quarter) -> str:
 
 def create_default_partition(conn: psycopg.Connection, parent: str, name: str, lock_timeout: str = "5s") -> bool:
     """A DEFAULT partition of ``parent`` (only the split's shadow parent has one); False if it exists."""
-    with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+    with conn.transaction(), ddl_lock_timeout(conn, lock_timeout):
         if name in existing_partitions(conn, parent):
             return False
         conn.execute(

@@ -40,14 +40,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import psycopg
 from psycopg import sql
 
 from db.dates import DateWindow
-from db.ddl_retry import retry_on_lock_timeout, set_lock_timeout
+from db.ddl_retry import lock_timeout, retry_on_lock_timeout
 from db.partitions import rollover as partitions
+from db.partitions import shadow_indexes
+from db.partitions.checksum import checksum
 from db.partitions.migration import KEY, MigrationError, model_table, state
 from db.partitions.rollover import LEGACY, PARENT, Quarter
 
@@ -60,6 +62,7 @@ TRIGGER = "order_items_legacy_sync"
 FLIP_LOCK_TIMEOUT = "200ms"  # writers queue behind the waiting flip
 SHORT_LOCK_TIMEOUT = "500ms"
 BATCH_LOCK_TIMEOUT = "100ms"
+BATCH_WAIT_BUDGET = 3600.0  # seconds of pauses a batch waits out a writer's rows (a full apply: up to an hour)
 VERIFIED = "verified copy; rows="
 
 
@@ -104,6 +107,8 @@ def progress(conn: psycopg.Connection) -> Progress | None:
         )
     ).fetchone()
     est = conn.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)", (LEGACY,))
+    if r is None:  # a table without its row (a kill inside an old prepare): nothing copied; prepare adds it
+        return Progress(0, 0, None, est.fetchone()[0] or 0)
     return Progress(r[0], r[1], tuple(r[2:]) if r[2] is not None else None, est.fetchone()[0] or 0)
 
 
@@ -126,24 +131,14 @@ def prepare(conn: psycopg.Connection, *, sleep: Callable[[float], None] = time.s
         )
         done.append(f"created {SPLIT}")
     oldest = conn.execute(sql.SQL("SELECT min(created_at) FROM {}").format(sql.Identifier(LEGACY))).fetchone()[0]
-    quarters = _quarters(Quarter.of(oldest), cutover) if oldest is not None else []
+    quarters = partitions.quarters_until(Quarter.of(oldest), cutover) if oldest is not None else []
     if quarters:
         wide = DateWindow(quarters[0].start, cutover - timedelta(microseconds=1))
         made = partitions.ensure_partitions(conn, quarters, parent=SPLIT, with_check=True, window=wide, sleep=sleep)
         done += [f"created shadow quarter {n}" for n in made]
     if partitions.create_default_partition(conn, SPLIT, SPLIT_DEFAULT):
         done.append(f"created {SPLIT_DEFAULT}")
-    if not _exists(conn, PROGRESS):
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
-                "rows_copied bigint NOT NULL DEFAULT 0, batches integer NOT NULL DEFAULT 0, last_order_code text, "
-                "last_item_id bigint, last_created_at timestamptz, bounded boolean NOT NULL DEFAULT false, "
-                "end_order_code text, end_item_id bigint, end_created_at timestamptz, "
-                "updated_at timestamptz DEFAULT now())"
-            ).format(sql.Identifier(PROGRESS))
-        )
-        conn.execute(sql.SQL("INSERT INTO {} DEFAULT VALUES ON CONFLICT DO NOTHING").format(sql.Identifier(PROGRESS)))
+    if _ensure_progress_row(conn):
         done.append(f"created {PROGRESS}")
     if _create_trigger(conn, sleep):
         done.append(f"created trigger {TRIGGER} on {LEGACY}")
@@ -164,12 +159,22 @@ def prepare(conn: psycopg.Connection, *, sleep: Callable[[float], None] = time.s
     return done
 
 
-def _quarters(first: Quarter, cutover: datetime) -> list[Quarter]:
-    out, q = [], first
-    while q.start < cutover:
-        out.append(q)
-        q = q.next()
-    return out
+def _ensure_progress_row(conn: psycopg.Connection) -> bool:
+    """The progress table and its one row, in one transaction (and the row whenever missing: a kill inside an
+    older version's prepare left the table empty, on which every rerun failed). True if the table was created."""
+    with conn.transaction():
+        created = not _exists(conn, PROGRESS)
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+                "rows_copied bigint NOT NULL DEFAULT 0, batches integer NOT NULL DEFAULT 0, last_order_code text, "
+                "last_item_id bigint, last_created_at timestamptz, bounded boolean NOT NULL DEFAULT false, "
+                "end_order_code text, end_item_id bigint, end_created_at timestamptz, "
+                "updated_at timestamptz DEFAULT now())"
+            ).format(sql.Identifier(PROGRESS))
+        )
+        conn.execute(sql.SQL("INSERT INTO {} DEFAULT VALUES ON CONFLICT DO NOTHING").format(sql.Identifier(PROGRESS)))
+    return created
 
 
 def _create_trigger(conn: psycopg.Connection, sleep: Callable[[float], None]) -> bool:
@@ -190,8 +195,7 @@ def _create_trigger(conn: psycopg.Connection, sleep: Callable[[float], None]) ->
     ).format(split=split, old=match("OLD"), new=match("NEW"), cols=_cols(), vals=_cols("NEW"))
 
     def step() -> bool:
-        with conn.transaction():
-            set_lock_timeout(conn, SHORT_LOCK_TIMEOUT, local=True)
+        with conn.transaction(), lock_timeout(conn, SHORT_LOCK_TIMEOUT):
             have = conn.execute(
                 "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s", (LEGACY, TRIGGER)
             ).fetchone()
@@ -216,20 +220,38 @@ def _create_trigger(conn: psycopg.Connection, sleep: Callable[[float], None]) ->
 # --- 2. copy -------------------------------------------------------------------------------------------
 
 
-def copy_batch(conn: psycopg.Connection, size: int, *, sleep: Callable[[float], None] = time.sleep) -> int:
+def copy_batch(
+    conn: psycopg.Connection,
+    size: int,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    wait_budget: float = BATCH_WAIT_BUDGET,
+) -> int:
     """Copy the next ``size`` legacy rows (primary-key order) into the shadow; the number read (0: done).
 
-    The batch waits at most ``BATCH_LOCK_TIMEOUT`` for a row a writer holds, then gives up and is
-    retried: a writer locking several rows in another order can then never deadlock with a batch and
-    be the one aborted — the batch always yields.
+    The batch waits at most ``BATCH_LOCK_TIMEOUT`` for a row a writer holds, then yields (rolls back)
+    and is retried, so it is never a writer's deadlock partner. A full orders apply holds the rows it
+    replaces for up to an hour: the batch retries (pauses up to 10 s) for ``wait_budget`` s, then
+    raises MigrationError; nothing is lost, a rerun resumes from the progress row.
     """
-    return retry_on_lock_timeout("copy batch", lambda: _copy_batch(conn, size), sleep=sleep)
+    try:
+        return retry_on_lock_timeout(
+            "copy batch (a writer holds rows)",
+            lambda: _copy_batch(conn, size),
+            attempts=None,
+            give_up_after=wait_budget,
+            sleep=sleep,
+        )
+    except psycopg.errors.LockNotAvailable:
+        raise MigrationError(
+            f"a writer has held rows of {LEGACY} the copy needs for over {wait_budget:.0f} s (a long apply?): "
+            "the copy stopped where it was; run `hub migrate-partitions --split` again to resume"
+        ) from None
 
 
 def _copy_batch(conn: psycopg.Connection, size: int) -> int:
     p = sql.Identifier(PROGRESS)
-    with conn.transaction():
-        set_lock_timeout(conn, BATCH_LOCK_TIMEOUT, local=True)  # under deadlock_timeout (1 s)
+    with conn.transaction(), lock_timeout(conn, BATCH_LOCK_TIMEOUT):  # under deadlock_timeout (1 s)
         got = conn.execute(
             sql.SQL(
                 "SELECT last_order_code, last_item_id, last_created_at, end_order_code, end_item_id, end_created_at "
@@ -275,17 +297,6 @@ def _copy_batch(conn: psycopg.Connection, size: int) -> int:
 # --- 3. verify -----------------------------------------------------------------------------------------
 
 
-def checksum(conn: psycopg.Connection, table: str, where: sql.Composable = sql.SQL("TRUE")) -> tuple[int, int]:
-    """(rows, order-independent checksum of every column) of ``table`` (the rows matching ``where``)."""
-    row = conn.execute(
-        sql.SQL(
-            "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) "
-            "FROM (SELECT {} FROM {} WHERE {}) t"
-        ).format(_cols(), sql.Identifier(table), where)
-    ).fetchone()
-    return int(row[0]), int(row[1])
-
-
 def verify(conn: psycopg.Connection) -> tuple[int, int]:
     """Legacy and shadow equal in one snapshot; (rows, checksum), or MigrationError."""
     with conn.transaction():
@@ -305,17 +316,18 @@ def verify(conn: psycopg.Connection) -> tuple[int, int]:
 def flip(conn: psycopg.Connection, verified: tuple[int, int], window: DateWindow) -> list[str]:
     """One transaction: the legacy partition out, the shadow quarters in; the names attached."""
     t = sql.Identifier(PARENT)
-    with conn.transaction():
-        set_lock_timeout(conn, FLIP_LOCK_TIMEOUT, local=True)
+    with conn.transaction(), lock_timeout(conn, FLIP_LOCK_TIMEOUT):
         for name in (PARENT, LEGACY, SPLIT):  # the writers' order: parent, partition, then the shadow
             conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(name)))
         if split_state(conn) != "copying":
             return []
+        quarters = sorted(partitions.existing_partitions(conn, SPLIT) - {SPLIT_DEFAULT})
+        shadow_indexes.refuse_if_missing(conn, quarters)  # an ATTACH must never build one under this lock
         conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(TRIGGER), sql.Identifier(LEGACY)))
         conn.execute(sql.SQL("DROP FUNCTION {}()").format(sql.Identifier(TRIGGER)))
         conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(t, sql.Identifier(LEGACY)))
         attached = []
-        for name in sorted(partitions.existing_partitions(conn, SPLIT) - {SPLIT_DEFAULT}):
+        for name in quarters:
             quarter = partitions.quarter_of_name(name)
             conn.execute(
                 sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(sql.Identifier(SPLIT), sql.Identifier(name))
@@ -375,4 +387,8 @@ def drop_legacy(conn: psycopg.Connection) -> int:
 def flip_with_retries(
     conn: psycopg.Connection, verified: tuple[int, int], window: DateWindow, *, sleep: Callable[[float], None]
 ) -> list[str]:
+    """The indexes the parent gained since ``prepare`` built on the shadow quarters (concurrently), then the flip."""
+    quarters = sorted(partitions.existing_partitions(conn, SPLIT) - {SPLIT_DEFAULT})
+    for built in shadow_indexes.build_missing(conn, quarters, sleep=sleep):
+        log.info("built %s before the flip", built)
     return retry_on_lock_timeout("flip", lambda: flip(conn, verified, window), sleep=sleep)

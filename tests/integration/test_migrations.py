@@ -62,3 +62,23 @@ def test_partition_pattern_matches_every_name_the_code_can_create():
     for year in (1, 999, 1000, 2000, 2026, 9999):
         for q in (1, 2, 3, 4):
             assert PARTITION.match(Quarter(year, q).name), Quarter(year, q).name
+
+
+def test_a_migration_waiting_behind_a_lock_times_out_rolls_back_and_retries(empty_db_url):
+    """L7: a reader holding ACCESS SHARE (a nightly pg_dump, say) makes 0005's ALTER TABLE wait: it gives up after
+    lock_timeout (instead of queueing every query on the table behind it), rolls back, and succeeds on a retry."""
+    upgrade(empty_db_url, "shop_l7")
+    downgrade(empty_db_url, "shop_l7", "0004")
+    reader = psycopg.connect(libpq_url(empty_db_url))
+    reader.execute("SELECT count(*) FROM shop_l7.snapshot_runs")  # an open transaction holding ACCESS SHARE
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        assert current_revision(empty_db_url, "shop_l7") == "0004"  # the timed-out try was rolled back whole
+        if len(pauses) == 2:
+            reader.commit()
+
+    upgrade(empty_db_url, "shop_l7", lock_timeout="100ms", sleep=sleep)
+    reader.close()
+    assert len(pauses) == 2 and current_revision(empty_db_url, "shop_l7") == head_revision()

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from db.connection import libpq_url
 from db.partitions import archive as partition_archive
+from db.partitions import retire
 from db.partitions.rollover import Quarter, archived_quarters, existing_partitions
 from db.settings.registry import get_settings_service
 from flows import runtime
@@ -130,7 +131,7 @@ def test_a_corrupt_archive_blocks_the_drop(hub, db_url, tmp_path):
         data[len(data) // 2] ^= 0xFF
         dump.write_bytes(bytes(data))
         with pytest.raises(partition_archive.ArchiveDamaged, match="damaged: sha256"):
-            partition_archive.retire_partition(c, dump)
+            retire.retire_partition(c, dump)
         assert quarter.name in existing_partitions(c)
         assert archived_quarters(c) == frozenset()
     assert len(items(db_url, "created_at < '2020-04-01'")) == 9
@@ -147,7 +148,7 @@ def test_a_truncated_archive_with_a_matching_checksum_fails_the_full_read(hub, d
         m = partition_archive.manifest_path(dump)
         m.write_text(m.read_text().replace(partition_archive.read_manifest(dump).sha256, digest))
         with pytest.raises(partition_archive.ArchiveDamaged, match="does not read to its end"):
-            partition_archive.retire_partition(c, dump)
+            retire.retire_partition(c, dump)
         assert "order_items_2020_q1" in existing_partitions(c)
 
 

@@ -231,3 +231,129 @@ def test_a_copy_batch_gives_way_to_a_writer_holding_a_row(legacy):
     writer.close()
     assert len(pauses) == 2 and rows == ROWS
     assert amounts(legacy)["B000000"] == Decimal(42)
+
+
+def test_a_lock_timeout_in_the_migrations_concurrent_build_is_retried(legacy, monkeypatch):
+    """L1: the build times out waiting for a writer, leaving an INVALID index; the retry drops it and builds."""
+    import importlib
+    import importlib.util
+
+    import db.partitions.migration as migration
+
+    for module in ("db.indexes.build", "db.partitions.migration"):  # the builder's (and the old copy's) timeout
+        if importlib.util.find_spec(module) is not None:
+            monkeypatch.setattr(importlib.import_module(module), "CONCURRENT_LOCK_TIMEOUT", "100ms")
+    need = migration.needed_indexes()[1]
+    writer = psycopg.connect(libpq_url(legacy))  # an open writing transaction: the build waits for it
+    writer.execute("UPDATE order_items SET amount = 1 WHERE order_code = 'B000001'")
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        with psycopg.connect(libpq_url(legacy), autocommit=True) as c:  # the timed-out build's leftover
+            valid = c.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (need.build_as,))
+            assert valid.fetchone() == (False,)
+        writer.commit()
+
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        c.execute("SET lock_timeout = '7s'")  # as a role's or database's own setting would
+        assert migration.build_index(c, need, sleep=sleep) is True
+        ix = [i for i in migration.table_indexes(c, "order_items") if i.name == need.build_as]
+        assert c.execute("SHOW lock_timeout").fetchone()[0] == "7s"  # back, not clobbered with 0
+    writer.close()
+    assert len(pauses) == 1 and len(ix) == 1 and ix[0].valid
+
+
+def test_a_split_killed_between_creating_the_progress_table_and_its_row_reruns(legacy):
+    """L2: the state a kill inside prepare leaves (the progress table without its row, no trigger yet)."""
+    from db.partitions.split import PROGRESS, TRIGGER
+
+    migrate_partitions()
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        prepare(c)
+        c.execute(sql.SQL("DROP TRIGGER {} ON order_items_legacy").format(sql.Identifier(TRIGGER)))
+        c.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(PROGRESS)))
+    out = migrate_partitions(split=True, batch_size=2000)
+    assert any(d.startswith("flipped") for d in out["did"]), out
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        assert split_state(c) == "done"
+        assert c.execute("SELECT count(*) FROM order_items").fetchone()[0] == ROWS
+
+
+def test_status_counts_the_quarters_the_legacy_partition_holds_as_present(legacy):
+    """L3: right after migrate-partitions the current quarter lives in order_items_legacy: not missing."""
+    from db.status import partition_runway
+
+    migrate_partitions()
+    now = datetime.now(UTC)
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        bound = legacy_bound(c)
+        current, ahead, _ = partition_runway(c, now)
+    assert bound is not None and Quarter.of(now).end <= bound
+    assert current is True and ahead >= 1
+
+
+def test_an_index_the_parent_gained_after_prepare_is_built_before_the_flip_never_in_it(legacy):
+    """M3: the flip's ATTACH would build it under ACCESS EXCLUSIVE; it is built concurrently first, or refused."""
+    from db.dates import DateWindow
+    from db.partitions.split import flip
+
+    migrate_partitions()
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        prepare(c)
+        while copy_batch(c, 5000):
+            pass
+        c.execute("CREATE INDEX ix_test_amount ON order_items (amount)")  # a release's new index, after prepare
+        with pytest.raises(MigrationError, match="ix_test_amount"):
+            flip(c, verify(c), DateWindow.default())  # the flip alone: refused, it never builds under its lock
+        assert split_state(c) == "copying"
+        shadow = existing_partitions(c, "order_items_split") - {"order_items_split_default"}
+    out = migrate_partitions(split=True, batch_size=5000)
+    assert any(d.startswith("flipped") for d in out["did"]), out
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        rows = c.execute(
+            """SELECT t.relname, ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 JOIN pg_class t ON t.oid = i.indrelid JOIN pg_inherits h ON h.inhrelid = ic.oid
+                WHERE h.inhparent = 'ix_test_amount'::regclass AND t.relname LIKE 'order_items_20%'"""
+        ).fetchall()
+    built = {t: ix for t, ix in rows if t in shadow}
+    assert "order_items_2024_q1" in shadow and set(built) == shadow
+    # each is the one built concurrently before the flip (its name), none an ATTACH-time build (auto-named)
+    assert all(ix == "ix_test_amount" + t.removeprefix("order_items") for t, ix in built.items()), built
+
+
+def test_a_copy_batch_waits_out_a_long_transaction_holding_rows_then_resumes(legacy):
+    """L8: an apply holds the rows it replaces for its whole (long) transaction; the batch keeps yielding and
+    retrying past the old 8 tries, copies once the writer commits, and gives up with a clear error after its
+    budget (the split resumes on the next run)."""
+    migrate_partitions()
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        prepare(c)
+    writer = psycopg.connect(libpq_url(legacy))  # one long transaction, as a full orders apply
+    writer.execute("DELETE FROM order_items WHERE order_code = 'B000000'")
+    pauses: list[float] = []
+
+    def never(seconds: float) -> None:
+        pauses.append(seconds)
+
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        with pytest.raises(MigrationError, match="held rows .* over 60 s"):
+            copy_batch(c, 100, sleep=never, wait_budget=60)
+        assert sum(pauses) <= 60 and progress_rows(c) == 0  # nothing copied, nothing lost
+        pauses.clear()
+
+        def commit_after_twelve(seconds: float) -> None:
+            pauses.append(seconds)
+            if len(pauses) == 12:
+                writer.commit()
+
+        assert copy_batch(c, 100, sleep=commit_after_twelve) == 100
+        while copy_batch(c, 2000):
+            pass
+        rows, _ = verify(c)
+    writer.close()
+    assert len(pauses) == 12 and rows == ROWS - 1
+
+
+def progress_rows(c: psycopg.Connection) -> int:
+    return c.execute("SELECT rows_copied FROM order_items_split_progress").fetchone()[0]
