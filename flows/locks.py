@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +54,8 @@ GROUPS = ("retry-failed-snapshots", "orders", "customers", "products", "customer
 PREFIX = "hub-"
 LEASE_SECONDS = 600  # the default of HUB_LOCK_LEASE_SECONDS (flows.config)
 EX_TEMPFAIL = 75  # sysexits.h: "try again later" — the CLI's exit code when a lock is held
+# A job needing several locks retries after a busy later one, holding none meanwhile (seconds).
+RETRY_FIRST_DELAY, RETRY_MAX_DELAY = 0.05, 2.0
 
 
 __all__ = [
@@ -138,6 +140,7 @@ def job_lock(
     schema: str | None = None,
     repair: bool = True,
     flow_run_id: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[list[dblocks.Holder]]:
     """Hold the locks of ``groups`` (Prefect slot + advisory lock each) for the block.
 
@@ -146,6 +149,11 @@ def job_lock(
     LockError; never runs the block unlocked. Inside, ``db.locks.guard_write`` checks these locks in
     every writing transaction (``LockLost``). ``url``/``schema``: the hub's (``runtime.hub()``) unless
     given; the holder is recorded with the current flow run's id.
+
+    Several groups are taken in ``GROUPS`` order (no cycles), and never held while waiting: only the
+    first may be waited for; a later one that is busy makes it give back what it took and try again
+    (backing off, ``sleep``), so ``orders`` stays free for the 15-minute fetch while partition
+    maintenance waits for ``db-maintenance`` (review L6).
     """
     if url is None or schema is None:
         hub = runtime.hub()
@@ -156,8 +164,31 @@ def job_lock(
     for name in names:
         _checked(name, repair)
     deadline = None if wait is None else time.monotonic() + wait
-    with ExitStack() as stack:
-        yield [_take(stack, name, url, schema, flow_run_id, wait, deadline) for name in names]
+    delay = RETRY_FIRST_DELAY
+    while True:
+        try:
+            held, holders = _take_all(names, url, schema, flow_run_id, wait, deadline)
+        except LockHeld as busy:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise
+            log.info("lock %s is busy; holding none of %s while waiting", busy.name, ", ".join(names))
+            sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+            continue
+        with held:
+            yield holders
+        return
+
+
+def _take_all(
+    names: list[str], url: str, schema: str, flow_run_id: str | None, wait: float | None, deadline: float | None
+) -> tuple[ExitStack, list[dblocks.Holder]]:
+    """Every lock of ``names`` or none: on LockHeld, leaving ``attempt`` gives back what it took."""
+    with ExitStack() as attempt:
+        holders = [_take(attempt, names[0], url, schema, flow_run_id, wait, deadline)]
+        holders += [_take(attempt, n, url, schema, flow_run_id, 0, time.monotonic()) for n in names[1:]]
+        return attempt.pop_all(), holders
 
 
 def _take(

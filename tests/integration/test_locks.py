@@ -245,6 +245,46 @@ def test_a_live_holders_lock_held_message_does_not_suggest_release(env, hold):
     assert "live-run" in str(info.value) and "hub locks release" not in str(info.value)
 
 
+# --- hold-and-wait (review L6) ----------------------------------------------------------------------------
+
+
+def test_several_groups_hold_none_while_waiting_for_a_busy_later_one(env, hold):
+    """partition-maintenance (orders, db-maintenance) waiting for db-maintenance leaves orders free."""
+    stop = hold("db-maintenance", "long-backup")
+    waiting, proceed, result = threading.Event(), threading.Event(), {}
+
+    def sleep(seconds: float) -> None:  # the waiter's back-off: the test decides when it retries
+        waiting.set()
+        proceed.wait(20)
+
+    def maintenance() -> None:
+        try:
+            with job_lock("orders", "db-maintenance", url=env, schema="public", wait=60, sleep=sleep) as holders:
+                result["held"] = [h.name for h in holders]
+        except Exception as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    t = threading.Thread(target=maintenance, daemon=True)
+    t.start()
+    assert waiting.wait(30), result
+    # While it waits, the 15-minute fetch takes orders at once (before the fix: LockHeld, held by maintenance).
+    with job_lock("orders", url=env, schema="public", wait=0) as (fetch,):
+        assert fetch.name == _name(env, "orders")
+    assert _slots(_name(env, "orders")) == 0
+    stop.set()  # the backup ends
+    proceed.set()
+    t.join(30)
+    assert result.get("held") == [_name(env, "orders"), _name(env, "db-maintenance")], result
+
+
+def test_several_groups_give_up_at_the_deadline_naming_the_busy_one(env, hold):
+    hold("db-maintenance", "long-backup")
+    with pytest.raises(LockHeld, match="db-maintenance is held by flow run long-backup"):
+        with job_lock("orders", "db-maintenance", url=env, schema="public", wait=0.3, sleep=lambda s: None):
+            pytest.fail("ran without db-maintenance")
+    assert _slots(_name(env, "orders")) == 0
+
+
 # --- hub instances (issue 8 §1.4) ----------------------------------------------------------------------
 
 
