@@ -252,9 +252,15 @@ def start_server(home: Path, database_url: str, host: str, port: int, timeout: f
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM the process, its children and its session, then SIGKILL whatever is left after ``timeout``."""
+    """SIGTERM the process, its children and its session, then SIGKILL whatever is left after ``timeout``.
+
+    Nothing is signalled once Popen has reaped the process (``returncode`` set, by ``poll()`` or
+    ``wait()``): its pid, and the id of the process group it led, may be another process's by now.
+    """
     import psutil
 
+    if proc.poll() is not None:
+        return
     try:
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:

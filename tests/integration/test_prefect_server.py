@@ -101,3 +101,20 @@ def test_stop_process_leaves_no_process_of_the_tree(tmp_path):
     ps.stop_process(proc, timeout=1)
     time.sleep(0.2)
     assert [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_stop_process_signals_nothing_once_popen_has_reaped_the_process(monkeypatch):
+    """Review L11: after the reap the pid (and the process group id it led) may be recycled."""
+    proc = subprocess.Popen(["true"], start_new_session=True)
+    proc.wait()  # reaped: returncode set
+    calls = []
+
+    def no_process(pid):
+        calls.append(("psutil.Process", pid))
+        raise psutil.NoSuchProcess(pid)
+
+    monkeypatch.setattr(psutil, "Process", no_process)
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: calls.append(("killpg", pgid, sig)))
+    monkeypatch.setattr(os, "kill", lambda pid, sig: calls.append(("kill", pid, sig)))
+    ps.stop_process(proc, timeout=1)
+    assert calls == []
