@@ -13,10 +13,12 @@ the UI).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -212,6 +214,39 @@ def _copy_trgm(dest: Path) -> Path:
 
 
 # --- the server process ----------------------------------------------------------------------------------
+
+AUTH_VAR, CLIENT_AUTH_VAR = "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"
+
+
+def is_loopback(host: str) -> bool:
+    """Every address ``host`` resolves to is a loopback one (a name that does not resolve: no)."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+
+
+def check_listen_host(host: str) -> None:
+    """Refuse a server reachable beyond this machine while its API has no auth (review L10).
+
+    Its deployments include restore-backup --force, forget-person and import-file: anyone who reaches an
+    open API can run them. Prefect's basic auth (``PREFECT_SERVER_API_AUTH_STRING``) is read from the
+    environment, the one place the server process (``start_server``) is sure to see it.
+    """
+    if is_loopback(host) or os.environ.get(AUTH_VAR):
+        return
+    raise ServerError(
+        f"refusing --host {host}: it is reachable from other machines and the Prefect API has no auth. "
+        f"Set {AUTH_VAR}=user:password (Prefect's basic auth for the API and UI; clients then need "
+        f"{CLIENT_AUTH_VAR} set to the same), or keep the default 127.0.0.1 and use an SSH tunnel"
+    )
+
+
+def use_server_auth() -> None:
+    """This process (bootstrap, deploy) and the worker it starts authenticate to a server started with auth."""
+    if os.environ.get(AUTH_VAR) and not os.environ.get(CLIENT_AUTH_VAR):
+        os.environ[CLIENT_AUTH_VAR] = os.environ[AUTH_VAR]
 
 
 def start_server(home: Path, database_url: str, host: str, port: int, timeout: float = 180) -> subprocess.Popen:

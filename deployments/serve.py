@@ -69,6 +69,8 @@ def _server(cfg, host: str, port: int, console: Console) -> tuple[str, subproces
     if state is not None:
         console.print(f"reusing the running Prefect server {state.api_url} (pid {state.pid})")
         return state.api_url, None
+    ps.check_listen_host(host)  # before anything is made for it
+    ps.use_server_auth()
     console.print("starting the Prefect server (its database: PostgreSQL database 'prefect')…")
     proc = ps.start_server(cfg.home, ps.prefect_database_url(cfg), host, port)
     return f"http://{host}:{port}/api", proc

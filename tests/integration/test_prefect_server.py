@@ -118,3 +118,47 @@ def test_stop_process_signals_nothing_once_popen_has_reaped_the_process(monkeypa
     monkeypatch.setattr(os, "kill", lambda pid, sig: calls.append(("kill", pid, sig)))
     ps.stop_process(proc, timeout=1)
     assert calls == []
+
+
+# --- review L10: no open API without auth -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                                ("127.0.0.2", True), ("0.0.0.0", False), ("::", False),
+                                                ("no-such-host.invalid", False)])  # fmt: skip
+def test_is_loopback(host, loopback):
+    assert ps.is_loopback(host) is loopback
+
+
+def test_open_host_is_refused_without_api_auth_and_taken_with_it(monkeypatch):
+    monkeypatch.delenv(ps.AUTH_VAR, raising=False)
+    monkeypatch.delenv(ps.CLIENT_AUTH_VAR, raising=False)
+    ps.check_listen_host("127.0.0.1")
+    with pytest.raises(ps.ServerError, match="refusing --host 0.0.0.0.*PREFECT_SERVER_API_AUTH_STRING"):
+        ps.check_listen_host("0.0.0.0")
+    monkeypatch.setenv(ps.AUTH_VAR, "hub:s3cret")
+    ps.check_listen_host("0.0.0.0")
+    ps.use_server_auth()  # this process and its worker then authenticate to the server
+    assert os.environ[ps.CLIENT_AUTH_VAR] == "hub:s3cret"
+
+
+def test_hub_serve_on_an_open_host_without_auth_starts_nothing(hub_env, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+    from flows.config import get_config
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv(ps.AUTH_VAR, raising=False)
+    monkeypatch.setenv("HUB_HOME", str(tmp_path))
+    get_config.cache_clear()
+
+    def started(*args, **kwargs):
+        pytest.fail("hub serve made something for a server it must refuse")
+
+    monkeypatch.setattr(ps, "prefect_database_url", started)
+    monkeypatch.setattr(ps, "start_server", started)
+    res = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert res.exit_code == 1, res.output
+    assert "refusing --host 0.0.0.0" in res.output and "PREFECT_SERVER_API_AUTH_STRING" in res.output
+    get_config.cache_clear()
