@@ -71,8 +71,9 @@ def _server(cfg, host: str, port: int, console: Console) -> tuple[str, subproces
         return state.api_url, None
     ps.check_listen_host(host)  # before anything is made for it
     ps.use_server_auth()
-    console.print("starting the Prefect server (its database: PostgreSQL database 'prefect')…")
-    proc = ps.start_server(cfg.home, ps.prefect_database_url(cfg), host, port)
+    database, where = ps.prefect_database(cfg)
+    console.print(f"starting the Prefect server (its database: {where})…")
+    proc = ps.start_server(cfg.home, database, host, port)
     return f"http://{host}:{port}/api", proc
 
 
