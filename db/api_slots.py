@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 
+from db.advisory import AdvisoryKey, try_lock, unlock
 from db.connection import libpq_url
-from db.locks import AdvisoryKey, try_lock, unlock
 
 log = logging.getLogger(__name__)
 

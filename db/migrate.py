@@ -14,9 +14,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import sql
 
+from db.advisory import AdvisoryKey, session_lock
 from db.connection import libpq_url, sqlalchemy_url
 from db.ddl_retry import lock_timeout, retry_on_lock_timeout
-from db.locks import AdvisoryKey, session_lock
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "models" / "migrations"
 # Any constant works; it only has to be the same in every process of this project. One bigint, not a

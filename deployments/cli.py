@@ -291,7 +291,7 @@ def locks_release(
         fail(f"refusing to release: {exc}", exc.exit_code)
     except (LockError, ValueError) as exc:
         fail(str(exc))
-    console.print(f"released {released}")
+    console.print(f"released {released.describe()}")
 
 
 # --- sandbox and generated data -----------------------------------------------------------------------

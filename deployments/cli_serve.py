@@ -14,7 +14,10 @@ console = Console(stderr=True)
 
 def serve_cmd(
     port: int = typer.Option(4200, help="Port of the Prefect server (UI and API) when it is started here."),
-    host: str = typer.Option("127.0.0.1", help="Interface the Prefect server listens on."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="Interface the Prefect server listens on; beyond loopback only with PREFECT_SERVER_API_AUTH_STRING set.",
+    ),
 ) -> None:
     """Run everything on this machine: Prefect server (UI), every deployment with its schedule, a worker.
 

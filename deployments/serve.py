@@ -26,6 +26,7 @@ from rich.console import Console
 from deployments import prefect_server as ps
 from deployments.bootstrap import WORK_POOL, DeployError, bootstrap, deploy
 from deployments.checkout import resolve_checkout
+from deployments.serve_worker import forget_worker, record_worker, stop_orphan_worker
 
 
 def _interrupt(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
@@ -69,8 +70,11 @@ def _server(cfg, host: str, port: int, console: Console) -> tuple[str, subproces
     if state is not None:
         console.print(f"reusing the running Prefect server {state.api_url} (pid {state.pid})")
         return state.api_url, None
-    console.print("starting the Prefect server (its database: PostgreSQL database 'prefect')…")
-    proc = ps.start_server(cfg.home, ps.prefect_database_url(cfg), host, port)
+    ps.check_listen_host(host)  # before anything is made for it
+    ps.use_server_auth()
+    database, where = ps.prefect_database(cfg)
+    console.print(f"starting the Prefect server (its database: {where})…")
+    proc = ps.start_server(cfg.home, database, host, port)
     return f"http://{host}:{port}/api", proc
 
 
@@ -98,7 +102,9 @@ def run_serve(host: str = "127.0.0.1", port: int = 4200, console: Console | None
         console.print("registering the deployments of prefect.yaml…")
         deploy(checkout)
         name = f"hub-serve-{socket.gethostname()}-{os.getpid()}"
+        _replace_orphan_worker(cfg.home, console)
         started.append(("worker", start_worker(cfg.home, api, url, checkout, name)))
+        record_worker(cfg.home, started[-1][1])
         console.print(f"[bold]hub serve[/]: UI at {api.removesuffix('/api')}  ·  worker {name} on {WORK_POOL}")
         console.print(f"logs: {cfg.home / 'run'}  ·  Ctrl-C stops it")
         while True:
@@ -117,13 +123,22 @@ def run_serve(host: str = "127.0.0.1", port: int = 4200, console: Console | None
         # A second Ctrl-C or SIGTERM (uv and `timeout` forward theirs too) must not cut the cleanup short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for _, proc in reversed(started):
+        for what, proc in reversed(started):
             ps.stop_process(proc)
+            if what == "worker":
+                forget_worker(cfg.home, proc)
         state = ps.read_state(cfg.home)
         if server_started(started) and state is not None and state.pid == started[0][1].pid:
             ps.state_path(cfg.home).unlink(missing_ok=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, previous)
+
+
+def _replace_orphan_worker(home: Path, console: Console) -> None:
+    """A worker left by a `hub serve` killed with -9 would run beside the new one: stop it first."""
+    pid = stop_orphan_worker(home)
+    if pid is not None:
+        console.print(f"stopped the worker (pid {pid}) that an earlier, killed hub serve left running")
 
 
 def server_started(started: list[tuple[str, subprocess.Popen]]) -> bool:

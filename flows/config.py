@@ -33,6 +33,9 @@ class HubConfig(BaseSettings):
 
     # Database: unset → embedded PostgreSQL under HUB_HOME.
     database_url: SecretStr | None = None
+    # hub serve's Prefect database (created if missing); unset → `prefect` on the embedded PostgreSQL, never
+    # on the server of HUB_DATABASE_URL unless named here (deployments/prefect_server.py).
+    prefect_database_url: SecretStr | None = None
     db_schema: str = "public"
     home: Path = Field(default_factory=default_home)
 

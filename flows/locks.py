@@ -18,9 +18,12 @@ advisory lock is held a second writer cannot start even if the lease lapsed. A c
 comes back after the lease on a real server; on an ephemeral server or after a server restart it never
 does, which is what ``hub locks release`` is for. The holder's lease id is recorded with it, so release
 revokes that very lease: a dead holder's lease can then neither be renewed nor, when it expires or is
-released late, hand back a slot that the next holder took meanwhile.
+released late, hand back a slot that the next holder took meanwhile. Leases live in the memory of the
+server that made them: one made by another ephemeral server (every `hub` command without `hub serve`
+runs its own) or before a restart is unknown, and release then resets the slot count instead.
 
-Private Prefect names (``prefect.concurrency._sync``/``_leases``/``_asyncio``): the public
+The Prefect half (the limit, a slot under a lease) is ``flows/prefect_slots.py``. It uses private
+Prefect names (``prefect.concurrency._sync``/``_leases``/``_asyncio``): the public
 ``concurrency()`` does not expose the lease id. pyproject.toml pins prefect to the tested minor version
 and tests/integration/test_locks.py (test_private_prefect_names_still_exist) fails loudly if one
 of them moves.
@@ -30,25 +33,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
-import httpx
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-from prefect.concurrency._leases import maintain_concurrency_lease
-from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
-from prefect.exceptions import ObjectNotFound
 
 from db import locks as dblocks
 from db.connection import connection
 from db.locks import LockError, LockLost
 from flows import runtime
-from flows.config import get_config
+from flows.prefect_slots import ensure_limit, free_slot, is_locked, limit_status, prefect_slot
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +54,8 @@ GROUPS = ("retry-failed-snapshots", "orders", "customers", "products", "customer
 PREFIX = "hub-"
 LEASE_SECONDS = 600  # the default of HUB_LOCK_LEASE_SECONDS (flows.config)
 EX_TEMPFAIL = 75  # sysexits.h: "try again later" — the CLI's exit code when a lock is held
+# A job needing several locks retries after a busy later one, holding none meanwhile (seconds).
+RETRY_FIRST_DELAY, RETRY_MAX_DELAY = 0.05, 2.0
 
 
 __all__ = [
@@ -68,8 +66,10 @@ __all__ = [
     "instance",
     "job_lock",
     "limit_name",
+    "limit_status",
     "lock_table",
     "release",
+    "release_command",
 ]
 
 
@@ -86,54 +86,25 @@ def instance(url: str, schema: str) -> str:
         return dblocks.instance_id(conn)
 
 
+def release_command(name: str) -> str:
+    """The command that frees the lock ``name`` (a limit name or a group) once its holder is dead."""
+    group = name.split("-", 2)[2] if name.startswith(PREFIX) and name.count("-") >= 2 else name
+    return f"hub locks release {group}"
+
+
 class LockHeld(LockError):
     exit_code = EX_TEMPFAIL
 
-    def __init__(self, name: str, holder: dblocks.Holder | None, waited: float | None) -> None:
+    def __init__(
+        self, name: str, holder: dblocks.Holder | None, waited: float | None, holder_alive: bool | None = None
+    ) -> None:
         self.name, self.holder = name, holder
-        who = holder.describe() if holder else "holder unknown (not recorded: it may have crashed — see `hub locks`)"
+        who = holder.describe() if holder else "holder unknown (none recorded)"
         after = f" after waiting {waited:g} s" if waited else ""
-        super().__init__(f"lock {name} is held by {who}{after}; try again later or pass --wait SECONDS")
-
-
-@dataclass
-class LimitStatus:
-    name: str
-    exists: bool
-    active: bool | None = None
-    limit: int | None = None
-    active_slots: int | None = None
-
-    @property
-    def healthy(self) -> bool:
-        return self.exists and bool(self.active) and self.limit == 1
-
-
-def limit_status(name: str) -> LimitStatus:
-    with get_client(sync_client=True) as client:
-        try:
-            gcl = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            return LimitStatus(name, False)
-    return LimitStatus(name, True, gcl.active, gcl.limit, gcl.active_slots)
-
-
-def ensure_limit(name: str) -> str:
-    """Create the limit, or repair it to active with limit 1. Returns what was done."""
-    status = limit_status(name)
-    if status.healthy:
-        return "ok"
-    with get_client(sync_client=True) as client:
-        if not status.exists:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1, active=True))
-            except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 409:  # created meanwhile by another process: fine
-                    raise
-                return "ok"
-            return "created"
-        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1, active=True))
-    return "repaired"
+        # Unless the holder is known to run: a crashed one's slot never comes back by itself on an
+        # ephemeral server or after a server restart, and only this command gives it back.
+        hint = "" if holder_alive else f". If `hub locks` shows no live holder, `{release_command(name)}` frees it"
+        super().__init__(f"lock {name} is held by {who}{after}; try again later or pass --wait SECONDS{hint}")
 
 
 def ensure_limits(url: str, schema: str) -> dict[str, str]:
@@ -169,6 +140,7 @@ def job_lock(
     schema: str | None = None,
     repair: bool = True,
     flow_run_id: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[list[dblocks.Holder]]:
     """Hold the locks of ``groups`` (Prefect slot + advisory lock each) for the block.
 
@@ -177,6 +149,11 @@ def job_lock(
     LockError; never runs the block unlocked. Inside, ``db.locks.guard_write`` checks these locks in
     every writing transaction (``LockLost``). ``url``/``schema``: the hub's (``runtime.hub()``) unless
     given; the holder is recorded with the current flow run's id.
+
+    Several groups are taken in ``GROUPS`` order (no cycles), and never held while waiting: only the
+    first may be waited for; a later one that is busy makes it give back what it took and try again
+    (backing off, ``sleep``), so ``orders`` stays free for the 15-minute fetch while partition
+    maintenance waits for ``db-maintenance`` (review L6).
     """
     if url is None or schema is None:
         hub = runtime.hub()
@@ -184,76 +161,72 @@ def job_lock(
     flow_run_id = flow_run_id or runtime.current_flow_run_id()
     inst = instance(url, schema)
     names = [limit_name(g, inst) for g in sorted(set(groups), key=GROUPS.index)]
-    holders: list[dblocks.Holder] = []
+    for name in names:
+        _checked(name, repair)
     deadline = None if wait is None else time.monotonic() + wait
-    with ExitStack() as stack:
-        for name in names:
-            _checked(name, repair)
-            try:
-                lease_id = stack.enter_context(_prefect_slot(name, wait))
-            except (TimeoutError, ConcurrencySlotAcquisitionError) as exc:
-                # With max_retries=0 the server's 423 Locked arrives wrapped; anything else is a real error.
-                if not isinstance(exc, TimeoutError) and not _is_locked(exc):
-                    raise LockError(f"could not acquire {name}: {exc}") from exc
-                raise LockHeld(name, _recorded_holder(url, schema, name), wait) from None
-
-            def busy(holder: dblocks.Holder | None, _name: str = name) -> None:
-                raise LockHeld(_name, holder, wait)
-
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            holders.append(
-                stack.enter_context(
-                    dblocks.advisory_lock(
-                        url, schema, name, wait_seconds=left, flow_run_id=flow_run_id, lease_id=lease_id, on_busy=busy
-                    )
-                )
-            )
-        yield holders
-
-
-@contextmanager
-def _prefect_slot(name: str, wait: float | None) -> Iterator[str]:
-    """One slot of ``name`` under a lease renewed in the background; yields the lease id.
-
-    What ``prefect.concurrency.sync.concurrency(strict=True)`` does, plus the lease id (which it keeps
-    to itself). A renewal failure does not stop the job (see the module docstring); a failed release
-    at the end is only logged: the work is done, and the lease expires on its own.
-    """
-    lease = get_config().lock_lease_seconds
-    acquired = acquire_concurrency_slots_with_lease(
-        [name],
-        1,
-        timeout_seconds=wait if wait else None,
-        max_retries=0 if wait == 0 else None,
-        lease_duration=lease,
-        strict=True,
-    )
-    if not acquired.limits:  # strict=True raises first; never run unlocked if that ever changes
-        raise LockError(f"concurrency limit {name} does not exist; run `hub bootstrap`. The job did not run.")
-    try:
-        with maintain_concurrency_lease(acquired.lease_id, lease, raise_on_lease_renewal_failure=False):
-            yield str(acquired.lease_id)
-    finally:
+    delay = RETRY_FIRST_DELAY
+    while True:
         try:
-            with get_client(sync_client=True) as client:
-                client.release_concurrency_slots_with_lease(acquired.lease_id)
-        except Exception as exc:  # noqa: BLE001 - logged; the lease expires on its own
-            log.warning(
-                "could not release the slot of %s (lease %s): %s; it comes back when the lease expires",
-                name,
-                acquired.lease_id,
-                exc,
-            )
+            held, holders = _take_all(names, url, schema, flow_run_id, wait, deadline)
+        except LockHeld as busy:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise
+            log.info("lock %s is busy; holding none of %s while waiting", busy.name, ", ".join(names))
+            sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+            continue
+        with held:
+            yield holders
+        return
 
 
-def _is_locked(exc: BaseException) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+def _take_all(
+    names: list[str], url: str, schema: str, flow_run_id: str | None, wait: float | None, deadline: float | None
+) -> tuple[ExitStack, list[dblocks.Holder]]:
+    """Every lock of ``names`` or none: on LockHeld, leaving ``attempt`` gives back what it took."""
+    with ExitStack() as attempt:
+        holders = [_take(attempt, names[0], url, schema, flow_run_id, wait, deadline)]
+        holders += [_take(attempt, n, url, schema, flow_run_id, 0, time.monotonic()) for n in names[1:]]
+        return attempt.pop_all(), holders
 
 
-def _recorded_holder(url: str, schema: str, name: str) -> dblocks.Holder | None:
+def _take(
+    stack: ExitStack,
+    name: str,
+    url: str,
+    schema: str,
+    flow_run_id: str | None,
+    wait: float | None,
+    deadline: float | None,
+) -> dblocks.Holder:
+    """One lock (Prefect slot, then advisory lock) onto ``stack``, waiting until the monotonic
+    ``deadline`` (None: forever); raises LockHeld when it stays busy (``wait``: for the message)."""
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        lease_id = stack.enter_context(prefect_slot(name, left))
+    except (TimeoutError, ConcurrencySlotAcquisitionError) as exc:
+        # With max_retries=0 the server's 423 Locked arrives wrapped; anything else is a real error.
+        if not isinstance(exc, TimeoutError) and not is_locked(exc):
+            raise LockError(f"could not acquire {name}: {exc}") from exc
+        holder, alive = _recorded_holder(url, schema, name)
+        raise LockHeld(name, holder, wait, alive) from None
+
+    def busy(holder: dblocks.Holder | None) -> None:
+        raise LockHeld(name, holder, wait, holder_alive=True)  # a session holds the advisory lock: it runs
+
+    return stack.enter_context(
+        dblocks.advisory_lock(
+            url, schema, name, wait_seconds=left, flow_run_id=flow_run_id, lease_id=lease_id, on_busy=busy
+        )
+    )
+
+
+def _recorded_holder(url: str, schema: str, name: str) -> tuple[dblocks.Holder | None, bool | None]:
+    """The recorded holder of ``name`` and whether it is alive (None: none recorded)."""
     with connection(url, schema, autocommit=True) as conn:
-        return dblocks.read_holder(conn, name)
+        holder = dblocks.read_holder(conn, name)
+        return holder, (dblocks.holder_alive(conn, holder) if holder else None)
 
 
 def lock_table(url: str, schema: str) -> list[dict[str, Any]]:
@@ -275,6 +248,8 @@ def lock_table(url: str, schema: str) -> list[dict[str, Any]]:
                     "slots_in_use": st.active_slots,
                     "holder": h.describe() if h else None,
                     "holder_alive": dblocks.holder_alive(conn, h) if h else None,
+                    # With no holder alive, a slot in use and no session here: a crashed job's slot.
+                    "advisory_lock": dblocks.advisory_lock_backend(conn, name),
                 }
             )
     return rows
@@ -292,31 +267,51 @@ def _own_name(group_or_name: str, inst: str) -> str:
     return group_or_name
 
 
-def release(url: str, schema: str, group_or_name: str) -> str:
-    """Free a slot left by a crashed holder; refuses while the recorded holder is alive.
+@dataclass(frozen=True)
+class Released:
+    """What ``release`` did: the limit's name, how, and its slots in use before and after."""
 
-    The recorded holder's lease is revoked (which also gives its slot back), so the dead holder can
-    never give back a slot the next holder took. Without a recorded lease (the holder died before
-    recording one, or an older holder row) the limit's slot count is reset to 0, as before leases were
-    recorded. Only this hub instance's limits are touched.
+    name: str
+    how: str
+    slots_before: int
+    slots_after: int
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.how}; slots in use {self.slots_before} → {self.slots_after}"
+
+
+def release(url: str, schema: str, group_or_name: str) -> Released:
+    """Free a slot left by a crashed holder; refuses while the recorded holder is alive or a session
+    holds the advisory lock. Only this hub instance's limits are touched.
+
+    Whatever server made the dead holder's lease, no slot stays in use: a lease this Prefect server
+    knows is revoked (which gives its slot back, and the dead holder can never give back a slot the
+    next holder took); a lease it does not know (made by another ephemeral server, or before a server
+    restart: leases live in the server's memory) or none recorded cannot give anything back, so the
+    limit's slots in use are reset to 0. Meanwhile this process holds the job's advisory lock itself:
+    no job can start writing under this lock until the slot is freed (one that took the slot this very
+    moment finds the lock busy; the advisory lock, not the slot count, is what keeps writers apart).
     """
     with connection(url, schema, autocommit=True) as conn:
         name = _own_name(group_or_name, dblocks.instance_id(conn))
         holder = dblocks.read_holder(conn, name)
         if holder is not None and dblocks.holder_alive(conn, holder):
-            raise LockHeld(name, holder, None)
-        backend = dblocks.advisory_lock_backend(conn, name)
-        if backend is not None:
-            raise LockError(
-                f"lock {name}: a session (backend pid {backend}) still holds its advisory lock; its job is running"
-            )
-        with get_client(sync_client=True) as client:
-            if holder is not None and holder.lease_id:
-                # Decrements the slots the lease holds and deletes the lease; a no-op once it is gone.
-                client.release_concurrency_slots_with_lease(UUID(holder.lease_id))
-                log.info("lock %s: revoked lease %s of %s", name, holder.lease_id, holder.describe())
-            else:
-                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
-                log.info("lock %s: no recorded lease; slots in use reset to 0", name)
-        dblocks.forget_holder(conn, name)
-    return name
+            raise LockHeld(name, holder, None, holder_alive=True)
+        with dblocks.lock_session(url, schema) as session:
+
+            def running() -> LockError:
+                backend = dblocks.advisory_lock_backend(conn, name)
+                return LockError(
+                    f"lock {name}: a session (backend pid {backend}) holds its advisory lock; its job is running"
+                )
+
+            with dblocks.session_lock(session, dblocks.job_key(name), wait=False, busy=running):
+                how, before, after = free_slot(name, holder.lease_id if holder else None, _describe(holder))
+                done = Released(name, how, before, after)
+                dblocks.forget_holder(conn, name)
+    log.info("lock %s", done.describe())
+    return done
+
+
+def _describe(holder: dblocks.Holder | None) -> str:
+    return holder.describe() if holder else "no recorded holder"

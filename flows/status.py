@@ -348,19 +348,25 @@ def _db_lock_rows(ctx: StatusContext) -> list[dict[str, Any]]:
             rows.append({
                 "lock": limit_name(g, inst), "exists": None, "active": None, "limit": None, "slots_in_use": None,
                 "holder": h.describe() if h else None, "holder_alive": dblocks.holder_alive(conn, h) if h else None,
+                "advisory_lock": dblocks.advisory_lock_backend(conn, limit_name(g, inst)),
             })  # fmt: skip
     return rows
 
 
 def _lock_level(r: dict[str, Any]) -> tuple[str, str]:
+    from flows.locks import release_command
+
     if r["holder"] and r["holder_alive"] is False:
-        return FAIL, "held by a dead holder: `hub locks release` frees it"
+        return FAIL, f"held by a dead holder: `{release_command(r['lock'])}` frees it"
     if r["exists"] is False:
         return OK, "not created yet (`hub bootstrap` or the first job creates it)"
     if r["exists"] and (not r["active"] or r["limit"] != 1):
         return WARN, f"limit {'inactive' if not r['active'] else r['limit']}: `hub bootstrap` repairs it"
+    if r["slots_in_use"] and not r["holder"] and r.get("advisory_lock") is None:
+        # On an ephemeral server or after a restart no lease expiry ever frees it.
+        return WARN, f"a slot in use, no holder, no session holding it: a crashed job's; `{release_command(r['lock'])}`"
     if r["slots_in_use"] and not r["holder"]:
-        return WARN, "a slot in use with no holder recorded: a job starting, or a crashed one (lease expiry frees it)"
+        return WARN, "a slot in use with no holder recorded: a job starting"
     return OK, "held, holder alive" if r["holder"] else "free"
 
 

@@ -58,8 +58,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from db.advisory import AdvisoryKey, session_lock
 from db.connection import connect
-from db.locks import AdvisoryKey, guard_write, session_lock
+from db.locks import guard_write
 from db.metrics.aggregate import (
     AGGREGATES,
     METRICS,

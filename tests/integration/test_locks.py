@@ -186,6 +186,105 @@ def test_release_frees_a_slot_orphaned_by_a_crashed_holder(env):
         pass
 
 
+def test_release_frees_a_slot_whose_lease_another_prefect_server_made(env):
+    """Issue 16: the holder crashed under its own ephemeral server, so this server never knew its lease.
+
+    Revoking that lease gives nothing back; before the fix `hub locks release` said "released" and the
+    slot stayed in use forever (the next import: exit 75, "held by holder unknown").
+    """
+    name = _name(env, "products")
+    acquire_concurrency_slots_with_lease([name], 1, lease_duration=600, strict=True)  # the slot: in the database
+    foreign_lease = "2b0c1e7e-6f0e-4a56-9d55-0e1c7f3a9b01"  # made by a server that is gone: unknown here
+    with psycopg.connect(libpq_url(env), autocommit=True) as c:
+        c.execute(
+            "INSERT INTO job_locks (name, flow_run_id, host, pid, lease_id) VALUES (%s, 'crashed', 'gone-host', 1, %s)",
+            (name, foreign_lease),
+        )
+    assert _slots(name) == 1
+    res = runner.invoke(app, ["locks", "release", "products"])
+    assert res.exit_code == 0, res.output
+    assert "released" in res.output and "1 → 0" in res.output
+    assert _slots(name) == 0
+    with psycopg.connect(libpq_url(env)) as c:
+        assert dblocks.read_holder(c, name) is None
+    with job_lock("products", url=env, schema="public", wait=0):
+        assert _slots(name) == 1
+
+
+def test_stranded_slot_without_holder_or_session_is_named_and_released(env):
+    """A slot in use, no holder recorded, no session holding the advisory lock: the message of the next
+    job and `hub locks` name the one command that frees it, and it does."""
+    name = _name(env, "customers")
+    acquire_concurrency_slots_with_lease([name], 1, lease_duration=600, strict=True)
+    row = {r["lock"]: r for r in lock_table(env, "public")}[name]
+    assert (row["slots_in_use"], row["holder"], row["advisory_lock"]) == (1, None, None)
+    with pytest.raises(LockHeld, match="`hub locks release customers` frees it"):
+        with job_lock("customers", url=env, schema="public", wait=0):
+            pytest.fail("ran while its slot was in use")
+    done = release(env, "public", "customers")
+    assert (done.slots_before, done.slots_after) == (1, 0) and "none recorded" in done.how
+    assert _slots(name) == 0
+
+
+def test_release_refuses_while_a_session_holds_the_advisory_lock_and_frees_nothing(env):
+    name = _name(env, "products")
+    acquire_concurrency_slots_with_lease([name], 1, lease_duration=600, strict=True)
+    with dblocks.advisory_lock(env, "public", name, wait_seconds=0, flow_run_id="writer"):
+        with psycopg.connect(libpq_url(env), autocommit=True) as c:
+            dblocks.forget_holder(c, name)  # no holder row: only the session says a job runs
+        with pytest.raises(LockError, match="holds its advisory lock"):
+            release(env, "public", "products")
+    assert _slots(name) == 1
+
+
+def test_a_live_holders_lock_held_message_does_not_suggest_release(env, hold):
+    hold("orders", "live-run")
+    with pytest.raises(LockHeld) as info:
+        with job_lock("orders", url=env, schema="public", wait=0):
+            pass
+    assert "live-run" in str(info.value) and "hub locks release" not in str(info.value)
+
+
+# --- hold-and-wait (review L6) ----------------------------------------------------------------------------
+
+
+def test_several_groups_hold_none_while_waiting_for_a_busy_later_one(env, hold):
+    """partition-maintenance (orders, db-maintenance) waiting for db-maintenance leaves orders free."""
+    stop = hold("db-maintenance", "long-backup")
+    waiting, proceed, result = threading.Event(), threading.Event(), {}
+
+    def sleep(seconds: float) -> None:  # the waiter's back-off: the test decides when it retries
+        waiting.set()
+        proceed.wait(20)
+
+    def maintenance() -> None:
+        try:
+            with job_lock("orders", "db-maintenance", url=env, schema="public", wait=60, sleep=sleep) as holders:
+                result["held"] = [h.name for h in holders]
+        except Exception as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    t = threading.Thread(target=maintenance, daemon=True)
+    t.start()
+    assert waiting.wait(30), result
+    # While it waits, the 15-minute fetch takes orders at once (before the fix: LockHeld, held by maintenance).
+    with job_lock("orders", url=env, schema="public", wait=0) as (fetch,):
+        assert fetch.name == _name(env, "orders")
+    assert _slots(_name(env, "orders")) == 0
+    stop.set()  # the backup ends
+    proceed.set()
+    t.join(30)
+    assert result.get("held") == [_name(env, "orders"), _name(env, "db-maintenance")], result
+
+
+def test_several_groups_give_up_at_the_deadline_naming_the_busy_one(env, hold):
+    hold("db-maintenance", "long-backup")
+    with pytest.raises(LockHeld, match="db-maintenance is held by flow run long-backup"):
+        with job_lock("orders", "db-maintenance", url=env, schema="public", wait=0.3, sleep=lambda s: None):
+            pytest.fail("ran without db-maintenance")
+    assert _slots(_name(env, "orders")) == 0
+
+
 # --- hub instances (issue 8 §1.4) ----------------------------------------------------------------------
 
 
@@ -260,7 +359,7 @@ def test_a_reused_pid_is_not_the_holder(env):
             )
             is True
         )  # the same process: alive
-    assert release(env, "public", "products") == name  # the crashed holder's row does not block release
+    assert release(env, "public", "products").name == name  # the crashed holder's row does not block release
 
 
 # --- guard_write (issue 8 §1.3) --------------------------------------------------------------------------
@@ -389,13 +488,13 @@ def test_private_prefect_names_still_exist(module, attr):
     except (ImportError, AttributeError) as exc:
         pytest.fail(
             f"prefect {__version__} no longer has {module}.{attr} ({exc}). flows/locks.py uses it to take "
-            "a concurrency slot with a known lease id: port _prefect_slot (and the LockHeld mapping) to "
-            "the new API, then move the pin in pyproject.toml to the tested minor version."
+            "a concurrency slot with a known lease id: port prefect_slot (flows/prefect_slots.py, and the LockHeld "
+            "mapping) to the new API, then move the pin in pyproject.toml to the tested minor version."
         )
     if attr == "acquire_concurrency_slots_with_lease":
         params = inspect.signature(obj).parameters
         missing = {"timeout_seconds", "max_retries", "lease_duration", "strict"} - set(params)
-        assert not missing, f"prefect {__version__}: {module}.{attr} lost parameters {missing}; port _prefect_slot"
+        assert not missing, f"prefect {__version__}: {module}.{attr} lost parameters {missing}; port prefect_slot"
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,9 @@ DATA_KEYS = {
 }
 RUN_KEYS = {"run", "flow", "source", "state", "level", "started_at", "finished_at", "duration_s", "counters", "note",
             "run_id", "flow_run_id"}  # fmt: skip
-LOCK_KEYS = {"lock", "exists", "active", "limit", "slots_in_use", "holder", "holder_alive", "level", "note"}
+LOCK_KEYS = {
+    "lock", "exists", "active", "limit", "slots_in_use", "holder", "holder_alive", "advisory_lock", "level", "note"
+}  # fmt: skip
 FAILED_KEYS = {"id", "entity", "full", "stage", "error_class", "status", "attempts", "next_attempt_at", "created_at",
                "level", "note"}  # fmt: skip
 
@@ -204,13 +206,26 @@ def test_fresh_database_without_partitions_fails_on_the_current_quarter(hub_env)
     assert "`hub partitions`" in runway_check["detail"]
 
 
+def test_a_stranded_slot_names_the_command_that_frees_it(ready):
+    """A slot in use with no holder and no session holding the lock (a crash under an ephemeral server)."""
+    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
+
+    name = limit_name("customers", instance(ready, "public"))
+    acquire_concurrency_slots_with_lease([name], 1, lease_duration=600, strict=True)
+    code, report = status()
+    locks = check(report, "locks")
+    assert (code, locks["level"]) == (1, "warn"), locks
+    assert f"{name}: a slot in use, no holder, no session holding it" in locks["detail"]
+    assert "`hub locks release customers`" in locks["detail"]
+
+
 def test_lock_held_by_a_dead_holder_fails(ready):
     name = limit_name("orders", instance(ready, "public"))
     sql(ready, "INSERT INTO job_locks (name, flow_run_id, host, pid) VALUES (%s, 'crashed', 'gone-host', 1)", name)
     code, report = status()
     locks = check(report, "locks")
     assert (code, locks["level"]) == (2, "fail")
-    assert f"{name}: held by a dead holder" in locks["detail"]
+    assert f"{name}: held by a dead holder: `hub locks release orders` frees it" in locks["detail"]
     # the database-only view sees it too
     code, report = status("--no-prefect")
     locks = check(report, "locks")
