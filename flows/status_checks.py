@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from db import locks as dblocks
@@ -23,6 +23,7 @@ from flows.status_model import (
     _iso,
     worst,
 )
+from flows.status_prefect import DB_FLOWS, _prefect_run_items, unrecorded_failures
 
 # --- last runs ------------------------------------------------------------------------------------------
 
@@ -89,52 +90,6 @@ def _metrics_item(conn: Any) -> dict[str, Any] | None:
     }
 
 
-def _prefect_run_items(names: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The newest run of each flow in ``names`` that started, from the Prefect API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    items = []
-    with get_client(sync_client=True) as client:
-        for name in names:
-            runs = client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=[name])),
-                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
-                sort=FlowRunSort.START_TIME_DESC,
-                limit=1,
-            )
-            if runs:
-                items.append(_prefect_item(name, runs[0]))
-    return items
-
-
-def _prefect_item(name: str, run: Any) -> dict[str, Any]:
-    state = run.state.type.value.lower() if run.state else "unknown"
-    message = (run.state.message or "") if run.state else ""
-    level, note = OK, ""
-    if state == "running" and run.start_time and datetime.now(UTC) - run.start_time > STUCK_AFTER:
-        level, note = FAIL, "running for hours: a crashed process that Prefect never marked (no heartbeat check)"
-    if state in ("failed", "crashed"):
-        # A run that found its lock held did nothing wrong: another run of the same job was busy.
-        level, note = (WARN, "skipped: its lock was held") if "LockHeld" in message else (FAIL, message[:300])
-    end = run.end_time
-    return {
-        "run": name,
-        "flow": name,
-        "source": "prefect",
-        "state": state,
-        "level": level,
-        "started_at": _iso(run.start_time),
-        "finished_at": _iso(end),
-        "duration_s": round(run.total_run_time.total_seconds(), 1) if end else None,
-        "counters": {},
-        "note": note,
-        "run_id": None,
-        "flow_run_id": str(run.id),
-    }
-
-
 def check_runs(ctx: StatusContext) -> Check:
     """The last run of each kind: failed or stuck → fail."""
     with connection(ctx.url, ctx.schema, autocommit=True) as conn:
@@ -145,6 +100,7 @@ def check_runs(ctx: StatusContext) -> Check:
     if ctx.prefect:
         try:
             items += _prefect_run_items(PREFECT_FLOWS)
+            items += unrecorded_failures(DB_FLOWS, items)
         except Exception as exc:  # noqa: BLE001 - the database's runs are still worth showing
             prefect_note = f"; Prefect API not readable ({type(exc).__name__}: {str(exc)[:120]}): "
             prefect_note += f"runs of {', '.join(PREFECT_FLOWS)} unknown"
