@@ -27,6 +27,7 @@ from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
+from flows.run_names import DAY, run_name
 
 LOCK_GROUPS = ("db-maintenance",)
 
@@ -53,7 +54,7 @@ def copy_backup(path: Path, manifest: Manifest, dest: Path) -> Path:
     return copy.copy_backup(path, manifest, dest)
 
 
-@flow(name="nightly-backup", log_prints=True)
+@flow(name="nightly-backup", flow_run_name=run_name("backup", when=DAY), log_prints=True)
 def nightly_backup(
     fmt: str = "custom", jobs: int = 1, lock_wait: float | None = 0, lock_wait_timeout: str = "60s"
 ) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def newest_verified_backup(directory: Path) -> Path:
     return verified[-1]
 
 
-@flow(name="test-restore", log_prints=True)
+@flow(name="test-restore", flow_run_name=run_name("test-restore", when=DAY), log_prints=True)
 def test_restore(backup: str | None = None, jobs: int = 2, lock_wait: float | None = 0) -> Manifest:
     """Restore a backup (default: the newest verified) into a scratch database, compare, drop it.
 
@@ -143,7 +144,7 @@ def prune_dir(directory: Path, dry_run: bool, now: datetime | None) -> list[rete
     return retention.prune(directory, dry_run=dry_run, now=now)
 
 
-@flow(name="prune-backups", log_prints=True)
+@flow(name="prune-backups", flow_run_name=run_name("prune-backups", when=DAY), log_prints=True)
 def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datetime | None = None) -> dict[str, Any]:
     """Retention in the backup folder and the off-machine copy: > 30 days goes, the newest 7 verified stay.
 
@@ -167,7 +168,7 @@ def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datet
     return {"dry_run": dry_run, "decisions": rows, "removed": len(removed), "freed_mb": freed, "summary": summary}
 
 
-@flow(name="restore-backup", log_prints=True)
+@flow(name="restore-backup", flow_run_name=run_name("restore-backup-into", param="target_db"), log_prints=True)
 def restore_backup(
     backup: str, target_db: str, force: bool = False, jobs: int = 2, lock_wait: float | None = 0
 ) -> dict[str, Any]:

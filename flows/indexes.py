@@ -19,6 +19,7 @@ from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
+from flows.run_names import run_name
 
 __all__ = ["IndexMaintenanceError", "ensure_indexes"]
 
@@ -46,7 +47,7 @@ def survey_indexes() -> db_indexes.Report:
         return db_indexes.survey(conn, hub.schema)
 
 
-@flow(name="ensure-indexes")
+@flow(name="ensure-indexes", flow_run_name=run_name("indexes"))
 def ensure_indexes(dry_run: bool = False, lock_wait: float | None = 0) -> dict[str, Any]:
     """Make the declared indexes present and valid without blocking writes; report unused and duplicates.
 

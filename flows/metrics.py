@@ -26,6 +26,7 @@ from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
+from flows.run_names import run_name
 
 SEGMENT_COLUMNS = ("segment", "customers", "previous", "moved_in", "moved_out", "new", "removed")
 
@@ -62,7 +63,7 @@ def recalculate_metrics(
     return out
 
 
-@flow(name="recalculate-customer-metrics")
+@flow(name="recalculate-customer-metrics", flow_run_name=run_name("metrics", choice=("full", "full", "incremental")))
 def recalculate_customer_metrics(
     full: bool = False,
     as_of: datetime | None = None,

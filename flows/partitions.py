@@ -32,6 +32,7 @@ from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
+from flows.run_names import run_name
 
 LOCK_GROUPS = ("orders", "db-maintenance")
 LOCK_TIMEOUT = "5s"
@@ -91,7 +92,7 @@ def retire_partition(dump: Path) -> dict[str, Any]:
     return {"partition": archive.partition, "rows": archive.rows, "sha256": archive.sha256, "file": str(dump)}
 
 
-@flow(name="partition-maintenance", log_prints=True)
+@flow(name="partition-maintenance", flow_run_name=run_name("partitions-maintenance"), log_prints=True)
 def partition_maintenance(
     dry_run: bool = False, lock_wait: float | None = 0, now: datetime | None = None
 ) -> dict[str, Any]:
@@ -173,7 +174,7 @@ def restore_archive(dump: Path) -> dict[str, Any]:
     }
 
 
-@flow(name="restore-partition-archive")
+@flow(name="restore-partition-archive", flow_run_name=run_name("restore-archive", param="path"))
 def restore_partition_archive(path: Path, lock_wait: float | None = 0) -> dict[str, Any]:
     """Bring an archived quarter back (checksum first) and lift the retention horizon for it.
 

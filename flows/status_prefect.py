@@ -12,7 +12,7 @@ from flows.status_model import FAIL, OK, STUCK_AFTER, WARN, _iso
 
 # Flows that record their runs in snapshot_runs: a failure shows there, unless it came before the record.
 DB_FLOWS = ("fetch-new-orders", "fetch-changes", "import-snapshot", "import-file")
-RECENT = 20  # runs of one flow read to find the newest of each run name (one per entity)
+RECENT = 20  # runs of one flow read to find the newest of each entity
 
 
 def _prefect_run_items(names: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -61,7 +61,7 @@ def _prefect_item(name: str, run: Any) -> dict[str, Any]:
     }
 
 
-def _newest_per_run_name(client: Any, flow: str) -> list[Any]:
+def _newest_per_entity(client: Any, flow: str) -> list[Any]:
     from prefect.client.schemas.filters import (
         FlowFilter,
         FlowFilterName,
@@ -79,21 +79,21 @@ def _newest_per_run_name(client: Any, flow: str) -> list[Any]:
         sort=FlowRunSort.START_TIME_DESC,
         limit=RECENT,
     )
-    newest: dict[str, Any] = {}
-    for run in runs:
-        newest.setdefault(run.name, run)
+    newest: dict[Any, Any] = {}
+    for run in runs:  # one job per entity (fetch-changes of customers, of products): the newest of each
+        newest.setdefault(str((run.parameters or {}).get("entity")), run)
     return list(newest.values())
 
 
 def unrecorded_failures(flows: tuple[str, ...], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The newest deployment run of each (flow, run name) that failed or crashed without a hub run record."""
+    """The newest deployment run of each (flow, entity) that failed or crashed without a hub run record."""
     from prefect.client.orchestration import get_client
 
     recorded = {i["flow_run_id"] for i in items if i["flow_run_id"]}
     found = []
     with get_client(sync_client=True) as client:
         for flow in flows:
-            for run in _newest_per_run_name(client, flow):
+            for run in _newest_per_entity(client, flow):
                 if str(run.id) in recorded or not run.state or run.state.type.value not in ("FAILED", "CRASHED"):
                     continue
                 item = _prefect_item(flow, run)

@@ -57,3 +57,11 @@ def test_a_cli_run_sends_its_info_lines_to_the_api_and_prints_none(db_url):
     assert any(log.name == "db.metrics.compute" and "customer metrics" in log.message for log in info), [
         (log.name, log.message) for log in logs
     ]
+
+
+def test_a_run_is_named_from_its_parameters(hub_env):
+    from flows.indexes import ensure_indexes
+
+    started = datetime.now(UTC)
+    ensure_indexes(dry_run=True)
+    assert [r.name for r in _runs_since("ensure-indexes", started)] == ["indexes-dry-run"]
