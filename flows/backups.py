@@ -24,6 +24,7 @@ from db.backups import copy, dump, restore, retention, verify
 from db.backups.manifest import BackupDamaged, BackupError, Manifest, list_backups, resolve
 from db.connection import libpq_url
 from flows import runtime
+from flows.hub_status import publish_quietly
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
@@ -81,6 +82,7 @@ def nightly_backup(
             copied = copy_backup(path, manifest, hub.cfg.backup_copy_dir)
     _backup_report(path, manifest, "ok", copied)
     logger().info("backup %s: %.2f MB in %.1f s, verified", path.name, _mb(manifest.size_bytes), manifest.dump_seconds)
+    publish_quietly()
     return {"backup": str(path), "manifest": manifest, "copied_to": str(copied) if copied else None}
 
 
@@ -130,6 +132,7 @@ def test_restore(backup: str | None = None, jobs: int = 2, lock_wait: float | No
             manifest, result = None, str(exc)
     rows = [{"backup": path.name, "result": result, "restore_seconds": manifest.restore_seconds if manifest else None}]
     table_artifact(rows, key="backup-test-restore", description=f"test restore of {path.name}: {result}")
+    publish_quietly()  # a failed test restore too: the page shows it
     if manifest is None:
         raise BackupError(result)
     logger().info("test restore of %s: ok in %.1f s", path.name, manifest.restore_seconds)
@@ -165,6 +168,8 @@ def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datet
     summary = f"{verb} {len(removed)} backup(s), {freed} MB; kept {len(rows) - len(removed)}"
     table_artifact(rows, key="backup-retention", description=summary)
     logger().info("%s%s", "dry run: " if dry_run else "", summary)
+    if not dry_run:
+        publish_quietly()
     return {"dry_run": dry_run, "decisions": rows, "removed": len(removed), "freed_mb": freed, "summary": summary}
 
 

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from db.connection import connection
 from db.indexes import ensure as db_indexes
 from flows import runtime
+from flows.hub_status import publish_quietly
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
@@ -63,7 +64,10 @@ def ensure_indexes(dry_run: bool = False, lock_wait: float | None = 0) -> dict[s
         actions = repair_invalid_indexes(dry_run) + build_missing_indexes(dry_run)
         report = survey_indexes()
     report.dry_run, report.actions = dry_run, actions
-    return _publish(report)
+    out = _publish(report)
+    if not dry_run:
+        publish_quietly()
+    return out
 
 
 def _publish(report: db_indexes.Report) -> dict[str, Any]:

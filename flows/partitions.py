@@ -29,6 +29,7 @@ from db.partitions.plan import Plan, make_plan
 from db.partitions.rollover import Quarter
 from db.settings.registry import get_settings_service
 from flows import runtime
+from flows.hub_status import publish_quietly
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
@@ -117,6 +118,7 @@ def partition_maintenance(
         created = create_partitions(plan.create)
         archived = [retire_partition(archive_partition(q)) for q in plan.retire]
     rows = partition_report(plan, archived)
+    publish_quietly()
     return {
         "dry_run": False,
         "plan": plan.describe(),
