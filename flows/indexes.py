@@ -89,6 +89,7 @@ def _publish(report: db_indexes.Report) -> dict[str, Any]:
         "dry_run": report.dry_run,
         "actions": report.actions,
         "unused": report.unused,
+        "unused_note": report.unused_note,
         "duplicates": report.duplicates,
     }
     if report.failed:
