@@ -102,10 +102,12 @@ def next_steps(url: str, api: str | None) -> list[str]:
         lines = [f"Prefect UI: {ui}/runs (the demo's flow runs, their logs and artifacts)"]
     else:
         lines = ["Prefect ran in ephemeral mode: its runs are gone. `hub serve` keeps them in a UI (then re-run)."]
-    shown = mask_url(url)
+    from psycopg.conninfo import conninfo_to_dict
+
+    secret = bool(conninfo_to_dict(url).get("password"))
     lines += [
         f"The other commands act on {runtime.DEFAULT_DATABASE}; on the demo's database set HUB_DATABASE_URL:",
-        f"  export HUB_DATABASE_URL='{shown}'" + ("  # password masked" if shown != url else ""),
+        f"  export HUB_DATABASE_URL='{mask_url(url) if secret else url}'" + ("  # password masked" * secret),
         "  hub status; hub metrics; hub backup",
         "  unset HUB_DATABASE_URL   # back to the hub's own database",
     ]

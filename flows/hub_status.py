@@ -30,7 +30,8 @@ def page_data(now: datetime | None = None, *, prefect: bool = True) -> PageData:
     hub = runtime.hub()
     report = gather(hub.url, hub.schema, prefect=prefect, now=now, backup_dir=hub.cfg.backup_path)
     with connection(hub.url, hub.schema, autocommit=True) as conn:
-        parts = [{**asdict(p), "quarter": p.quarter.name if p.quarter else None, "rows": p.row_estimate}
+        rows = dbpage.partition_rows(conn)
+        parts = [{**asdict(p), "quarter": p.quarter.name if p.quarter else None, "rows": rows.get(p.name, 0)}
                  for p in partition_stats(conn)]  # fmt: skip
         return PageData(
             report=report.as_dict(),

@@ -1,7 +1,10 @@
 """The hub's health page: what ``hub status`` says, as one markdown artifact the Prefect UI shows.
 
-Pure rendering of plain data (``PageData``): testable without a server. Pictures are text bar charts in
-code blocks — Prefect's UI renders markdown tables and code blocks, and its sanitizer drops inline images.
+Pure rendering of plain data (``PageData``): testable without a server. Looked at in Prefect 3.9's UI
+(headless Chromium): tables and code blocks render; HTML tags are stripped; mermaid stays a code block;
+an SVG data-URI image renders. The pictures are text bar charts in code blocks: they read the same in
+the UI, in the artifact's raw view and in a test. Levels are words, not emoji (a browser without an emoji
+font shows boxes).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 from flows.status_model import _ago
 
-MARK = {"ok": "✅ ok", "warn": "⚠️ warn", "fail": "❌ fail"}
+MARK = {"ok": "ok", "warn": "**WARN**", "fail": "**FAIL**"}
 BAR_WIDTH = 40
 
 
@@ -105,7 +108,7 @@ def _partitions(page: PageData) -> list[str]:
     if not rows:
         return [*out, "No partitions yet (`hub partitions`).", ""]
     out += _table(["quarter", "rows", "size", "archived where"], rows)
-    out += ["Rows per quarter (live partitions, planner estimate):", ""]
+    out += ["Rows per quarter (live partitions; from the statistics, not counted):", ""]
     return out + bars([(p["name"], p["rows"]) for p in page.partitions if p["quarter"]])
 
 
