@@ -113,7 +113,8 @@ def check_runs(ctx: StatusContext) -> Check:
         detail = "; ".join(bad)
     else:
         newest = max((i["finished_at"] or i["started_at"] or "" for i in items), default="")
-        detail = f"{len(items)} kinds of run, all fine (newest {newest[:19].replace('T', ' ')})"
+        kinds = f"{len(items)} kind{'s' if len(items) != 1 else ''} of run"
+        detail = f"{kinds}, all fine (newest {newest[:19].replace('T', ' ')})"
     return Check("runs", level, detail + prefect_note, {"items": items, "prefect": ctx.prefect and not prefect_note})
 
 
@@ -271,7 +272,8 @@ def _backup_level(ctx: StatusContext, newest: datetime | None, tested: datetime 
         level, notes = WARN, [f"the newest verified backup is {_ago(ctx.now, newest)} (nightly expected)"]
     if tested is None or ctx.now - tested > RESTORE_TEST_WARN:
         level = worst([level, WARN])
-        notes.append("no restore test in 8 days: `hub backups test-restore`")
+        when = "never restore-tested" if tested is None else f"no restore test in {RESTORE_TEST_WARN.days} days"
+        notes.append(f"{when}: `hub backups test-restore`")
     return level, notes
 
 

@@ -311,6 +311,8 @@ def test_backups_missing_old_or_failing_need_attention(ready, backup_dir):
     code, report = status()
     assert (code, check(report, "backups")["level"]) == (1, "warn")
     assert "no verified backup yet" in check(report, "backups")["detail"]
+    assert "never restore-tested" in check(report, "backups")["detail"]
+    assert "in 8 days" not in check(report, "backups")["detail"]  # none was ever run: not "none in 8 days"
     backup_manifest(backup_dir, ready, hours_ago=30, name="a")  # one night missed
     assert check(status()[1], "backups")["level"] == "warn"
     backup_manifest(backup_dir, ready, hours_ago=60, name="a")  # two nights missed
@@ -361,3 +363,8 @@ def test_a_scheduled_run_that_failed_before_writing_anything_fails_the_status(re
     _deployment_run("fetch-new-orders", "fetch-new-orders", "fetch-new-orders", Completed())
     code, report = status()
     assert code == 0 and not [i for i in check(report, "runs")["data"]["items"] if i["flow_run_id"] == run_id]
+
+
+def test_one_kind_of_run_is_singular(ready, tmp_path):
+    assert import_file(tmp_path, "o.gz", [order("1")]) == 0
+    assert check(status("--no-prefect")[1], "runs")["detail"].startswith("1 kind of run, all fine")
