@@ -70,5 +70,6 @@ def print_result(out: dict[str, Any], segments: list[dict[str, Any]]) -> None:
     out_console.print(
         f"{out['moved']} customers moved between segments; {out['recomputed']} recomputed, {out['removed']} removed "
         f"({out['reason']}, {out['seconds']:.2f} s). Unattributed orders (no e-mail, no customer GUID): "
-        f"{out['unattributed_orders']}, revenue {out['unattributed_revenue']}."
+        f"{out['unattributed_orders']}, revenue {out['unattributed_revenue']} {out.get('currency') or ''}".rstrip()
+        + "."
     )
