@@ -33,7 +33,7 @@ app.add_typer(partitions_app, name="partitions")
 app.command("backup")(backup_cmd)
 app.add_typer(backups_app, name="backups")
 app.command("restore")(restore_cmd)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages are not cut at 80 columns (a log file)
 
 
 WAIT_OPTION = typer.Option(

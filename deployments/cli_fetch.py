@@ -15,7 +15,7 @@ from rich.table import Table
 from deployments.options import fail, parse_when, quiet_prefect
 from flows.entities import Entity
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages are not cut at 80 columns (a log file)
 
 _LOOKBACK = typer.Option(2.0, "--lookback-hours", min=0.0, help="Re-read this much before the watermark.")
 _SINCE = typer.Option(

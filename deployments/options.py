@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages are not cut at 80 columns (a log file)
 
 
 def quiet_prefect() -> None:
