@@ -107,6 +107,7 @@ def _partitions(page: PageData) -> list[str]:
     ]
     if not rows:
         return [*out, "No partitions yet (`hub partitions`).", ""]
+    rows.sort(key=lambda r: r[0])  # by quarter, dropped ones in their place
     out += _table(["quarter", "rows", "size", "archived where"], rows)
     out += ["Rows per quarter (live partitions; from the statistics, not counted):", ""]
     return out + bars([(p["name"], p["rows"]) for p in page.partitions if p["quarter"]])
@@ -114,9 +115,9 @@ def _partitions(page: PageData) -> list[str]:
 
 def _throughput(page: PageData) -> list[str]:
     runs = [t for t in page.throughput if t["seconds"]]
-    out = [f"## Apply throughput of the last {len(runs)} runs (lines per second)", ""]
     if not runs:
-        return [*out, "No finished run yet.", ""]
+        return ["## Apply throughput (lines per second)", "", "No finished run yet.", ""]
+    out = [f"## Apply throughput of the last {len(runs)} run{'s' * (len(runs) != 1)} (lines per second)", ""]
     labels = [(f"#{t['id']} {t['entity']} {t['source']}{' full' if t['full'] else ''}", t["lines"] / t["seconds"])
               for t in runs]  # fmt: skip
     return out + bars(labels, "/s")

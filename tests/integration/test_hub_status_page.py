@@ -58,7 +58,7 @@ def test_the_page_says_what_hub_status_says(hub):
     assert f"| {Quarter.of(datetime.now(UTC)).name} | " in parts and "Rows per quarter" in parts
     # 39 orders of 3 items each, in their quarter: counted from the statistics, no ANALYZE ran.
     assert "| order_items_2026_q3 | 117 | " in parts, parts
-    throughput = page.split("## Apply throughput of the last 1 runs")[1].split("## ")[0]
+    throughput = page.split("## Apply throughput of the last 1 run ")[1].split("## ")[0]
     assert "orders file full" in throughput and "/s" in throughput and "█" in throughput
     assert "## Backups" in page and "## Open failed snapshots" in page and "None open." in page
     locks = page.split("## Locks")[1]
@@ -94,5 +94,7 @@ def test_render_archives_bars_and_escaping():
     assert "| order_items_2023q1 (dropped) | 77 | — | /srv/archive/q1.dump |" in page
     assert "| order_items_2026q4 | 1,000 | 2.0 kB | — |" in page
     assert "newest verified" in page and "3.0 h ago" in page and "never" in page
+    assert page.index("order_items_2023q1") < page.index("order_items_2026q4")  # by quarter, dropped ones too
+    assert "## Apply throughput (lines per second)\n\nNo finished run yet." in page
     chart = bars([("a", 100), ("b", 50), ("c", 0)])
     assert chart[0] == "```text" and chart[1].count("█") == 40 and chart[2].count("█") == 20 and "█" not in chart[3]

@@ -13,7 +13,7 @@ from deployments import cli, cli_fetch, cli_forget, cli_metrics, cli_serve, opti
 @pytest.mark.parametrize("module", [options, cli_serve, cli, cli_fetch, cli_forget, cli_metrics])
 def test_a_long_message_to_a_file_is_one_line(module, monkeypatch):
     out = io.StringIO()
-    monkeypatch.setattr(module.console, "file", out)
+    monkeypatch.setattr(module.console, "_file", out)  # restored to None: it follows sys.stderr again
     message = "registering the deployments of prefect.yaml against http://127.0.0.1:4200/api " + "x" * 80
     module.console.print(message)
     assert out.getvalue() == message + "\n"
@@ -21,7 +21,7 @@ def test_a_long_message_to_a_file_is_one_line(module, monkeypatch):
 
 def test_fail_keeps_its_reason_on_one_line(monkeypatch):
     out = io.StringIO()
-    monkeypatch.setattr(options.console, "file", out)
+    monkeypatch.setattr(options.console, "_file", out)
     with pytest.raises(typer.Exit):
         options.fail("PREFECT_API_URL=http://prefect.internal:4200/api does not answer; " + "y" * 60)
     assert len(out.getvalue().splitlines()) == 1
