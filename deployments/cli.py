@@ -33,7 +33,7 @@ app.add_typer(partitions_app, name="partitions")
 app.command("backup")(backup_cmd)
 app.add_typer(backups_app, name="backups")
 app.command("restore")(restore_cmd)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages are not cut at 80 columns (a log file)
 
 
 WAIT_OPTION = typer.Option(
@@ -330,6 +330,8 @@ def demo(
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the loggers log INFO (for the Prefect API), the terminal not
+        handler.setLevel(max(handler.level, logging.WARNING))
     # Every command, also those that only talk to a Prefect server (`hub locks`): without this, the
     # ephemeral server's telemetry heartbeat fails on its SQLite ("database is locked") in the terminal.
     quiet_prefect()

@@ -15,7 +15,7 @@ from rich.table import Table
 from deployments.options import fail, parse_when, quiet_prefect
 from flows.entities import Entity
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages are not cut at 80 columns (a log file)
 
 _LOOKBACK = typer.Option(2.0, "--lookback-hours", min=0.0, help="Re-read this much before the watermark.")
 _SINCE = typer.Option(
@@ -72,8 +72,9 @@ def _print(entity: str, result: dict[str, Any]) -> None:
     table = Table(title=f"{entity} fetch")
     table.add_column("counter")
     table.add_column("value", justify="right")
-    keys = ("lines", "inserted", "updated", "unchanged", "rejected", "skipped_older", "deleted", "fetched")
-    for key in (*keys, "vanished"):
-        table.add_row(key, str(result.get(key, 0)))
+    from flows.counters import KEYS, label
+
+    for key in ("lines", *KEYS, "fetched", "vanished"):
+        table.add_row(label(key), str(result.get(key, 0)))
     table.add_row("watermark", str(result.get("watermark")))
     Console().print(table)

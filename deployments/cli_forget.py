@@ -9,7 +9,7 @@ from deployments.options import fail, quiet_prefect
 
 EX_TEMPFAIL = 75  # sysexits.h "try again later", as for the other jobs' locks
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages are not cut at 80 columns (a log file)
 
 
 def forget(

@@ -6,6 +6,16 @@ import typer
 
 from deployments.options import fail, quiet_prefect
 
+# What a dry run's actions would be, in words (the report's action names are past tense: what was done).
+WOULD = {
+    "built": "would build",
+    "built-partition": "would build the partition index",
+    "repaired": "would repair",
+    "created-parent": "would create the parent index",
+    "attached": "would attach",
+    "dropped-leftover": "would drop the leftover",
+}
+
 
 def indexes(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be built or repaired."),
@@ -29,9 +39,12 @@ def indexes(
     except LockHeld as exc:
         fail(str(exc), exc.exit_code)
     for a in out["actions"]:  # plain lines: index names stay whole in a narrow terminal
-        print(f"{'would: ' if dry_run else ''}{a['action']} {a['index']} on {a['table']}: {a['detail']}")
+        verb = WOULD.get(a["action"], f"would: {a['action']}") if dry_run else a["action"]
+        print(f"{verb} {a['index']} on {a['table']}: {a['detail']}")
     if not out["actions"]:
         print("every declared index is present and valid; nothing to do")
+    if out.get("unused_note"):
+        print(out["unused_note"])
     for u in out["unused"]:
         print(f"unused (never scanned since the statistics were reset): {u['index']} on {u['table']}, {u['size']}")
     for d in out["duplicates"]:

@@ -14,7 +14,7 @@ from deployments.options import fail, parse_when, quiet_prefect
 
 EX_TEMPFAIL = 75  # sysexits.h "try again later", as for the other jobs' locks
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages are not cut at 80 columns (a log file)
 
 
 def metrics(
@@ -65,10 +65,11 @@ def print_result(out: dict[str, Any], segments: list[dict[str, Any]]) -> None:
         table.add_row(
             r["segment"], *(str(r[k]) for k in ("customers", "previous", "moved_in", "moved_out", "new", "removed"))
         )
-    out_console = Console()
+    out_console = Console(soft_wrap=True)  # the summary line stays whole in a log file
     out_console.print(table)
     out_console.print(
         f"{out['moved']} customers moved between segments; {out['recomputed']} recomputed, {out['removed']} removed "
         f"({out['reason']}, {out['seconds']:.2f} s). Unattributed orders (no e-mail, no customer GUID): "
-        f"{out['unattributed_orders']}, revenue {out['unattributed_revenue']}."
+        f"{out['unattributed_orders']}, revenue {out['unattributed_revenue']} {out.get('currency') or ''}".rstrip()
+        + "."
     )

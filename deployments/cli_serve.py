@@ -9,7 +9,7 @@ from rich.console import Console
 
 from deployments.options import fail, quiet_prefect
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages are not cut at 80 columns (a log file)
 
 
 def serve_cmd(

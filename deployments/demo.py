@@ -40,7 +40,8 @@ def run_demo(orders: int = 20_000, seed: int = 42, console: Console | None = Non
     console.print(f"database: {mask_url(url)}")
     runtime.ensure_schema(url, cfg.db_schema)
 
-    console.print("starting Prefect (ephemeral mode)…")
+    api = _running_server()
+    console.print(f"Prefect: the running server {api}" if api else "Prefect: ephemeral mode (a throwaway server)…")
     _warm_up()
     results: dict[str, dict] = {}
     # Fixed data reference (not "today"): a re-run on another day serves the same shop, so it is unchanged.
@@ -82,24 +83,56 @@ def run_demo(orders: int = 20_000, seed: int = 42, console: Console | None = Non
 
     _summary(console, url, cfg.db_schema, results)
     console.print(f"Data lives in {pgdata_dir(cfg.home)} (database {DEMO_DATABASE}); re-run to see it unchanged.")
+    for line in next_steps(url, api):
+        console.print(line, soft_wrap=True)
     return 0
 
 
-def _warm_up() -> None:
-    """Start Prefect's ephemeral server before the progress bars, so they time only the imports."""
-    from prefect import flow
+def _running_server() -> str | None:
+    """The Prefect API the flows will use: PREFECT_API_URL (set by the CLI when `hub serve` is up), or none."""
+    from prefect.settings import PREFECT_API_URL
 
-    flow(name="hub-demo-warm-up")(lambda: None)()
+    return PREFECT_API_URL.value() or None
+
+
+def next_steps(url: str, api: str | None) -> list[str]:
+    """Where to look at what the demo did: the UI (or how to get one), and the commands on its database."""
+    if api:
+        ui = api.removesuffix("/").removesuffix("/api")
+        lines = [f"Prefect UI: {ui}/runs (the demo's flow runs, their logs and artifacts)"]
+    else:
+        lines = ["Prefect ran in ephemeral mode: its runs are gone. `hub serve` keeps them in a UI (then re-run)."]
+    from psycopg.conninfo import conninfo_to_dict
+
+    secret = bool(conninfo_to_dict(url).get("password"))
+    lines += [
+        f"The other commands act on {runtime.DEFAULT_DATABASE}; on the demo's database set HUB_DATABASE_URL:",
+        f"  export HUB_DATABASE_URL='{mask_url(url) if secret else url}'" + ("  # password masked" * secret),
+        "  hub status; hub metrics; hub backup",
+        "  unset HUB_DATABASE_URL   # back to the hub's own database",
+    ]
+    return lines
+
+
+def _warm_up() -> None:
+    """Start Prefect's ephemeral server (if one is needed) before the progress bars, so they time only the
+    imports. A client's health check does it; a throwaway flow would be listed among the user's flows."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.api_healthcheck()
 
 
 def _summary(console: Console, url: str, schema: str, results: dict[str, dict]) -> None:
+    from flows.counters import KEYS, label
+
     table = Table(title="Snapshot import")
-    for col in ("entity", "lines", "new", "updated", "same", "rejected", "deleted", "apply s", "total s"):
+    for col in ("entity", "lines", *map(label, KEYS), "apply s", "total s"):
         table.add_column(col, justify="right" if col != "entity" else "left")
     for entity, c in results.items():
         table.add_row(
             entity,
-            *(f"{c[k]:,}" for k in ("lines", "inserted", "updated", "unchanged", "rejected", "deleted")),
+            *(f"{c.get(k, 0):,}" for k in ("lines", *KEYS)),
             f"{c['seconds']:.1f}",
             f"{c['wall_seconds']:.1f}",
         )

@@ -8,13 +8,17 @@ from datetime import UTC, datetime
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages are not cut at 80 columns (a log file)
 
 
 def quiet_prefect() -> None:
-    """Before a command imports Prefect: no analytics, and only its warnings in the terminal."""
+    """Before a command imports Prefect: no analytics, and only warnings in the terminal.
+
+    Only the console handler is raised to WARNING: the loggers stay at INFO, so the runs' INFO lines still
+    reach the Prefect API (each run's logs in the UI). Workers started by `hub serve` inherit both.
+    """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 def fail(message: str, code: int = 1) -> None:

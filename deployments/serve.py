@@ -26,6 +26,7 @@ from rich.console import Console
 from deployments import prefect_server as ps
 from deployments.bootstrap import WORK_POOL, DeployError, bootstrap, deploy
 from deployments.checkout import resolve_checkout
+from deployments.serve_day_one import notice, report_paused
 from deployments.serve_worker import forget_worker, record_worker, stop_orphan_worker
 
 
@@ -86,6 +87,8 @@ def run_serve(host: str = "127.0.0.1", port: int = 4200, console: Console | None
     console = console or Console(stderr=True)
     cfg = get_config()
     checkout = resolve_checkout()
+    for line in notice(cfg, checkout):
+        console.print(line)
     started: list[tuple[str, subprocess.Popen]] = []
     previous = signal.signal(signal.SIGTERM, _interrupt)
     # Also SIGINT: a shell starts background jobs with it ignored, and Python then keeps ignoring it.
@@ -101,6 +104,8 @@ def run_serve(host: str = "127.0.0.1", port: int = 4200, console: Console | None
             console.print(f"  {what}: {action}")
         console.print("registering the deployments of prefect.yaml…")
         deploy(checkout)
+        if line := report_paused(cfg, checkout):
+            console.print(f"  {line}")
         name = f"hub-serve-{socket.gethostname()}-{os.getpid()}"
         _replace_orphan_worker(cfg.home, console)
         started.append(("worker", start_worker(cfg.home, api, url, checkout, name)))

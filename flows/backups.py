@@ -24,9 +24,11 @@ from db.backups import copy, dump, restore, retention, verify
 from db.backups.manifest import BackupDamaged, BackupError, Manifest, list_backups, resolve
 from db.connection import libpq_url
 from flows import runtime
+from flows.hub_status import publish_quietly
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
+from flows.run_names import DAY, run_name
 
 LOCK_GROUPS = ("db-maintenance",)
 
@@ -53,7 +55,7 @@ def copy_backup(path: Path, manifest: Manifest, dest: Path) -> Path:
     return copy.copy_backup(path, manifest, dest)
 
 
-@flow(name="nightly-backup", log_prints=True)
+@flow(name="nightly-backup", flow_run_name=run_name("backup", when=DAY), log_prints=True)
 def nightly_backup(
     fmt: str = "custom", jobs: int = 1, lock_wait: float | None = 0, lock_wait_timeout: str = "60s"
 ) -> dict[str, Any]:
@@ -80,6 +82,7 @@ def nightly_backup(
             copied = copy_backup(path, manifest, hub.cfg.backup_copy_dir)
     _backup_report(path, manifest, "ok", copied)
     logger().info("backup %s: %.2f MB in %.1f s, verified", path.name, _mb(manifest.size_bytes), manifest.dump_seconds)
+    publish_quietly()
     return {"backup": str(path), "manifest": manifest, "copied_to": str(copied) if copied else None}
 
 
@@ -108,7 +111,7 @@ def newest_verified_backup(directory: Path) -> Path:
     return verified[-1]
 
 
-@flow(name="test-restore", log_prints=True)
+@flow(name="test-restore", flow_run_name=run_name("test-restore", when=DAY), log_prints=True)
 def test_restore(backup: str | None = None, jobs: int = 2, lock_wait: float | None = 0) -> Manifest:
     """Restore a backup (default: the newest verified) into a scratch database, compare, drop it.
 
@@ -129,6 +132,7 @@ def test_restore(backup: str | None = None, jobs: int = 2, lock_wait: float | No
             manifest, result = None, str(exc)
     rows = [{"backup": path.name, "result": result, "restore_seconds": manifest.restore_seconds if manifest else None}]
     table_artifact(rows, key="backup-test-restore", description=f"test restore of {path.name}: {result}")
+    publish_quietly()  # a failed test restore too: the page shows it
     if manifest is None:
         raise BackupError(result)
     logger().info("test restore of %s: ok in %.1f s", path.name, manifest.restore_seconds)
@@ -143,7 +147,7 @@ def prune_dir(directory: Path, dry_run: bool, now: datetime | None) -> list[rete
     return retention.prune(directory, dry_run=dry_run, now=now)
 
 
-@flow(name="prune-backups", log_prints=True)
+@flow(name="prune-backups", flow_run_name=run_name("prune-backups", when=DAY), log_prints=True)
 def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datetime | None = None) -> dict[str, Any]:
     """Retention in the backup folder and the off-machine copy: > 30 days goes, the newest 7 verified stay.
 
@@ -164,10 +168,12 @@ def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datet
     summary = f"{verb} {len(removed)} backup(s), {freed} MB; kept {len(rows) - len(removed)}"
     table_artifact(rows, key="backup-retention", description=summary)
     logger().info("%s%s", "dry run: " if dry_run else "", summary)
+    if not dry_run:
+        publish_quietly()
     return {"dry_run": dry_run, "decisions": rows, "removed": len(removed), "freed_mb": freed, "summary": summary}
 
 
-@flow(name="restore-backup", log_prints=True)
+@flow(name="restore-backup", flow_run_name=run_name("restore-backup-into", param="target_db"), log_prints=True)
 def restore_backup(
     backup: str, target_db: str, force: bool = False, jobs: int = 2, lock_wait: float | None = 0
 ) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from flows import runtime
 from flows.entities import Entity
 from flows.locks import LockHeld, job_lock
 from flows.reporting import logger, table_artifact
+from flows.run_names import run_name
 from flows.snapshot import SnapshotFailed, import_snapshot
 
 MAX_RETRY_ATTEMPTS = 3
@@ -43,7 +44,7 @@ def _reuse_job(fs: dict[str, Any]) -> str | None:
     return None
 
 
-@flow(name="retry-failed-snapshots")
+@flow(name="retry-failed-snapshots", flow_run_name=run_name("retry-failed-snapshots"))
 def retry_failed_snapshots(now: datetime | None = None, lock_wait: float | None = 0) -> list[dict[str, Any]]:
     """Retry every due ``failed_snapshots`` row once; mark it recovered, pending again, or gave_up.
 

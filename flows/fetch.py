@@ -54,6 +54,7 @@ from flows.fetch_tasks import (
 from flows.fetch_window import CHANGE_LOG_HORIZON, FetchFailed, NoStartingPoint, Window, horizon_warning, plan_window
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
+from flows.run_names import MINUTE, run_name
 from flows.runs import recorded_run
 from flows.shoptet_api import make_client
 from flows.snapshot_tasks import apply_snapshot, counters_table
@@ -72,7 +73,7 @@ DEFAULT_LOOKBACK_HOURS = 2.0
 WARNING_STATE = "CompletedWithWarnings"
 
 
-@flow(name="fetch-new-orders", log_prints=True)
+@flow(name="fetch-new-orders", flow_run_name=run_name("fetch-orders", when=MINUTE), log_prints=True)
 def fetch_new_orders(
     lookback_hours: float = DEFAULT_LOOKBACK_HOURS, since: datetime | None = None, lock_wait: float | None = 0
 ) -> dict[str, Any] | State:

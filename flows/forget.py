@@ -18,6 +18,7 @@ from db import forget as db_forget
 from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
+from flows.run_names import run_name
 
 # Orders and customers are blanked; customer_metrics (and its queue) loses the e-mail identity.
 LOCK_GROUPS = ("orders", "customers", "customer-metrics")
@@ -30,7 +31,7 @@ def erase_personal_data(email: SecretStr, dry_run: bool) -> dict[str, Any]:
     return db_forget.forget(hub.url, email.get_secret_value(), schema=hub.schema, dry_run=dry_run).as_dict()
 
 
-@flow(name="forget-person")
+@flow(name="forget-person", flow_run_name=run_name("forget-person"))
 def forget_person(email: SecretStr | str, dry_run: bool = False, lock_wait: float | None = 0) -> dict[str, Any]:
     """Blank the personal fields of the customers and orders of ``email`` (see ``db.forget``).
 

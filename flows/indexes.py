@@ -16,9 +16,11 @@ from prefect.cache_policies import NO_CACHE
 from db.connection import connection
 from db.indexes import ensure as db_indexes
 from flows import runtime
+from flows.hub_status import publish_quietly
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
+from flows.run_names import run_name
 
 __all__ = ["IndexMaintenanceError", "ensure_indexes"]
 
@@ -46,7 +48,7 @@ def survey_indexes() -> db_indexes.Report:
         return db_indexes.survey(conn, hub.schema)
 
 
-@flow(name="ensure-indexes")
+@flow(name="ensure-indexes", flow_run_name=run_name("indexes"))
 def ensure_indexes(dry_run: bool = False, lock_wait: float | None = 0) -> dict[str, Any]:
     """Make the declared indexes present and valid without blocking writes; report unused and duplicates.
 
@@ -62,7 +64,10 @@ def ensure_indexes(dry_run: bool = False, lock_wait: float | None = 0) -> dict[s
         actions = repair_invalid_indexes(dry_run) + build_missing_indexes(dry_run)
         report = survey_indexes()
     report.dry_run, report.actions = dry_run, actions
-    return _publish(report)
+    out = _publish(report)
+    if not dry_run:
+        publish_quietly()
+    return out
 
 
 def _publish(report: db_indexes.Report) -> dict[str, Any]:
@@ -84,6 +89,7 @@ def _publish(report: db_indexes.Report) -> dict[str, Any]:
         "dry_run": report.dry_run,
         "actions": report.actions,
         "unused": report.unused,
+        "unused_note": report.unused_note,
         "duplicates": report.duplicates,
     }
     if report.failed:

@@ -11,7 +11,9 @@ from typing import Any
 
 from prefect import flow, task
 
+from db.connection import connection
 from db.metrics import compute as db_metrics
+from db.metrics.currency import base_currency
 from db.metrics.rules import (
     DEFAULT_CANCELLED_STATUSES,
     DEFAULT_SEGMENT_RULES,
@@ -26,6 +28,7 @@ from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
+from flows.run_names import run_name
 
 SEGMENT_COLUMNS = ("segment", "customers", "previous", "moved_in", "moved_out", "new", "removed")
 
@@ -57,12 +60,14 @@ def recalculate_metrics(
         hub.url, schema=hub.schema, full=full, as_of=as_of, cancelled_statuses=cancelled_statuses, segment_rules=rules
     )
     out = result.as_dict()
+    with connection(hub.url, hub.schema, autocommit=True) as conn:
+        out["currency"] = base_currency(conn)  # what the revenue figures are in
     out["segments"] = result.segment_rows([r.segment for r in rules])
     out["movement"] = result.movement_rows()
     return out
 
 
-@flow(name="recalculate-customer-metrics")
+@flow(name="recalculate-customer-metrics", flow_run_name=run_name("metrics", choice=("full", "full", "incremental")))
 def recalculate_customer_metrics(
     full: bool = False,
     as_of: datetime | None = None,
@@ -93,7 +98,7 @@ def recalculate_customer_metrics(
         out = recalculate_metrics(full, as_of, list(cancelled_statuses), segment_rules)
     logger().info(
         "customer metrics %s (%s): %d customers, %d recomputed, %d removed, %d moved between segments, "
-        "%d unattributed orders (revenue %s), %.2f s",
+        "%d unattributed orders (revenue %s %s), %.2f s",
         out["mode"],
         out["reason"],
         out["customers"],
@@ -102,6 +107,7 @@ def recalculate_customer_metrics(
         out["moved"],
         out["unattributed_orders"],
         out["unattributed_revenue"],
+        out.get("currency") or "",
         out["seconds"],
     )
     _artifacts(out)

@@ -29,6 +29,7 @@ from flows import runtime
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
+from flows.run_names import run_name
 
 __all__ = ["MigrationError", "migrate_partitions"]
 
@@ -137,7 +138,9 @@ def _split_plan() -> list[str]:
     return lines[st]
 
 
-@flow(name="migrate-partitions", log_prints=True)
+@flow(
+    name="migrate-partitions", flow_run_name=run_name("migrate-partitions", flags=("split", "dry_run")), log_prints=True
+)
 def migrate_partitions(
     dry_run: bool = False,
     split: bool = False,

@@ -29,9 +29,11 @@ from db.partitions.plan import Plan, make_plan
 from db.partitions.rollover import Quarter
 from db.settings.registry import get_settings_service
 from flows import runtime
+from flows.hub_status import publish_quietly
 from flows.locks import job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
+from flows.run_names import run_name
 
 LOCK_GROUPS = ("orders", "db-maintenance")
 LOCK_TIMEOUT = "5s"
@@ -91,7 +93,7 @@ def retire_partition(dump: Path) -> dict[str, Any]:
     return {"partition": archive.partition, "rows": archive.rows, "sha256": archive.sha256, "file": str(dump)}
 
 
-@flow(name="partition-maintenance", log_prints=True)
+@flow(name="partition-maintenance", flow_run_name=run_name("partitions-maintenance"), log_prints=True)
 def partition_maintenance(
     dry_run: bool = False, lock_wait: float | None = 0, now: datetime | None = None
 ) -> dict[str, Any]:
@@ -116,6 +118,7 @@ def partition_maintenance(
         created = create_partitions(plan.create)
         archived = [retire_partition(archive_partition(q)) for q in plan.retire]
     rows = partition_report(plan, archived)
+    publish_quietly()
     return {
         "dry_run": False,
         "plan": plan.describe(),
@@ -173,7 +176,7 @@ def restore_archive(dump: Path) -> dict[str, Any]:
     }
 
 
-@flow(name="restore-partition-archive")
+@flow(name="restore-partition-archive", flow_run_name=run_name("restore-archive", param="path"))
 def restore_partition_archive(path: Path, lock_wait: float | None = 0) -> dict[str, Any]:
     """Bring an archived quarter back (checksum first) and lift the retention horizon for it.
 

@@ -14,7 +14,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 
+from flows.logs import send_hub_logs_to_api
+
 log = logging.getLogger("flows")
+send_hub_logs_to_api()  # every flow module imports this one: their runs' module logs reach the UI
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter:

@@ -24,6 +24,7 @@ from db.partitions.rollover import archived_quarters
 from db.settings.registry import get_settings_service
 from flows import progress as progress_hooks
 from flows import runtime
+from flows.counters import KEYS, label
 from flows.entities import Entity
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
@@ -144,8 +145,8 @@ def sweep_old_downloads() -> None:
 
 
 def counters_table(counters: dict[str, Any]) -> list[dict[str, Any]]:
-    keys = ("lines", "inserted", "updated", "unchanged", "rejected", "skipped_older", "deleted", "child_rows")
-    rows = [{"counter": k, "value": counters.get(k, 0)} for k in keys]
+    keys = ("lines", *KEYS, "child_rows")
+    rows = [{"counter": label(k), "value": counters.get(k, 0)} for k in keys]
     rows.append({"counter": "seconds", "value": round(counters.get("seconds", 0.0), 2)})
     return rows
 

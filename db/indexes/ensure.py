@@ -26,6 +26,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 LEFTOVER = re.compile(r"_cc(new|old)\d*$")
 MAX_NAME = 63  # NAMEDATALEN - 1: a longer name would be cut silently
+# "Never scanned" means something only over a week of traffic (weekly jobs included): a younger database
+# (or statistics reset since) would list every index its first queries have not touched yet.
+UNUSED_WINDOW = timedelta(days=7)
 
 
 class IndexMaintenanceError(Exception):
@@ -71,6 +75,7 @@ class Report:
     actions: list[dict[str, Any]] = field(default_factory=list)
     unused: list[dict[str, Any]] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
+    unused_note: str = ""  # why no unused list (the statistics are too young), when there is none
 
     def add(self, action: str, index: str, table: str, detail: str = "") -> None:
         self.actions.append({"action": action, "index": index, "table": table, "detail": detail})
@@ -145,6 +150,15 @@ def leaves_without(conn: psycopg.Connection, schema: str, table: str, index: str
         {"s": schema, "t": table, "i": index},
     ).fetchall()
     return [r[0] for r in rows]
+
+
+def statistics_age(conn: psycopg.Connection) -> timedelta:
+    """How long the index usage statistics cover: since their reset, or since the hub's database was made."""
+    row = conn.execute(
+        """SELECT now() - greatest((SELECT stats_reset FROM pg_stat_database WHERE datname = current_database()),
+                                   (SELECT min(created_at) FROM hub_instance))"""
+    ).fetchone()
+    return row[0] if row and row[0] is not None else timedelta.max
 
 
 def unused_indexes(conn: psycopg.Connection, schema: str) -> list[dict[str, Any]]:
@@ -231,7 +245,15 @@ def build_missing(
 def survey(conn: psycopg.Connection, schema: str, report: Report | None = None) -> Report:
     """Fill in the unused and the duplicate indexes (a report only: dropping one is a migration)."""
     report = report or Report(dry_run=True)
-    report.unused = unused_indexes(conn, schema)
+    age = statistics_age(conn)
+    if age >= UNUSED_WINDOW:
+        report.unused = unused_indexes(conn, schema)
+    else:
+        days = age.total_seconds() / 86400
+        report.unused_note = (
+            f"unused indexes are listed once the usage statistics cover {UNUSED_WINDOW.days} days "
+            f"(they cover {days:.1f})"
+        )
     report.duplicates = duplicate_indexes(conn, schema)
     return report
 

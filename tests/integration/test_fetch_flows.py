@@ -130,7 +130,7 @@ def test_first_fetch_needs_a_snapshot_or_since(hub, db_url):
 def test_cli_exits_non_zero_with_the_reason_then_succeeds(hub, db_url, monkeypatch):
     for name in (
         "PREFECT_SERVER_ANALYTICS_ENABLED",
-        "PREFECT_LOGGING_LEVEL",
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
     ):  # the CLI sets them; undo after
         monkeypatch.setenv(name, "false" if "ANALYTICS" in name else "WARNING")
     runner = CliRunner()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -191,7 +191,8 @@ def test_dry_run_changes_nothing(conn):
     assert index_state(conn) == before
 
 
-def test_duplicates_and_unused_are_reported(conn):
+def test_duplicates_and_unused_are_reported(conn, monkeypatch):
+    monkeypatch.setattr(indexes, "UNUSED_WINDOW", timedelta(0))  # a database made minutes ago
     conn.execute("CREATE INDEX ix_orders_created_at_again ON orders (created_at)")
     report = indexes.survey(conn, "public")
     dup = [d for d in report.duplicates if d["table"] == "orders"]
@@ -217,3 +218,14 @@ def test_built_online_indexes_are_invisible_to_autogenerate(db_url, conn):
         diff = compare_metadata(ctx, metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_no_unused_list_while_the_statistics_are_younger_than_the_window(conn):
+    conn.execute("CREATE INDEX ix_orders_created_at_again ON orders (created_at)")
+    report = indexes.survey(conn, "public")  # the test database was made minutes ago
+    assert report.unused == [] and "once the usage statistics cover 7 days (they cover 0.0)" in report.unused_note
+    conn.execute("UPDATE hub_instance SET created_at = now() - interval '8 days'")
+    if conn.execute("SELECT stats_reset > now() - interval '7 days' FROM pg_stat_database "
+                    "WHERE datname = current_database()").fetchone()[0]:  # fmt: skip
+        pytest.skip("this server's statistics were reset within the week")
+    assert "ix_orders_created_at_again" in {u["index"] for u in indexes.survey(conn, "public").unused}

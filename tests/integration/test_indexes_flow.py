@@ -38,7 +38,12 @@ def valid(conn: psycopg.Connection, name: str) -> bool | None:
     return row[0] if row else None
 
 
-def test_flow_builds_reports_and_then_does_nothing(hub_env, conn):
+def test_flow_builds_reports_and_then_does_nothing(hub_env, conn, monkeypatch):
+    from datetime import timedelta
+
+    from db.indexes import ensure
+
+    monkeypatch.setattr(ensure, "UNUSED_WINDOW", timedelta(0))  # a database made minutes ago
     out = ensure_indexes()
     assert ("built", "ix_product_variants_ean") in {(a["action"], a["index"]) for a in out["actions"]}
     assert valid(conn, "ix_product_variants_ean") and valid(conn, "ix_order_items_code")
@@ -64,6 +69,8 @@ def test_cli_dry_run_changes_nothing_then_builds(hub_env, conn):
     result = runner.invoke(app, ["indexes", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "ix_product_variants_ean" in result.output and "dry run: nothing was changed" in result.output
+    assert "would build ix_product_variants_ean on product_variants" in result.output and "would:" not in result.output
+    assert "unused (never scanned" not in result.output and "once the usage statistics cover 7 days" in result.output
     assert valid(conn, "ix_product_variants_ean") is None
     result = runner.invoke(app, ["indexes"])
     assert result.exit_code == 0, result.output

@@ -98,6 +98,7 @@ def test_cli_prints_segments_and_movement(hub_env, conn):
     assert res.exit_code == 0, res.output
     assert "Customer segments (full run" in res.output and "Loyal Customers" in res.output
     assert "0 customers moved between segments" in res.output
+    assert "revenue 0 CZK." in res.output  # the shop's base currency (orders with exchange rate 1)
     add_orders(conn, {"code": "new", "created_at": datetime(2026, 1, 20, tzinfo=UTC), "email": "c01@x.cz"})
     res = runner.invoke(app, ["metrics", "--as-of", "2026-02-01T00:00:00+01:00"])
     assert res.exit_code == 0 and "incremental run" in res.output

@@ -311,6 +311,8 @@ def test_backups_missing_old_or_failing_need_attention(ready, backup_dir):
     code, report = status()
     assert (code, check(report, "backups")["level"]) == (1, "warn")
     assert "no verified backup yet" in check(report, "backups")["detail"]
+    assert "never restore-tested" in check(report, "backups")["detail"]
+    assert "in 8 days" not in check(report, "backups")["detail"]  # none was ever run: not "none in 8 days"
     backup_manifest(backup_dir, ready, hours_ago=30, name="a")  # one night missed
     assert check(status()[1], "backups")["level"] == "warn"
     backup_manifest(backup_dir, ready, hours_ago=60, name="a")  # two nights missed
@@ -325,3 +327,44 @@ def test_backups_missing_old_or_failing_need_attention(ready, backup_dir):
     code, report = status()
     assert code == 0, report
     assert check(report, "backups")["data"]["backups"] == 3
+
+
+def _deployment_run(deployment: str, flow: str, name: str, final) -> str:  # noqa: ANN001 - a prefect State
+    """A run of a deployment that ended in ``final``, as a worker leaves it (no worker needed)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Running
+
+    with get_client(sync_client=True) as client:
+        try:
+            dep_id = client.read_deployment_by_name(f"{flow}/{deployment}").id
+        except ObjectNotFound:
+            dep_id = client.create_deployment(flow_id=client.create_flow_from_name(flow), name=deployment)
+        run = client.create_flow_run_from_deployment(dep_id, name=name)
+        client.set_flow_run_state(run.id, Running(), force=True)
+        client.set_flow_run_state(run.id, final, force=True)
+    return str(run.id)
+
+
+def test_a_scheduled_run_that_failed_before_writing_anything_fails_the_status(ready):
+    from prefect.states import Completed, Failed
+
+    message = "Flow run encountered an exception: RuntimeError: HUB_SHOPTET_TOKEN is not set"
+    run_id = _deployment_run("fetch-new-orders", "fetch-new-orders", "fetch-new-orders", Failed(message=message))
+    assert sql(ready, "SELECT count(*) FROM snapshot_runs") == [(0,)]
+    assert status("--no-prefect")[0] == 0  # the hub's tables alone see nothing wrong
+    code, report = status()
+    runs = check(report, "runs")
+    (item,) = [i for i in runs["data"]["items"] if i["flow_run_id"] == run_id]
+    assert (code, runs["level"], item["level"], item["state"]) == (2, "fail", "fail", "failed"), report
+    assert item["note"].startswith("failed before recording a run") and "HUB_SHOPTET_TOKEN" in item["note"]
+    assert "fetch-new-orders failed" in runs["detail"]
+    # The next scheduled run succeeding closes it.
+    _deployment_run("fetch-new-orders", "fetch-new-orders", "fetch-new-orders", Completed())
+    code, report = status()
+    assert code == 0 and not [i for i in check(report, "runs")["data"]["items"] if i["flow_run_id"] == run_id]
+
+
+def test_one_kind_of_run_is_singular(ready, tmp_path):
+    assert import_file(tmp_path, "o.gz", [order("1")]) == 0
+    assert check(status("--no-prefect")[1], "runs")["detail"].startswith("1 kind of run, all fine")

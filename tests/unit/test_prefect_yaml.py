@@ -93,6 +93,7 @@ def test_every_parameter_is_described_and_scheduled_runs_have_what_they_need(nam
         ("product-changes", 24),
         ("customer-metrics", 24),
         ("retry-failed-snapshots", 24),
+        ("hub-status", 96),
     ],
 )
 def test_regular_schedules_fire_evenly(name, per_day):
