@@ -300,6 +300,9 @@ def start_server(home: Path, database_url: str, host: str, port: int, timeout: f
     }
     env.pop("PREFECT_API_URL", None)
     api = f"http://{host}:{port}/api"
+    # The UI's pages call the API at 4200 unless told: on another --port every page would fail to load.
+    if not (env.get("PREFECT_UI_API_URL") or env.get("PREFECT_SERVER_UI_API_URL")):
+        env["PREFECT_UI_API_URL"] = api
     if healthy(api):
         raise ServerError(f"something already answers at {api}: stop it, or use it with PREFECT_API_URL={api}")
     with open(run / "prefect-server.log", "ab") as log:
