@@ -8,15 +8,15 @@ restores record their results; a backup without a manifest is not a backup (a ki
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-MANIFEST_SUFFIX = ".manifest.json"
-PARTIAL_SUFFIX = ".partial"
+from db.sealed import BACKUP, files
+
+MANIFEST_SUFFIX = BACKUP.manifest_suffix
 
 
 class BackupError(Exception):
@@ -68,22 +68,11 @@ class Manifest:
 
 
 def manifest_path(backup: Path) -> Path:
-    return backup.with_name(backup.name + MANIFEST_SUFFIX)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` under a temporary name, fsync, rename: a reader sees the old or the new file, whole."""
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return BACKUP.manifest_path(backup)
 
 
 def write_manifest(backup: Path, manifest: Manifest) -> None:
-    write_atomic(manifest_path(backup), manifest.to_json())
+    files.write_atomic(manifest_path(backup), manifest.to_json())
 
 
 def read_manifest(backup: Path) -> Manifest:
@@ -129,15 +118,3 @@ def newest_restore_tested(directory: Path | None) -> datetime | None:
     """When the newest backup that passed a test restore finished, or None."""
     done = [m.finished for _, m in list_backups(directory) if m.restore_tested]
     return max(done, default=None)
-
-
-def fsync_private(path: Path) -> None:
-    """Make a backup's files (one file, or a directory-format dump's) 0600 and flush them to disk."""
-    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-    for f in files:
-        os.chmod(f, 0o600)
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

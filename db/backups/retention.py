@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from db import pg_tools
-from db.backups.manifest import MANIFEST_SUFFIX, PARTIAL_SUFFIX, Manifest, list_backups, manifest_path
+from db.backups.manifest import MANIFEST_SUFFIX, Manifest, list_backups, manifest_path
+from db.sealed.names import PARTIAL_SUFFIX
 
 MAX_AGE_DAYS = 30
 KEEP_VERIFIED = 7

@@ -6,29 +6,25 @@ dump. Decompressing every block is the read that fails on it. The outcome goes i
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from db import pg_tools
 from db.backups.manifest import BackupDamaged, Manifest, read_manifest, write_manifest
+from db.sealed import check
 
 
 def check_checksum(backup: Path, manifest: Manifest) -> None:
-    if not backup.exists():
-        raise BackupDamaged(f"backup {backup} does not exist (its manifest does)")
-    actual = pg_tools.sha256_of(backup)
-    if actual != manifest.sha256:
-        raise BackupDamaged(
-            f"backup {backup.name} is damaged: sha256 {actual} differs from the recorded {manifest.sha256}"
-        )
+    try:
+        check.check_checksum(backup, manifest.sha256)
+    except check.Damaged as exc:
+        raise BackupDamaged(f"backup {exc}") from None
 
 
 def full_read(backup: Path, manifest: Manifest) -> None:
-    pg_restore = pg_tools.find_tool("pg_restore", manifest.server_major)
-    done = pg_tools.run([str(pg_restore), "-f", os.devnull, str(backup)])
-    if done.returncode != 0:
-        raise BackupDamaged(f"backup {backup.name} does not read to its end: {done.stderr.strip()}")
+    try:
+        check.full_read(backup, manifest.server_major)
+    except check.Damaged as exc:
+        raise BackupDamaged(f"backup {exc}") from None
 
 
 def verify_backup(backup: Path, *, record: bool = True) -> Manifest:
