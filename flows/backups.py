@@ -23,8 +23,9 @@ from psycopg.conninfo import conninfo_to_dict
 from db.backups import copy, dump, restore, retention, verify
 from db.backups.manifest import BackupDamaged, BackupError, Manifest, list_backups, resolve
 from db.connection import libpq_url
+from db.sealed.copy import instance_dir
 from flows import runtime
-from flows.locks import job_lock
+from flows.locks import instance, job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
 
@@ -77,10 +78,16 @@ def nightly_backup(
             raise
         copied = None
         if hub.cfg.backup_copy_dir is not None:
-            copied = copy_backup(path, manifest, hub.cfg.backup_copy_dir)
+            copied = copy_backup(path, manifest, copy_dir(hub.cfg.backup_copy_dir))
     _backup_report(path, manifest, "ok", copied)
     logger().info("backup %s: %.2f MB in %.1f s, verified", path.name, _mb(manifest.size_bytes), manifest.dump_seconds)
     return {"backup": str(path), "manifest": manifest, "copied_to": str(copied) if copied else None}
+
+
+def copy_dir(root: Path) -> Path:
+    """This hub's own subfolder of a (possibly shared) HUB_BACKUP_COPY_DIR: the one it writes and prunes."""
+    hub = runtime.hub()
+    return instance_dir(root, instance(hub.url, hub.schema))
 
 
 def _backup_report(path: Path, m: Manifest, verification: str, copied: Path | None) -> None:
@@ -145,7 +152,8 @@ def prune_dir(directory: Path, dry_run: bool, now: datetime | None) -> list[rete
 
 @flow(name="prune-backups", log_prints=True)
 def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datetime | None = None) -> dict[str, Any]:
-    """Retention in the backup folder and the off-machine copy: > 30 days goes, the newest 7 verified stay.
+    """Retention in the backup folder and this hub's subfolder of the copy dir: > 30 days goes, the newest 7
+    verified stay. Only the hub's own backup names are ever touched.
 
     Args:
         dry_run: Decide and report, remove nothing (and take no lock).
@@ -153,7 +161,7 @@ def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datet
         now: The clock (default: now; tests set it).
     """
     cfg = runtime.hub().cfg
-    dirs = [("local", cfg.backup_path)] + ([("copy", cfg.backup_copy_dir)] if cfg.backup_copy_dir else [])
+    dirs = [("local", cfg.backup_path)] + ([("copy", copy_dir(cfg.backup_copy_dir))] if cfg.backup_copy_dir else [])
     rows: list[dict[str, Any]] = []
     with nullcontext() if dry_run else job_lock(*LOCK_GROUPS, wait=lock_wait):
         for where, directory in dirs:

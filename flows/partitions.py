@@ -27,6 +27,7 @@ from db.partitions import restore, retire
 from db.partitions import rollover as partitions
 from db.partitions.plan import Plan, make_plan
 from db.partitions.rollover import Quarter
+from db.sealed import ARCHIVE, sweep
 from db.settings.registry import get_settings_service
 from flows import runtime
 from flows.locks import job_lock
@@ -65,6 +66,15 @@ def create_partitions(quarters: list[Quarter]) -> list[str]:
         return partitions.ensure_partitions(
             conn, quarters, lock_timeout=LOCK_TIMEOUT, window=_window(hub.url, hub.schema)
         )
+
+
+@task(name="sweep-archive-dir", cache_policy=NO_CACHE)
+def sweep_archive_dir(now: datetime | None = None) -> list[str]:
+    """Temporary files a killed archive run left in HUB_ARCHIVE_DIR (archive names only; archives are kept)."""
+    gone = sweep.clean(runtime.hub().cfg.archive_path, ARCHIVE, now)
+    for x in gone:
+        logger().info("removed %s (%d bytes): %s", x.path.name, x.size_bytes, x.reason)
+    return [x.path.name for x in gone]
 
 
 @task(name="archive-partition", cache_policy=NO_CACHE, **RETRIES)
@@ -113,6 +123,7 @@ def partition_maintenance(
             logger().info("%s%s", "dry run: " if dry_run else "", line)
         if dry_run:
             return {"dry_run": True, "plan": plan.describe(), "created": [], "archived": []}
+        sweep_archive_dir(now)
         created = create_partitions(plan.create)
         archived = [retire_partition(archive_partition(q)) for q in plan.retire]
     rows = partition_report(plan, archived)

@@ -85,12 +85,14 @@ def read_manifest(backup: Path) -> Manifest:
 
 
 def list_backups(directory: Path | None) -> list[tuple[Path, Manifest]]:
-    """Every backup of ``directory`` with its manifest, oldest first (unreadable manifests are skipped)."""
+    """Every backup of ``directory`` with its manifest, oldest first (hub names only; unreadable ones skipped)."""
     if directory is None or not directory.is_dir():
         return []
     out = []
     for m in directory.glob("*" + MANIFEST_SUFFIX):
-        backup = m.with_name(m.name[: -len(MANIFEST_SUFFIX)])
+        if not BACKUP.owns_manifest(m.name):  # another tool's manifest: not one of the hub's backups
+            continue
+        backup = BACKUP.sealed_of(m)
         try:
             out.append((backup, read_manifest(backup)))
         except BackupDamaged:

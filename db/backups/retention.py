@@ -3,23 +3,23 @@
 Decisions come from the manifests' dates (not file mtimes, which a copy may reset), so a folder
 copied elsewhere keeps its history. Nothing is removed while the folder holds no verified backup at
 all: then the old ones may be all there is. Leftovers of interrupted runs (``*.partial``, or a dump
-without a manifest) older than a day are removed too.
+without a manifest) older than a day are removed too. Only names the hub writes (``db.sealed.names``:
+``<db>-YYYYMMDDTHHMMSSZ[-n].dump|.dir``, their manifests and temps) are ever considered: the folder may
+be a share, or ``HUB_HOME`` itself, holding other people's files and the hub's own ``pg/`` and ``run/``.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from db import pg_tools
-from db.backups.manifest import MANIFEST_SUFFIX, Manifest, list_backups, manifest_path
-from db.sealed.names import PARTIAL_SUFFIX
+from db.backups.manifest import Manifest, list_backups
+from db.sealed import BACKUP, sweep
 
 MAX_AGE_DAYS = 30
 KEEP_VERIFIED = 7
-LEFTOVER_AGE = timedelta(days=1)
+LEFTOVER_AGE = sweep.GRACE
 
 
 @dataclass(frozen=True)
@@ -72,30 +72,15 @@ def plan(
 
 
 def leftovers(directory: Path, now: datetime | None = None) -> list[Decision]:
-    """Files of interrupted runs: temporary names, and dumps whose manifest was never written."""
-    now = now or datetime.now(UTC)
-    out = []
-    if not directory.is_dir():
-        return out
-    for p in directory.iterdir():
-        orphan = not p.name.endswith(MANIFEST_SUFFIX) and not manifest_path(p).exists()
-        if not (p.name.endswith(PARTIAL_SUFFIX) or orphan):
-            continue
-        mtime = datetime.fromtimestamp(p.stat().st_mtime, UTC)
-        if now - mtime > LEFTOVER_AGE:
-            out.append(
-                Decision(p, mtime.isoformat(), pg_tools.size_of(p), None, True, "leftover of an interrupted run")
-            )
-    return out
+    """Files of interrupted runs: the hub's temporary names, and its dumps whose manifest was never written."""
+    return [
+        Decision(x.path, x.mtime.isoformat(), x.size_bytes, None, True, f"leftover: {x.reason}")
+        for x in sweep.leftovers(directory, BACKUP, now, orphans=True, grace=LEFTOVER_AGE)
+    ]
 
 
 def remove(decision: Decision) -> None:
-    p = decision.path
-    if p.is_dir():
-        shutil.rmtree(p)
-    else:
-        p.unlink(missing_ok=True)
-    manifest_path(p).unlink(missing_ok=True)
+    sweep.remove(BACKUP, decision.path)  # refuses any name the hub does not write
 
 
 def prune(

@@ -44,9 +44,11 @@ def leftovers(
             reason = "dump of an interrupted run (its manifest was never written)"
         else:
             continue
+        if p.is_symlink() or (p.is_dir() and not kind.may_be_folder(p.name)):
+            continue  # a link, or a folder under a file's name: not something the hub wrote
         info = p.lstat()
         mtime = datetime.fromtimestamp(info.st_mtime, UTC)
-        if now - mtime > grace and not p.is_symlink():
+        if now - mtime > grace:
             out.append(Leftover(p, kind, mtime, pg_tools.size_of(p), reason))
     return out
 
@@ -64,3 +66,13 @@ def remove(kind: Kind, path: Path) -> None:
         path.unlink(missing_ok=True)
     if kind.owns(name):
         kind.manifest_path(path).unlink(missing_ok=True)
+
+
+def clean(
+    directory: Path, kind: Kind, now: datetime | None = None, *, orphans: bool = False, grace: timedelta = GRACE
+) -> list[Leftover]:
+    """Remove the leftovers ``leftovers`` finds; returns what was removed."""
+    found = leftovers(directory, kind, now, orphans=orphans, grace=grace)
+    for x in found:
+        remove(kind, x.path)
+    return found

@@ -24,10 +24,12 @@ from db import pg_tools
 from db.backups import dump, newest_restore_tested, newest_verified, retention
 from db.backups.manifest import BackupError, list_backups, manifest_path, read_manifest, write_manifest
 from db.connection import libpq_url, with_database
+from db.sealed import BACKUP
 from deployments.cli import app
 from flows import backups as backup_flows
 from flows import runtime
 from flows.config import get_config
+from flows.locks import instance
 from flows.snapshot import import_file
 from tests.factories import order, write_jsonl
 
@@ -103,7 +105,7 @@ def test_backup_verify_restore_equals_the_source(hub, db_url, tmp_path, target_d
     assert m.pg_dump_version.split()[-1].split(".")[0] == m.server_version.split(".")[0]
     assert path.stat().st_mode & 0o777 == 0o600 and manifest_path(path).stat().st_mode & 0o777 == 0o600
     assert not list(hub.glob("*.partial"))
-    copied = tmp_path / "share" / path.name
+    copied = tmp_path / "share" / f"hub-{instance(db_url, 'public')}" / path.name  # this hub's own subfolder
     assert pg_tools.sha256_of(copied) == m.sha256 and copied.stat().st_mode & 0o777 == 0o600
 
     res = cli("restore", path.name, "--target-db", target_db)
@@ -167,19 +169,38 @@ def test_a_truncated_and_a_flipped_byte_backup_are_caught_by_verify(hub, db_url,
     assert res.exit_code == 1 and "damaged: sha256" in said(res)
 
 
+NAMES: dict[str, Path] = {}  # a fake backup's label (a.dump) → its file, named as the hub names backups
+
+
 def fake_backup(
-    directory: Path, name: str, age_days: float, verified: bool | None, now: datetime, size: int = 1024
+    directory: Path,
+    label: str,
+    age_days: float,
+    verified: bool | None,
+    now: datetime,
+    size: int = 1024,
+    *,
+    database: str = "shop",
+    schema: str = "public",
+    restore_tested: bool | None = None,
 ) -> Path:
     """A backup file with a manifest dated ``age_days`` ago (retention reads the manifest's date)."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
+    finished = now - timedelta(days=age_days)
+    path = BACKUP.new_path(directory, database, finished, ".dump")
+    NAMES[label] = path
     path.write_bytes(b"x" * size)
-    when = (now - timedelta(days=age_days)).isoformat()
-    m = {"file": name, "format": "custom", "database": "shop", "schema": "public", "server_version": "18.1",
+    when = finished.isoformat()
+    m = {"file": path.name, "format": "custom", "database": database, "schema": schema, "server_version": "18.1",
          "started_at": when, "finished_at": when, "size_bytes": size, "sha256": "0", "pg_dump_version": "18.1",
-         "verified": verified}  # fmt: skip
+         "verified": verified, "restore_tested": restore_tested}  # fmt: skip
     manifest_path(path).write_text(json.dumps(m))
     return path
+
+
+def by_label(decisions) -> dict:
+    names = {p.name: label for label, p in NAMES.items()}
+    return {names.get(x.path.name, x.path.name): x for x in decisions}
 
 
 def test_retention_keeps_the_newest_verified_even_when_all_are_old(tmp_path):
@@ -188,21 +209,21 @@ def test_retention_keeps_the_newest_verified_even_when_all_are_old(tmp_path):
     last_verified = fake_backup(d, "a.dump", 90, True, now)
     fake_backup(d, "b.dump", 60, False, now)
     fake_backup(d, "c.dump", 45, None, now)
-    decisions = {x.path.name: x for x in retention.prune(d, now=now)}
+    decisions = by_label(retention.prune(d, now=now))
     assert not decisions["a.dump"].remove and "newest verified" in decisions["a.dump"].reason
     assert decisions["b.dump"].remove and decisions["c.dump"].remove
-    assert last_verified.exists() and not (d / "b.dump").exists() and not manifest_path(d / "c.dump").exists()
+    assert last_verified.exists() and not NAMES["b.dump"].exists() and not manifest_path(NAMES["c.dump"]).exists()
 
     d = tmp_path / "many"
     for i in range(10):  # 40..49 days old, all verified: only the newest 7 stay
         fake_backup(d, f"v{i}.dump", 40 + i, True, now)
     fake_backup(d, "young.dump", 3, False, now)
-    kept = {x.path.name for x in retention.prune(d, now=now) if not x.remove}
+    kept = {label for label, x in by_label(retention.prune(d, now=now)).items() if not x.remove}
     assert kept == {f"v{i}.dump" for i in range(7)} | {"young.dump"}
 
     d = tmp_path / "none-verified"
     fake_backup(d, "u.dump", 100, False, now)
-    assert not any(x.remove for x in retention.prune(d, now=now)) and (d / "u.dump").exists()
+    assert not any(x.remove for x in retention.prune(d, now=now)) and NAMES["u.dump"].exists()
 
 
 def test_prune_dry_run_says_what_and_how_much_then_prune_removes_it(hub):
@@ -211,18 +232,18 @@ def test_prune_dry_run_says_what_and_how_much_then_prune_removes_it(hub):
     fake_backup(hub, "new-verified.dump", 1, True, now)
     for i in range(6):  # with new-verified: the newest 7 verified, although 31..36 days old
         fake_backup(hub, f"older{i}.dump", 31 + i, True, now)
-    leftover = hub / "killed.dump.partial"
+    leftover = hub / "shop-20261101T020000Z.dump.partial"
     leftover.write_bytes(b"y" * 2048)
     os.utime(leftover, (time.time() - 2 * 86400,) * 2)
 
     res = cli("backups", "prune", "--dry-run")
     assert res.exit_code == 0, res.output
     assert "dry run: would remove 2 backup(s), 3.0 MB" in said(res)  # old-verified.dump and the leftover
-    assert (hub / "old-verified.dump").exists() and leftover.exists()
+    assert NAMES["old-verified.dump"].exists() and leftover.exists()
     res = cli("backups", "prune")
     assert res.exit_code == 0, res.output
     assert "removed 2 backup(s)" in said(res)
-    assert not (hub / "old-verified.dump").exists() and not leftover.exists()
+    assert not NAMES["old-verified.dump"].exists() and not leftover.exists()
     assert len(list_backups(hub)) == 7
 
 
