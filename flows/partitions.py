@@ -1,9 +1,10 @@
 """``order_items`` partitions that run themselves: rollover (runway + data quarters) and retention.
 
 Reads like the plan it carries out: plan → create the missing quarters → for each quarter past the
-retention horizon: archive (pg_dump + sha256 + manifest) → verify, record, detach concurrently, drop →
-report. The SQL and the archive files are ``db/partitions/plan.py`` and ``db/partitions/archive.py``;
-partitions are created only through ``db/partitions/rollover.py``.
+retention horizon: archive (pg_dump + sha256 + manifest) → copy off the machine (HUB_BACKUP_COPY_DIR) →
+verify, record, detach concurrently, drop → report. The SQL and the archive files are
+``db/partitions/plan.py`` and ``db/partitions/archive.py``; partitions are created only through
+``db/partitions/rollover.py``.
 
 Locks: ``db-maintenance`` (DDL and backups share it) and ``orders``: between the dump and the drop no
 import may write into the quarter being retired, or those rows would be dropped unarchived. A dry run
@@ -28,9 +29,10 @@ from db.partitions import rollover as partitions
 from db.partitions.plan import Plan, make_plan
 from db.partitions.rollover import Quarter
 from db.sealed import ARCHIVE, sweep
+from db.sealed.copy import instance_dir
 from db.settings.registry import get_settings_service
 from flows import runtime
-from flows.locks import job_lock
+from flows.locks import instance, job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
 
@@ -92,6 +94,16 @@ def reconcile_archives() -> list[str]:
         return retire.reconcile(conn, lock_timeout=LOCK_TIMEOUT)
 
 
+@task(name="copy-archive", cache_policy=NO_CACHE, **RETRIES)
+def copy_archive(dump: Path) -> str | None:
+    """The archive into this hub's subfolder of HUB_BACKUP_COPY_DIR, checked there, before anything is dropped."""
+    hub = runtime.hub()
+    if hub.cfg.backup_copy_dir is None:
+        return None
+    root = hub.cfg.backup_copy_dir
+    return str(partition_archive.copy_archive(dump, instance_dir(root, instance(hub.url, hub.schema))))
+
+
 @task(name="retire-partition", cache_policy=NO_CACHE, **RETRIES)
 def retire_partition(dump: Path) -> dict[str, Any]:
     """Verify the archive (a damaged one raises ArchiveDamaged: nothing is dropped), then detach and drop."""
@@ -125,7 +137,11 @@ def partition_maintenance(
             return {"dry_run": True, "plan": plan.describe(), "created": [], "archived": []}
         sweep_archive_dir(now)
         created = create_partitions(plan.create)
-        archived = [retire_partition(archive_partition(q)) for q in plan.retire]
+        archived = []
+        for q in plan.retire:
+            dump = archive_partition(q)
+            copied = copy_archive(dump)  # an archived quarter is the one part Shoptet cannot send again
+            archived.append({**retire_partition(dump), "copied_to": copied})
     rows = partition_report(plan, archived)
     return {
         "dry_run": False,

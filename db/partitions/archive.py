@@ -28,6 +28,7 @@ from db.partitions.checksum import checksum
 from db.partitions.rollover import Quarter
 from db.sealed import ARCHIVE, files
 from db.sealed import check as sealed_check
+from db.sealed.copy import copy_sealed
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,15 @@ def verify_archive(dump: Path, major: int) -> Archive:
     except pg_tools.ToolMissing as exc:
         raise ToolMissing(str(exc)) from None
     return archive
+
+
+def copy_archive(dump: Path, dest_dir: Path) -> Path:
+    """Copy an archive and its manifest off the machine (``db.sealed.copy``: sha256 re-read there)."""
+    archive = read_manifest(dump)
+    try:
+        return copy_sealed(ARCHIVE, dump, archive.sha256, manifest_path(dump).read_text(), dest_dir)
+    except sealed_check.Damaged as exc:
+        raise ArchiveDamaged(f"{exc}; {archive.partition} was not dropped") from None
 
 
 def record_archive(conn: psycopg.Connection, archive: Archive, dump: Path) -> int:

@@ -6,15 +6,24 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from db import pg_tools
 from db.backups.manifest import manifest_path as backup_manifest_path
 from db.backups.manifest import write_manifest
+from db.connection import libpq_url
 from db.dates import DateWindow
 from db.partitions import archive as partition_archive
 from db.partitions import rollover
 from db.partitions.rollover import Quarter
 from db.sealed import ARCHIVE, BACKUP, files
+from flows import runtime
+from flows.config import get_config
+from flows.locks import instance
+from flows.partitions import partition_maintenance
+from flows.snapshot import import_file
+from tests.integration.test_partition_maintenance import NOW, shop_file
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +101,46 @@ def test_names_are_the_hubs_own_and_unique_within_a_second(tmp_path):
     assert ARCHIVE.owns_manifest("order_items_2020_q1-20261130T120000Z.archive.json")
     assert BACKUP.owns_temp("shop-20261130T120000Z.dir.partial") and BACKUP.may_be_folder("shop-20261130T120000Z.dir")
     assert not ARCHIVE.may_be_folder("order_items_2020_q1-20261130T120000Z.archive")
+
+
+@pytest.fixture
+def retention_hub(db_url, tmp_path, monkeypatch, no_retry_waits, prefect_harness):
+    """partition-maintenance on this test's database, archives in tmp/archive, the copy dir tmp/share."""
+    monkeypatch.setenv("HUB_ARCHIVE_DIR", str(tmp_path / "archive"))
+    monkeypatch.setenv("HUB_BACKUP_COPY_DIR", str(tmp_path / "share"))
+    get_config.cache_clear()
+    with runtime.override(database_url=db_url):
+        import_file("orders", shop_file(tmp_path / "shop.jsonl.gz"))
+        yield tmp_path / "share" / f"hub-{instance(db_url, 'public')}"
+    get_config.cache_clear()
+
+
+def test_archives_are_copied_off_the_machine_and_checked_there(retention_hub, db_url):
+    out = partition_maintenance(now=NOW)
+    assert {a["partition"] for a in out["archived"]} == {"order_items_2020_q1", "order_items_2021_q2"}
+    for a in out["archived"]:
+        local, copy = Path(a["file"]), Path(a["copied_to"])
+        assert copy.parent == retention_hub and copy.name == local.name
+        assert pg_tools.sha256_of(copy) == a["sha256"] == partition_archive.read_manifest(copy).sha256
+        assert copy.stat().st_mode & 0o777 == 0o600 and partition_archive.manifest_path(copy).exists()
+        partition_archive.verify_archive(copy, _major(db_url))  # and it reads to its end there
+
+
+def test_a_copy_that_arrives_damaged_stops_the_drop(retention_hub, db_url, monkeypatch):
+    import db.sealed.copy as sealed_copy
+
+    def damaging_copy(src, dst):
+        Path(dst).write_bytes(Path(src).read_bytes()[:-10])
+
+    monkeypatch.setattr(sealed_copy.shutil, "copyfile", damaging_copy)
+    with pytest.raises(partition_archive.ArchiveDamaged, match="the copy of order_items_2020_q1.*was not dropped"):
+        partition_maintenance(now=NOW)
+    with psycopg.connect(libpq_url(db_url)) as c:
+        assert "order_items_2020_q1" in rollover.existing_partitions(c)
+        assert rollover.archived_quarters(c) == frozenset()
+    assert not list(retention_hub.glob("*.archive"))  # the damaged copy was removed, not left looking whole
+
+
+def _major(db_url: str) -> int:
+    with psycopg.connect(libpq_url(db_url)) as c:
+        return pg_tools.server_major(c)
