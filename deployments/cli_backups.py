@@ -111,7 +111,7 @@ def prune_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed and how much; remove nothing."),
     wait: float = WAIT,
 ) -> None:
-    """Remove backups older than 30 days, keeping the newest 7 verified (and always the newest verified)."""
+    """Remove backups older than 30 days; of each database the newest 7 verified and the newest restore-tested stay."""
     quiet_prefect()
     from flows.backups import prune_backups
 

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from psycopg.conninfo import conninfo_to_dict
 
 from db.backups import copy, dump, restore, retention, verify
-from db.backups.manifest import BackupDamaged, BackupError, Manifest, list_backups, resolve
+from db.backups.manifest import BackupDamaged, BackupError, Manifest, list_backups, of_database, resolve
 from db.connection import libpq_url
 from db.sealed.copy import instance_dir
 from flows import runtime
@@ -108,10 +108,11 @@ def restore_and_check(path: Path, jobs: int) -> Manifest:
     return restore.test_restore(runtime.hub().url, path, jobs=jobs)
 
 
-def newest_verified_backup(directory: Path) -> Path:
-    verified = [p for p, m in list_backups(directory) if m.verified]
+def newest_verified_backup(directory: Path, database: str, schema: str) -> Path:
+    """The newest verified backup of ``database`` (and ``schema``): never another hub's in a shared folder."""
+    verified = [p for p, m in of_database(list_backups(directory), database, schema) if m.verified]
     if not verified:
-        raise BackupError(f"no verified backup in {directory} to test-restore; run `hub backup` first")
+        raise BackupError(f"no verified backup of {database} in {directory} to test-restore; run `hub backup` first")
     return verified[-1]
 
 
@@ -127,7 +128,10 @@ def test_restore(backup: str | None = None, jobs: int = 2, lock_wait: float | No
         lock_wait: Seconds to wait for the db-maintenance lock held by another job (0: fail at once, null: forever).
     """
     hub = runtime.hub()
-    path = resolve(backup, hub.cfg.backup_path) if backup else newest_verified_backup(hub.cfg.backup_path)
+    if backup:
+        path = resolve(backup, hub.cfg.backup_path)
+    else:
+        path = newest_verified_backup(hub.cfg.backup_path, dump.current_database(hub.url), hub.schema)
     with job_lock(*LOCK_GROUPS, wait=lock_wait):
         try:
             manifest = restore_and_check(path, jobs)

@@ -55,6 +55,12 @@ def partitions_of(conn: psycopg.Connection, parent: str = "order_items") -> list
     return [r[0] for r in rows]
 
 
+def current_database(url: str) -> str:
+    """The database the server says ``url`` reaches: what a backup's manifest records as its database."""
+    with connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT current_database()").fetchone()[0]
+
+
 def count_rows(conn: psycopg.Connection) -> dict[str, int]:
     """Exact row counts of the main tables that exist (in the connection's schema)."""
     counts = {}

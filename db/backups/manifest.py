@@ -110,6 +110,13 @@ def resolve(backup: str | Path, directory: Path | None) -> Path:
     raise BackupError(f"no backup {backup} (looked in {directory})")
 
 
+def of_database(
+    backups: list[tuple[Path, Manifest]], database: str, schema: str | None = None
+) -> list[tuple[Path, Manifest]]:
+    """The backups of one database (and schema): a shared folder may hold other hubs' backups too."""
+    return [(p, m) for p, m in backups if m.database == database and (schema is None or m.schema == schema)]
+
+
 def newest_verified(directory: Path | None) -> datetime | None:
     """When the newest backup that passed verification finished (for `hub status` / alerting), or None."""
     done = [m.finished for _, m in list_backups(directory) if m.verified]

@@ -286,3 +286,45 @@ def test_a_parallel_directory_backup_verifies_and_a_damaged_data_file_is_caught(
     assert res.exit_code == 1 and "damaged: sha256" in said(res)
     with pytest.raises(ValueError, match="directory format"):
         dump.take_backup(db_url, "public", hub, fmt="custom", jobs=2)
+
+
+def test_retention_keeps_the_newest_restore_tested_backup(tmp_path):
+    """The review's probe: 29 nightlies verified but failing their test restore; the one that restored stays."""
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    d = tmp_path / "b"
+    for i in range(29):
+        fake_backup(d, f"n{i}.dump", i + 0.5, True, now, restore_tested=False)
+    fake_backup(d, "b35.dump", 35, True, now, restore_tested=True)
+    fake_backup(d, "b40.dump", 40, True, now, restore_tested=True)  # an older one that restored: not needed
+    decisions = by_label(retention.prune(d, now=now))
+    assert not decisions["b35.dump"].remove and "newest restore-tested" in decisions["b35.dump"].reason
+    assert NAMES["b35.dump"].exists() and decisions["b40.dump"].remove
+
+
+def test_retention_never_mixes_databases(tmp_path):
+    """Another hub's fresh verified backups in a shared folder do not push this hub's out."""
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    d = tmp_path / "shared"
+    for i in range(10):
+        fake_backup(d, f"other{i}.dump", i + 0.5, True, now, database="other_hub")
+    for i in range(8):  # this hub's nightlies failed for over a month: its last 8 are 40..47 days old
+        fake_backup(d, f"mine{i}.dump", 40 + i, True, now)
+    fake_backup(d, "other-schema.dump", 60, True, now, schema="shop2")  # same database, another hub's schema
+    decisions = by_label(retention.prune(d, now=now))
+    kept = {label for label, x in decisions.items() if not x.remove}
+    assert kept == {f"mine{i}.dump" for i in range(7)} | {f"other{i}.dump" for i in range(10)} | {"other-schema.dump"}
+    assert "of shop (shop2)" in decisions["other-schema.dump"].reason
+    assert decisions["mine7.dump"].remove and decisions["mine7.dump"].database == "shop"
+
+
+def test_the_test_restore_picks_this_databases_newest_backup_not_another_hubs(hub, db_url, tmp_path):
+    shop(db_url, tmp_path)
+    path, _ = dump.take_backup(db_url, "public", hub)
+    backup_flows.verify_backup.fn(path)
+    # A newer, verified backup of another hub's database in the same folder (a shared HUB_BACKUP_DIR).
+    fake_backup(hub, "theirs.dump", -1, True, datetime.now(UTC), database="another_hub")
+    own = dump.current_database(db_url)
+    assert backup_flows.newest_verified_backup(hub, own, "public") == path
+    m = backup_flows.test_restore()
+    assert m.file == path.name and m.restore_tested is True
+    assert read_manifest(NAMES["theirs.dump"]).restore_tested is None
