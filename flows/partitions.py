@@ -30,6 +30,7 @@ from db.partitions.plan import Plan, make_plan
 from db.partitions.rollover import Quarter
 from db.sealed import ARCHIVE, sweep
 from db.sealed.copy import instance_dir
+from db.sealed.names import OutsideFolder, confine
 from db.settings.registry import get_settings_service
 from flows import runtime
 from flows.locks import instance, job_lock
@@ -205,10 +206,15 @@ def restore_partition_archive(path: Path, lock_wait: float | None = 0) -> dict[s
     """Bring an archived quarter back (checksum first) and lift the retention horizon for it.
 
     Args:
-        path: The archive file (its checksum file beside it), as seen from the machine that runs the flow.
+        path: The archive file in HUB_ARCHIVE_DIR (a name, or a path inside it), as seen from the machine that runs
+            the flow; its sha256 must be the one recorded in partition_archives.
         lock_wait: Seconds to wait for the job lock when another job holds it (0: fail at once, null: wait forever).
     """
+    try:  # only HUB_ARCHIVE_DIR: a restore runs whatever SQL the file holds
+        dump = confine(path, runtime.hub().cfg.archive_path)
+    except OutsideFolder as exc:
+        raise partition_archive.ArchiveError(f"archive {exc} (HUB_ARCHIVE_DIR)") from None
     with job_lock(*LOCK_GROUPS, wait=lock_wait):
-        out = restore_archive(Path(path))
+        out = restore_archive(dump)
     logger().info("restored %s: %d rows from %s", out["partition"], out["rows"], out["file"])
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from db.sealed import BACKUP, files
+from db.sealed.names import OutsideFolder, confine
 
 MANIFEST_SUFFIX = BACKUP.manifest_suffix
 
@@ -101,13 +102,31 @@ def list_backups(directory: Path | None) -> list[tuple[Path, Manifest]]:
 
 
 def resolve(backup: str | Path, directory: Path | None) -> Path:
-    """A backup given as a path, or as a name in ``directory``."""
-    p = Path(backup)
-    if p.exists() or manifest_path(p).exists():
-        return p
-    if directory is not None and (directory / p.name).exists():
-        return directory / p.name
-    raise BackupError(f"no backup {backup} (looked in {directory})")
+    """A backup given by name, or by a path, inside ``directory`` (HUB_BACKUP_DIR) and named as the hub names them.
+
+    Nothing outside the folder is accepted (``..`` and symlinks resolved first): a restore runs whatever the
+    file holds, and its manifest is a sidecar anyone who can write the file can write too.
+    """
+    if directory is None:
+        raise BackupError(f"no backup folder (HUB_BACKUP_DIR) to find {backup} in")
+    try:
+        path = confine(backup, directory)
+    except OutsideFolder as exc:
+        raise BackupError(f"backup {exc}") from None
+    if not BACKUP.owns(path.name):
+        raise BackupError(f"{path.name} is not a backup the hub wrote (<db>-YYYYMMDDTHHMMSSZ.dump|.dir): refused")
+    return path
+
+
+def require_verified(backup: Path, manifest: Manifest) -> None:
+    """Only a hub-named backup whose manifest records a passed verification is handed to pg_restore."""
+    if not BACKUP.owns(backup.name):
+        raise BackupError(f"{backup.name} is not a backup the hub wrote: refusing to restore it")
+    if manifest.verified is not True:
+        state = "failed its verification" if manifest.verified is False else "has not been verified"
+        raise BackupError(
+            f"backup {backup.name} {state}: refusing to restore it (run `hub backups verify {backup.name}` first)"
+        )
 
 
 def of_database(

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from db import pg_tools
 from db.backups.dump import count_rows, partitions_of
-from db.backups.manifest import BackupError, Manifest, read_manifest, write_manifest
+from db.backups.manifest import BackupError, Manifest, read_manifest, require_verified, write_manifest
 from db.backups.verify import check_checksum
 from db.connection import connect, libpq_url, mask_url, with_database
 
@@ -80,9 +80,10 @@ def restore_into(url: str, backup: Path, target: str, *, force: bool = False, jo
     """Restore ``backup`` into the database ``target`` on the server of ``url``.
 
     Refuses when ``target`` holds any table unless ``force`` (then it is dropped and re-created: what
-    was dropped is returned and logged). The checksum is checked first.
+    was dropped is returned and logged). Only a verified hub backup is restored; its checksum is checked first.
     """
     manifest = read_manifest(backup)
+    require_verified(backup, manifest)
     check_checksum(backup, manifest)
     state = target_state(url, target)
     if state.tables and not force:
@@ -130,6 +131,7 @@ def check_restored(url: str, target: str, manifest: Manifest) -> list[str]:
 def test_restore(url: str, backup: Path, *, jobs: int = 2, record: bool = True) -> Manifest:
     """Restore into a scratch database, check it against the manifest, drop it; recorded in the manifest."""
     manifest = read_manifest(backup)
+    require_verified(backup, manifest)
     scratch = f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:10]}"
     error = None
     t0 = time.perf_counter()

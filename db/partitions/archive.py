@@ -175,6 +175,21 @@ def copy_archive(dump: Path, dest_dir: Path) -> Path:
         raise ArchiveDamaged(f"{exc}; {archive.partition} was not dropped") from None
 
 
+def check_recorded(conn: psycopg.Connection, archive: Archive, dump: Path) -> None:
+    """Only an archive the hub itself recorded is restored: its sha256 must be in ``partition_archives``.
+
+    The manifest is a sidecar whoever writes the file can write too; the row is the hub's own record.
+    """
+    row = conn.execute(
+        "SELECT 1 FROM partition_archives WHERE partition = %s AND sha256 = %s", (archive.partition, archive.sha256)
+    ).fetchone()
+    if row is None:
+        raise ArchiveError(
+            f"{dump.name} is not an archive this hub recorded (no {archive.partition} with sha256 {archive.sha256} "
+            "in partition_archives): refusing to restore it"
+        )
+
+
 def record_archive(conn: psycopg.Connection, archive: Archive, dump: Path) -> int:
     """The archive's ``partition_archives`` row (once per file: a retried task finds its own row)."""
     row = conn.execute("SELECT id FROM partition_archives WHERE path = %s", (str(dump),)).fetchone()

@@ -82,3 +82,26 @@ BACKUP = Kind("backup", (".dump", ".dir"), ".manifest.json", folder_extensions=(
 # folder that also holds archives (HUB_ARCHIVE_DIR = HUB_BACKUP_DIR) never mistakes one for the other.
 ARCHIVE = Kind("archive", (".archive",), ".json")
 KINDS = (BACKUP, ARCHIVE)
+
+
+class OutsideFolder(ValueError):
+    """A path parameter that leads outside the folder it must stay in (``..``, a symlink, an absolute path)."""
+
+
+def confine(given: str | Path, root: Path) -> Path:
+    """``given`` — a name in ``root``, or a path — as an existing path inside ``root``, resolved.
+
+    ``..`` and symlinks are followed before the check, so nothing outside ``root`` gets through: a restore
+    runs whatever SQL the file holds ("restoring a dump causes the destination to execute arbitrary code
+    of the source superusers' choice", PostgreSQL docs), and only the hub writes into its own folders.
+    """
+    root_real = root.resolve()
+    p = Path(given)
+    tried = [p.resolve()] if p.is_absolute() else [(root / p).resolve(), p.resolve()]
+    inside = [r for r in tried if r.is_relative_to(root_real)]
+    if not inside:
+        raise OutsideFolder(f"{given} is outside {root}: only files in that folder are accepted")
+    for r in inside:
+        if r.exists() or any(r.with_name(r.name + k.manifest_suffix).exists() for k in KINDS):
+            return r
+    raise OutsideFolder(f"no file {given} in {root}")

@@ -150,7 +150,7 @@ def test_a_truncated_and_a_flipped_byte_backup_are_caught_by_verify(hub, db_url,
     assert cli("backups", "verify", path.name).exit_code == 0
 
     data = path.read_bytes()
-    truncated = hub / "truncated.dump"
+    truncated = hub / "truncated-20261130T120000Z.dump"
     truncated.write_bytes(data[:-256])  # the data blocks are at the end, the table of contents at the front
     # Its manifest matches the truncated file: only the full read can catch it (`--list` does not).
     write_manifest(truncated, replace(m, sha256=pg_tools.sha256_of(truncated)))
@@ -160,7 +160,7 @@ def test_a_truncated_and_a_flipped_byte_backup_are_caught_by_verify(hub, db_url,
     assert res.exit_code == 1 and "does not read to its end" in said(res)
     assert read_manifest(truncated).verified is False
 
-    flipped = hub / "flipped.dump"
+    flipped = hub / "flipped-20261130T120000Z.dump"
     raw = bytearray(data)
     raw[len(raw) // 2] ^= 0x01
     flipped.write_bytes(bytes(raw))
@@ -328,3 +328,37 @@ def test_the_test_restore_picks_this_databases_newest_backup_not_another_hubs(hu
     m = backup_flows.test_restore()
     assert m.file == path.name and m.restore_tested is True
     assert read_manifest(NAMES["theirs.dump"]).restore_tested is None
+
+
+def test_restores_take_only_verified_hub_backups_inside_the_backup_dir(hub, db_url, tmp_path, target_db):
+    """M8: a restore runs the file's SQL; a path parameter must not hand pg_restore any file the worker can read."""
+    shop(db_url, tmp_path)
+    path, _ = dump.take_backup(db_url, "public", hub)
+    backup_flows.verify_backup.fn(path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for f in (path, manifest_path(path)):  # a crafted dump with a manifest that says verified, outside the folder
+        (outside / f.name).write_bytes(f.read_bytes())
+    (hub / "link-20261130T120000Z.dump").symlink_to(outside / path.name)
+    (hub / "link-20261130T120000Z.dump.manifest.json").symlink_to(outside / manifest_path(path).name)
+    for given in (str(outside / path.name), f"../elsewhere/{path.name}", "link-20261130T120000Z.dump"):
+        res = cli("restore", given, "--target-db", target_db)
+        assert res.exit_code == 1 and "is outside" in said(res), (given, res.output)
+        with pytest.raises(BackupError, match="is outside"):
+            backup_flows.test_restore(backup=given)
+    foreign = hub / "crafted.dump"  # inside the folder, but not a name the hub gives its backups
+    foreign.write_bytes(path.read_bytes())
+    manifest_path(foreign).write_bytes(manifest_path(path).read_bytes())
+    res = cli("restore", "crafted.dump", "--target-db", target_db)
+    assert res.exit_code == 1 and "not a backup the hub wrote" in said(res)
+
+    unverified, _ = dump.take_backup(db_url, "public", hub)  # dumped, never read back
+    res = cli("restore", unverified.name, "--target-db", target_db)
+    assert res.exit_code == 1 and "has not been verified: refusing to restore it" in said(res)
+    with pytest.raises(BackupError, match="has not been verified"):
+        backup_flows.test_restore(backup=unverified.name)
+    with psycopg.connect(libpq_url(with_database(db_url, "postgres"))) as c:
+        assert c.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (target_db,)).fetchone()[0] == 0
+
+    res = cli("restore", path.name, "--target-db", target_db)  # the verified hub backup, by name: restored
+    assert res.exit_code == 0, res.output

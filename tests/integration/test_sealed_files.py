@@ -21,7 +21,7 @@ from db.sealed import ARCHIVE, BACKUP, files
 from flows import runtime
 from flows.config import get_config
 from flows.locks import instance
-from flows.partitions import partition_maintenance
+from flows.partitions import partition_maintenance, restore_partition_archive
 from flows.snapshot import import_file
 from tests.integration.test_partition_maintenance import NOW, shop_file
 
@@ -144,3 +144,28 @@ def test_a_copy_that_arrives_damaged_stops_the_drop(retention_hub, db_url, monke
 def _major(db_url: str) -> int:
     with psycopg.connect(libpq_url(db_url)) as c:
         return pg_tools.server_major(c)
+
+
+def test_an_archive_restores_only_from_the_archive_dir_with_its_recorded_sha256(retention_hub, db_url, tmp_path):
+    """M8: restore-partition-archive.path stays in HUB_ARCHIVE_DIR; the hub's own record decides, not a sidecar."""
+    out = partition_maintenance(now=NOW)
+    dump = next(Path(a["file"]) for a in out["archived"] if a["partition"] == "order_items_2020_q1")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for f in (dump, partition_archive.manifest_path(dump)):
+        (elsewhere / f.name).write_bytes(f.read_bytes())
+    for given in (elsewhere / dump.name, Path("../elsewhere") / dump.name):
+        with pytest.raises(partition_archive.ArchiveError, match="is outside"):
+            restore_partition_archive(given)
+    # Inside the folder, a crafted dump (here: another quarter's rows) with a manifest rewritten to match it.
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
+        other = partition_archive.archive_partition(c, db_url, "public", Quarter(2026, 3), dump.parent)
+    manifest = partition_archive.manifest_path(dump)
+    crafted = manifest.read_text().replace(partition_archive.read_manifest(dump).sha256, pg_tools.sha256_of(other))
+    dump.write_bytes(other.read_bytes())
+    manifest.write_text(crafted)
+    partition_archive.verify_archive(dump, _major(db_url))  # checksum and full read pass: the sidecar says so
+    with pytest.raises(partition_archive.ArchiveError, match="not an archive this hub recorded"):
+        restore_partition_archive(dump.name)
+    with psycopg.connect(libpq_url(db_url)) as c:
+        assert rollover.archived_quarters(c) == {(2020, 1), (2021, 2)}  # the horizon was not lifted
