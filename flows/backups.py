@@ -103,6 +103,21 @@ def _backup_report(path: Path, m: Manifest, verification: str, copied: Path | No
     table_artifact(rows, key="nightly-backup", description=f"backup of {m.database}: {verification}")
 
 
+@flow(name="verify-backup-file", log_prints=True)
+def verify_backup_file(backup: str, lock_wait: float | None = 0) -> Manifest:
+    """Check one backup's SHA-256 and read it to its end; the outcome is recorded in its manifest.
+
+    Under db-maintenance: a test restore records its outcome in the same manifest.
+
+    Args:
+        backup: A backup in HUB_BACKUP_DIR (its name, or a path inside it).
+        lock_wait: Seconds to wait for the db-maintenance lock held by another job (0: fail at once, null: forever).
+    """
+    path = resolve(backup, runtime.hub().cfg.backup_path)
+    with job_lock(*LOCK_GROUPS, wait=lock_wait):
+        return verify.verify_backup(path)
+
+
 @task(name="test-restore", cache_policy=NO_CACHE)
 def restore_and_check(path: Path, jobs: int) -> Manifest:
     return restore.test_restore(runtime.hub().url, path, jobs=jobs)

@@ -1,8 +1,8 @@
 """The JSON manifest beside every backup, and finding backups in a folder by their manifests.
 
 ``<db>-<UTC stamp>.dump`` (custom format) or ``<db>-<UTC stamp>.dir/`` (directory format), with
-``<name>.manifest.json`` beside it. The manifest is rewritten (atomically) as verification and test
-restores record their results; a backup without a manifest is not a backup (a killed run's leftover).
+``<name>.manifest.json`` beside it. The manifest is rewritten (atomically, re-read first) as verification
+and test restores record their results; a backup without a manifest is not a backup (a killed run's leftover).
 """
 
 from __future__ import annotations
@@ -74,6 +74,22 @@ def manifest_path(backup: Path) -> Path:
 
 def write_manifest(backup: Path, manifest: Manifest) -> None:
     files.write_atomic(manifest_path(backup), manifest.to_json())
+
+
+def update_manifest(backup: Path, **changes: Any) -> Manifest:
+    """Record one step's outcome: re-read the manifest as it is on disk *now*, set only ``changes``, write it.
+
+    Verification and a test restore each take minutes and own different fields; re-reading just before
+    the write keeps what the other recorded meanwhile (both also run under the db-maintenance lock).
+    """
+    known = {f.name for f in fields(Manifest)}
+    if not set(changes) <= known:
+        raise ValueError(f"not manifest fields: {sorted(set(changes) - known)}")
+    current = read_manifest(backup)
+    for name, value in changes.items():
+        setattr(current, name, value)
+    write_manifest(backup, current)
+    return current
 
 
 def read_manifest(backup: Path) -> Manifest:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from psycopg import sql
 
 from db import pg_tools
 from db.backups.dump import count_rows, partitions_of
-from db.backups.manifest import BackupError, Manifest, read_manifest, require_verified, write_manifest
+from db.backups.manifest import BackupError, Manifest, read_manifest, require_verified, update_manifest
 from db.backups.verify import check_checksum
 from db.connection import connect, libpq_url, mask_url, with_database
 
@@ -148,11 +148,9 @@ def test_restore(url: str, backup: Path, *, jobs: int = 2, record: bool = True) 
     finally:
         with _admin(url) as c:
             c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
-    manifest.restore_tested, manifest.restore_error = error is None, error
-    manifest.restore_tested_at = datetime.now(UTC).isoformat()
-    manifest.restore_seconds = round(seconds, 3)
-    if record:
-        write_manifest(backup, manifest)
+    outcome = {"restore_tested": error is None, "restore_error": error, "restore_seconds": round(seconds, 3),
+               "restore_tested_at": datetime.now(UTC).isoformat()}  # fmt: skip
+    manifest = update_manifest(backup, **outcome) if record else replace(manifest, **outcome)
     if error:
         raise BackupError(error)
     return manifest

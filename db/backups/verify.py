@@ -6,10 +6,11 @@ dump. Decompressing every block is the read that fails on it. The outcome goes i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from db.backups.manifest import BackupDamaged, Manifest, read_manifest, write_manifest
+from db.backups.manifest import BackupDamaged, Manifest, read_manifest, update_manifest
 from db.sealed import check
 
 
@@ -36,10 +37,11 @@ def verify_backup(backup: Path, *, record: bool = True) -> Manifest:
         full_read(backup, manifest)
     except BackupDamaged as exc:
         error = str(exc)
-    manifest.verified, manifest.verify_error = error is None, error
-    manifest.verified_at = datetime.now(UTC).isoformat()
+    outcome = {"verified": error is None, "verify_error": error, "verified_at": datetime.now(UTC).isoformat()}
     if record:
-        write_manifest(backup, manifest)
+        manifest = update_manifest(backup, **outcome)
+    else:
+        manifest = replace(manifest, **outcome)
     if error:
         raise BackupDamaged(error)
     return manifest

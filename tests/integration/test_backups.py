@@ -362,3 +362,56 @@ def test_restores_take_only_verified_hub_backups_inside_the_backup_dir(hub, db_u
 
     res = cli("restore", path.name, "--target-db", target_db)  # the verified hub backup, by name: restored
     assert res.exit_code == 0, res.output
+
+
+def sealed_fake(hub: Path, verified: bool | None = True) -> Path:
+    """A hub-named backup file whose manifest's sha256 matches it (full reads are stubbed where it is used)."""
+    path = fake_backup(hub, "sealed.dump", 0.1, verified, datetime.now(UTC))
+    m = read_manifest(path)
+    m.sha256 = pg_tools.sha256_of(path)
+    write_manifest(path, m)
+    return path
+
+
+def test_a_verification_keeps_what_a_test_restore_recorded_meanwhile(tmp_path, monkeypatch):
+    """L12: each step re-reads the manifest before it writes, so one outcome never overwrites the other."""
+    from db.backups import verify
+
+    path = sealed_fake(tmp_path)
+
+    def full_read_while_a_test_restore_finishes(backup, manifest):
+        m = read_manifest(backup)
+        m.restore_tested, m.restore_seconds = True, 12.5
+        write_manifest(backup, m)
+
+    monkeypatch.setattr(verify, "full_read", full_read_while_a_test_restore_finishes)
+    verify.verify_backup(path)
+    m = read_manifest(path)
+    assert m.verified is True and m.restore_tested is True and m.restore_seconds == 12.5
+
+
+def test_a_test_restore_keeps_what_a_verification_recorded_meanwhile(db_url, tmp_path, monkeypatch):
+    from db.backups import restore
+
+    path = sealed_fake(tmp_path)
+
+    def pg_restore_while_a_verification_finishes(url, target, backup, manifest, jobs):
+        m = read_manifest(backup)
+        m.verified_at = "2026-12-01T00:00:00+00:00"
+        write_manifest(backup, m)
+
+    monkeypatch.setattr(restore, "_pg_restore", pg_restore_while_a_verification_finishes)
+    monkeypatch.setattr(restore, "check_restored", lambda url, target, manifest: [])
+    restore.test_restore(db_url, path)
+    m = read_manifest(path)
+    assert m.restore_tested is True and m.verified_at == "2026-12-01T00:00:00+00:00"
+
+
+def test_hub_backups_verify_takes_the_db_maintenance_lock(hub, db_url):
+    from flows.locks import job_lock
+
+    path = sealed_fake(hub)
+    with job_lock("db-maintenance", url=db_url, schema="public"):
+        res = cli("backups", "verify", path.name)
+    assert res.exit_code == 75 and "db-maintenance" in said(res) and "held" in said(res), res.output
+    assert read_manifest(path).verified_at is None  # it did not run
