@@ -40,8 +40,14 @@ def _mb(n: int) -> float:
 def dump_database(fmt: str, jobs: int, lock_wait_timeout: str) -> tuple[Path, Manifest]:
     hub = runtime.hub()
     return dump.take_backup(
-        hub.url, hub.schema, hub.cfg.backup_path, fmt=fmt, jobs=jobs, lock_wait_timeout=lock_wait_timeout
-    )
+        hub.url, hub.schema, hub.cfg.backup_path, fmt=fmt, jobs=jobs, lock_wait_timeout=lock_wait_timeout,
+        reserve_bytes=_reserve(),
+    )  # fmt: skip
+
+
+def _reserve() -> int:
+    """HUB_MIN_FREE_DISK_MB: what a dump or a scratch restore must leave free on its disk."""
+    return runtime.hub().cfg.min_free_disk_mb * 2**20
 
 
 @task(name="verify-backup", cache_policy=NO_CACHE)
@@ -120,7 +126,10 @@ def verify_backup_file(backup: str, lock_wait: float | None = 0) -> Manifest:
 
 @task(name="test-restore", cache_policy=NO_CACHE)
 def restore_and_check(path: Path, jobs: int) -> Manifest:
-    return restore.test_restore(runtime.hub().url, path, jobs=jobs)
+    hub = runtime.hub()
+    return restore.test_restore(
+        hub.url, path, jobs=jobs, instance=instance(hub.url, hub.schema), reserve_bytes=_reserve()
+    )
 
 
 def newest_verified_backup(directory: Path, database: str, schema: str) -> Path:

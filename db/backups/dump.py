@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from db import pg_tools
-from db.backups.manifest import BackupError, Manifest, write_manifest
+from db.backups.manifest import BackupError, Manifest, list_backups, of_database, write_manifest
 from db.connection import connect, mask_url
 from db.sealed import BACKUP, files
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # The shop mirror's tables: what a restore must bring back (partitions are counted through their parent).
 MAIN_TABLES = ("orders", "order_items", "customers", "products", "product_variants", "customer_metrics")
 FORMATS = {"custom": ("c", ".dump"), "directory": ("d", ".dir")}
+DEFAULT_RESERVE = 256 * 2**20  # free disk that must be left after the dump
 
 
 class BackupLockTimeout(BackupError):
@@ -71,6 +72,21 @@ def count_rows(conn: psycopg.Connection) -> dict[str, int]:
     return counts
 
 
+def dump_estimate(conn: psycopg.Connection, directory: Path, database: str) -> int:
+    """About how large the dump gets: this database's last backup +25 %, else the database's size less its
+    indexes (an upper bound: the dump is compressed and holds no index). Read without taking any table lock
+    (``pg_table_size`` would queue behind the very DDL ``--lock-wait-timeout`` is there to fail fast on)."""
+    earlier = of_database(list_backups(directory), database)
+    if earlier:
+        return int(earlier[-1][1].size_bytes * 1.25)
+    row = conn.execute(
+        """SELECT pg_database_size(current_database())
+                  - coalesce((SELECT sum(relpages)::bigint FROM pg_class WHERE relkind = 'i'), 0)
+                    * current_setting('block_size')::bigint"""
+    ).fetchone()
+    return max(0, int(row[0]))
+
+
 def _lock_message(stderr: str, ms: int) -> str | None:
     """pg_dump's lock wait ran out (it says "statement timeout" on its LOCK TABLE), or our counts' did."""
     if not ("LOCK TABLE" in stderr or "could not obtain lock" in stderr or "lock timeout" in stderr):
@@ -92,8 +108,12 @@ def take_backup(
     jobs: int = 1,
     lock_wait_timeout: str | float = "60s",
     compress: int | None = None,
+    reserve_bytes: int = DEFAULT_RESERVE,
 ) -> tuple[Path, Manifest]:
-    """Dump the database of ``url`` into ``directory``; returns the backup's path and its manifest."""
+    """Dump the database of ``url`` into ``directory``; returns the backup's path and its manifest.
+
+    Refused before pg_dump starts when the folder's disk lacks room for the dump plus ``reserve_bytes``
+    (on the embedded setup it is the live cluster's disk too)."""
     if fmt not in FORMATS:
         raise ValueError(f"backup format {fmt!r}: use custom or directory")
     if jobs > 1 and fmt != "directory":
@@ -108,6 +128,10 @@ def take_backup(
         server_version = conn.execute("SHOW server_version").fetchone()[0]
         database = conn.info.dbname
         letter, suffix = FORMATS[fmt]
+        try:
+            files.check_free_space(directory, dump_estimate(conn, directory, database), reserve_bytes, "the backup")
+        except files.NotEnoughSpace as exc:
+            raise BackupError(str(exc)) from None
         final = BACKUP.new_path(directory, database, started, suffix)  # two within a second: never overwrite
         tmp = files.prepare_temp(final, folder=fmt == "directory")
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

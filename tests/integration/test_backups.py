@@ -415,3 +415,54 @@ def test_hub_backups_verify_takes_the_db_maintenance_lock(hub, db_url):
         res = cli("backups", "verify", path.name)
     assert res.exit_code == 75 and "db-maintenance" in said(res) and "held" in said(res), res.output
     assert read_manifest(path).verified_at is None  # it did not run
+
+
+def scratch_dbs(db_url: str) -> set[str]:
+    with psycopg.connect(libpq_url(with_database(db_url, "postgres"))) as c:
+        rows = c.execute("SELECT datname FROM pg_database WHERE datname LIKE 'hub\\_restore\\_test%'").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_scratch_databases_a_killed_test_restore_left_are_dropped_first_and_only_those(hub, db_url, tmp_path):
+    """L14: under the lock, the next test restore drops this hub's leftover scratch databases, nothing else."""
+    from db.backups import scratch
+
+    shop(db_url, tmp_path)
+    path, _ = dump.take_backup(db_url, "public", hub)
+    backup_flows.verify_backup.fn(path)
+    mine = scratch.scratch_name(instance(db_url, "public"))
+    names = {"mine": mine, "old_unused": "hub_restore_test_0123456789", "old_in_use": "hub_restore_test_abcdef0123",
+             "another_hub": "hub_restore_test_ffffffff_0123456789", "not_scratch": "hub_restore_testing"}  # fmt: skip
+    admin = psycopg.connect(libpq_url(with_database(db_url, "postgres")), autocommit=True)
+    try:
+        for name in names.values():
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        with psycopg.connect(libpq_url(with_database(db_url, names["old_in_use"]))):  # a live session uses it
+            m = backup_flows.test_restore()
+        assert m.restore_tested is True
+        left = scratch_dbs(db_url)
+        assert names["mine"] not in left and names["old_unused"] not in left
+        assert {names["old_in_use"], names["another_hub"], names["not_scratch"]} <= left
+    finally:
+        for name in names.values():
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+def test_no_dump_and_no_scratch_restore_without_room_on_the_disk(hub, db_url, tmp_path):
+    """L14: a full disk would stop the live cluster (same disk as its WAL on the embedded setup)."""
+    from db.backups import restore
+
+    shop(db_url, tmp_path)
+    with pytest.raises(
+        BackupError,
+        match=r"not enough free disk for the backup in .*: needs about \d+ MB \+ 953674316 MB reserve, \d+ MB free",
+    ):  # noqa: E501
+        dump.take_backup(db_url, "public", hub, reserve_bytes=10**15)
+    assert not hub.exists() or not list(hub.iterdir())  # nothing was written
+    path, _ = dump.take_backup(db_url, "public", hub)
+    backup_flows.verify_backup.fn(path)
+    before = scratch_dbs(db_url)
+    with pytest.raises(BackupError, match=r"not enough free disk for a scratch restore of .*: needs about \d+ MB"):
+        restore.test_restore(db_url, path, reserve_bytes=10**15)
+    assert scratch_dbs(db_url) == before
