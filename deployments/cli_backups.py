@@ -81,15 +81,16 @@ def _yes_no(v: bool | None) -> str:
 
 
 @backups_app.command("verify")
-def verify_cmd(backup: str = typer.Argument(..., help="A backup's path, or its name in HUB_BACKUP_DIR.")) -> None:
+def verify_cmd(
+    backup: str = typer.Argument(..., help="A backup's name in HUB_BACKUP_DIR, or its path there."),
+    wait: float = WAIT,
+) -> None:
     """Check a backup's SHA-256 and read it to the end (pg_restore -f /dev/null); exit 1 when damaged."""
-    from db.backups.manifest import resolve
-    from db.backups.verify import verify_backup
-    from flows.config import get_config
+    quiet_prefect()
+    from flows.backups import verify_backup_file
 
-    path = _run(resolve, backup, get_config().backup_path)
-    m = _run(verify_backup, path)
-    print(f"{path.name}: ok (sha256 {m.sha256}, read to its end)")
+    m = _run(verify_backup_file, backup, lock_wait=wait)
+    print(f"{m.file}: ok (sha256 {m.sha256}, read to its end)")
 
 
 @backups_app.command("test-restore")
@@ -111,7 +112,7 @@ def prune_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed and how much; remove nothing."),
     wait: float = WAIT,
 ) -> None:
-    """Remove backups older than 30 days, keeping the newest 7 verified (and always the newest verified)."""
+    """Remove backups older than 30 days; of each database the newest 7 verified and the newest restore-tested stay."""
     quiet_prefect()
     from flows.backups import prune_backups
 

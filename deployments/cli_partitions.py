@@ -49,7 +49,7 @@ def partitions(
 
 @partitions_app.command("restore-archive")
 def restore_archive_cmd(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The .dump file written by retention."),
+    file: Path = typer.Argument(..., help="The archive written by retention: its name or path in HUB_ARCHIVE_DIR."),
     wait: float = WAIT,
 ) -> None:
     """Verify the archive, load its quarter unattached, check its rows against the manifest, then attach it and

@@ -21,11 +21,12 @@ from prefect.cache_policies import NO_CACHE
 from psycopg.conninfo import conninfo_to_dict
 
 from db.backups import copy, dump, restore, retention, verify
-from db.backups.manifest import BackupDamaged, BackupError, Manifest, list_backups, resolve
+from db.backups.manifest import BackupDamaged, BackupError, Manifest, list_backups, of_database, resolve
 from db.connection import libpq_url
+from db.sealed.copy import instance_dir
 from flows import runtime
 from flows.hub_status import publish_quietly
-from flows.locks import job_lock
+from flows.locks import instance, job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
 from flows.run_names import DAY, run_name
@@ -41,8 +42,14 @@ def _mb(n: int) -> float:
 def dump_database(fmt: str, jobs: int, lock_wait_timeout: str) -> tuple[Path, Manifest]:
     hub = runtime.hub()
     return dump.take_backup(
-        hub.url, hub.schema, hub.cfg.backup_path, fmt=fmt, jobs=jobs, lock_wait_timeout=lock_wait_timeout
-    )
+        hub.url, hub.schema, hub.cfg.backup_path, fmt=fmt, jobs=jobs, lock_wait_timeout=lock_wait_timeout,
+        reserve_bytes=_reserve(),
+    )  # fmt: skip
+
+
+def _reserve() -> int:
+    """HUB_MIN_FREE_DISK_MB: what a dump or a scratch restore must leave free on its disk."""
+    return runtime.hub().cfg.min_free_disk_mb * 2**20
 
 
 @task(name="verify-backup", cache_policy=NO_CACHE)
@@ -79,11 +86,17 @@ def nightly_backup(
             raise
         copied = None
         if hub.cfg.backup_copy_dir is not None:
-            copied = copy_backup(path, manifest, hub.cfg.backup_copy_dir)
+            copied = copy_backup(path, manifest, copy_dir(hub.cfg.backup_copy_dir))
     _backup_report(path, manifest, "ok", copied)
     logger().info("backup %s: %.2f MB in %.1f s, verified", path.name, _mb(manifest.size_bytes), manifest.dump_seconds)
     publish_quietly()
     return {"backup": str(path), "manifest": manifest, "copied_to": str(copied) if copied else None}
+
+
+def copy_dir(root: Path) -> Path:
+    """This hub's own subfolder of a (possibly shared) HUB_BACKUP_COPY_DIR: the one it writes and prunes."""
+    hub = runtime.hub()
+    return instance_dir(root, instance(hub.url, hub.schema))
 
 
 def _backup_report(path: Path, m: Manifest, verification: str, copied: Path | None) -> None:
@@ -99,15 +112,34 @@ def _backup_report(path: Path, m: Manifest, verification: str, copied: Path | No
     table_artifact(rows, key="nightly-backup", description=f"backup of {m.database}: {verification}")
 
 
+@flow(name="verify-backup-file", log_prints=True)
+def verify_backup_file(backup: str, lock_wait: float | None = 0) -> Manifest:
+    """Check one backup's SHA-256 and read it to its end; the outcome is recorded in its manifest.
+
+    Under db-maintenance: a test restore records its outcome in the same manifest.
+
+    Args:
+        backup: A backup in HUB_BACKUP_DIR (its name, or a path inside it).
+        lock_wait: Seconds to wait for the db-maintenance lock held by another job (0: fail at once, null: forever).
+    """
+    path = resolve(backup, runtime.hub().cfg.backup_path)
+    with job_lock(*LOCK_GROUPS, wait=lock_wait):
+        return verify.verify_backup(path)
+
+
 @task(name="test-restore", cache_policy=NO_CACHE)
 def restore_and_check(path: Path, jobs: int) -> Manifest:
-    return restore.test_restore(runtime.hub().url, path, jobs=jobs)
+    hub = runtime.hub()
+    return restore.test_restore(
+        hub.url, path, jobs=jobs, instance=instance(hub.url, hub.schema), reserve_bytes=_reserve()
+    )
 
 
-def newest_verified_backup(directory: Path) -> Path:
-    verified = [p for p, m in list_backups(directory) if m.verified]
+def newest_verified_backup(directory: Path, database: str, schema: str) -> Path:
+    """The newest verified backup of ``database`` (and ``schema``): never another hub's in a shared folder."""
+    verified = [p for p, m in of_database(list_backups(directory), database, schema) if m.verified]
     if not verified:
-        raise BackupError(f"no verified backup in {directory} to test-restore; run `hub backup` first")
+        raise BackupError(f"no verified backup of {database} in {directory} to test-restore; run `hub backup` first")
     return verified[-1]
 
 
@@ -123,7 +155,10 @@ def test_restore(backup: str | None = None, jobs: int = 2, lock_wait: float | No
         lock_wait: Seconds to wait for the db-maintenance lock held by another job (0: fail at once, null: forever).
     """
     hub = runtime.hub()
-    path = resolve(backup, hub.cfg.backup_path) if backup else newest_verified_backup(hub.cfg.backup_path)
+    if backup:
+        path = resolve(backup, hub.cfg.backup_path)
+    else:
+        path = newest_verified_backup(hub.cfg.backup_path, dump.current_database(hub.url), hub.schema)
     with job_lock(*LOCK_GROUPS, wait=lock_wait):
         try:
             manifest = restore_and_check(path, jobs)
@@ -149,7 +184,8 @@ def prune_dir(directory: Path, dry_run: bool, now: datetime | None) -> list[rete
 
 @flow(name="prune-backups", flow_run_name=run_name("prune-backups", when=DAY), log_prints=True)
 def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datetime | None = None) -> dict[str, Any]:
-    """Retention in the backup folder and the off-machine copy: > 30 days goes, the newest 7 verified stay.
+    """Retention in the backup folder and this hub's subfolder of the copy dir: > 30 days goes, the newest 7
+    verified stay. Only the hub's own backup names are ever touched.
 
     Args:
         dry_run: Decide and report, remove nothing (and take no lock).
@@ -157,7 +193,7 @@ def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datet
         now: The clock (default: now; tests set it).
     """
     cfg = runtime.hub().cfg
-    dirs = [("local", cfg.backup_path)] + ([("copy", cfg.backup_copy_dir)] if cfg.backup_copy_dir else [])
+    dirs = [("local", cfg.backup_path)] + ([("copy", copy_dir(cfg.backup_copy_dir))] if cfg.backup_copy_dir else [])
     rows: list[dict[str, Any]] = []
     with nullcontext() if dry_run else job_lock(*LOCK_GROUPS, wait=lock_wait):
         for where, directory in dirs:

@@ -1,9 +1,10 @@
 """``order_items`` partitions that run themselves: rollover (runway + data quarters) and retention.
 
 Reads like the plan it carries out: plan → create the missing quarters → for each quarter past the
-retention horizon: archive (pg_dump + sha256 + manifest) → verify, record, detach concurrently, drop →
-report. The SQL and the archive files are ``db/partitions/plan.py`` and ``db/partitions/archive.py``;
-partitions are created only through ``db/partitions/rollover.py``.
+retention horizon: archive (pg_dump + sha256 + manifest) → copy off the machine (HUB_BACKUP_COPY_DIR) →
+verify, record, detach concurrently, drop → report. The SQL and the archive files are
+``db/partitions/plan.py`` and ``db/partitions/archive.py``; partitions are created only through
+``db/partitions/rollover.py``.
 
 Locks: ``db-maintenance`` (DDL and backups share it) and ``orders``: between the dump and the drop no
 import may write into the quarter being retired, or those rows would be dropped unarchived. A dry run
@@ -27,10 +28,13 @@ from db.partitions import restore, retire
 from db.partitions import rollover as partitions
 from db.partitions.plan import Plan, make_plan
 from db.partitions.rollover import Quarter
+from db.sealed import ARCHIVE, sweep
+from db.sealed.copy import instance_dir
+from db.sealed.names import OutsideFolder, confine
 from db.settings.registry import get_settings_service
 from flows import runtime
 from flows.hub_status import publish_quietly
-from flows.locks import job_lock
+from flows.locks import instance, job_lock
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
 from flows.run_names import run_name
@@ -69,6 +73,15 @@ def create_partitions(quarters: list[Quarter]) -> list[str]:
         )
 
 
+@task(name="sweep-archive-dir", cache_policy=NO_CACHE)
+def sweep_archive_dir(now: datetime | None = None) -> list[str]:
+    """Temporary files a killed archive run left in HUB_ARCHIVE_DIR (archive names only; archives are kept)."""
+    gone = sweep.clean(runtime.hub().cfg.archive_path, ARCHIVE, now)
+    for x in gone:
+        logger().info("removed %s (%d bytes): %s", x.path.name, x.size_bytes, x.reason)
+    return [x.path.name for x in gone]
+
+
 @task(name="archive-partition", cache_policy=NO_CACHE, **RETRIES)
 def archive_partition(quarter: Quarter) -> Path:
     hub = runtime.hub()
@@ -82,6 +95,16 @@ def reconcile_archives() -> list[str]:
     hub = runtime.hub()
     with connection(hub.url, hub.schema, autocommit=True) as conn:
         return retire.reconcile(conn, lock_timeout=LOCK_TIMEOUT)
+
+
+@task(name="copy-archive", cache_policy=NO_CACHE, **RETRIES)
+def copy_archive(dump: Path) -> str | None:
+    """The archive into this hub's subfolder of HUB_BACKUP_COPY_DIR, checked there, before anything is dropped."""
+    hub = runtime.hub()
+    if hub.cfg.backup_copy_dir is None:
+        return None
+    root = hub.cfg.backup_copy_dir
+    return str(partition_archive.copy_archive(dump, instance_dir(root, instance(hub.url, hub.schema))))
 
 
 @task(name="retire-partition", cache_policy=NO_CACHE, **RETRIES)
@@ -115,8 +138,13 @@ def partition_maintenance(
             logger().info("%s%s", "dry run: " if dry_run else "", line)
         if dry_run:
             return {"dry_run": True, "plan": plan.describe(), "created": [], "archived": []}
+        sweep_archive_dir(now)
         created = create_partitions(plan.create)
-        archived = [retire_partition(archive_partition(q)) for q in plan.retire]
+        archived = []
+        for q in plan.retire:
+            dump = archive_partition(q)
+            copied = copy_archive(dump)  # an archived quarter is the one part Shoptet cannot send again
+            archived.append({**retire_partition(dump), "copied_to": copied})
     rows = partition_report(plan, archived)
     publish_quietly()
     return {
@@ -181,10 +209,15 @@ def restore_partition_archive(path: Path, lock_wait: float | None = 0) -> dict[s
     """Bring an archived quarter back (checksum first) and lift the retention horizon for it.
 
     Args:
-        path: The archive file (its checksum file beside it), as seen from the machine that runs the flow.
+        path: The archive file in HUB_ARCHIVE_DIR (a name, or a path inside it), as seen from the machine that runs
+            the flow; its sha256 must be the one recorded in partition_archives.
         lock_wait: Seconds to wait for the job lock when another job holds it (0: fail at once, null: wait forever).
     """
+    try:  # only HUB_ARCHIVE_DIR: a restore runs whatever SQL the file holds
+        dump = confine(path, runtime.hub().cfg.archive_path)
+    except OutsideFolder as exc:
+        raise partition_archive.ArchiveError(f"archive {exc} (HUB_ARCHIVE_DIR)") from None
     with job_lock(*LOCK_GROUPS, wait=lock_wait):
-        out = restore_archive(Path(path))
+        out = restore_archive(dump)
     logger().info("restored %s: %d rows from %s", out["partition"], out["rows"], out["file"])
     return out

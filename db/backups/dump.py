@@ -11,9 +11,7 @@ query queue behind both.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -23,14 +21,16 @@ import psycopg
 from psycopg import sql
 
 from db import pg_tools
-from db.backups.manifest import PARTIAL_SUFFIX, BackupError, Manifest, fsync_private, manifest_path, write_manifest
+from db.backups.manifest import BackupError, Manifest, list_backups, of_database, write_manifest
 from db.connection import connect, mask_url
+from db.sealed import BACKUP, files
 
 log = logging.getLogger(__name__)
 
 # The shop mirror's tables: what a restore must bring back (partitions are counted through their parent).
 MAIN_TABLES = ("orders", "order_items", "customers", "products", "product_variants", "customer_metrics")
 FORMATS = {"custom": ("c", ".dump"), "directory": ("d", ".dir")}
+DEFAULT_RESERVE = 256 * 2**20  # free disk that must be left after the dump
 
 
 class BackupLockTimeout(BackupError):
@@ -56,6 +56,12 @@ def partitions_of(conn: psycopg.Connection, parent: str = "order_items") -> list
     return [r[0] for r in rows]
 
 
+def current_database(url: str) -> str:
+    """The database the server says ``url`` reaches: what a backup's manifest records as its database."""
+    with connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT current_database()").fetchone()[0]
+
+
 def count_rows(conn: psycopg.Connection) -> dict[str, int]:
     """Exact row counts of the main tables that exist (in the connection's schema)."""
     counts = {}
@@ -64,6 +70,21 @@ def count_rows(conn: psycopg.Connection) -> dict[str, int]:
             continue
         counts[t] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0]
     return counts
+
+
+def dump_estimate(conn: psycopg.Connection, directory: Path, database: str) -> int:
+    """About how large the dump gets: this database's last backup +25 %, else the database's size less its
+    indexes (an upper bound: the dump is compressed and holds no index). Read without taking any table lock
+    (``pg_table_size`` would queue behind the very DDL ``--lock-wait-timeout`` is there to fail fast on)."""
+    earlier = of_database(list_backups(directory), database)
+    if earlier:
+        return int(earlier[-1][1].size_bytes * 1.25)
+    row = conn.execute(
+        """SELECT pg_database_size(current_database())
+                  - coalesce((SELECT sum(relpages)::bigint FROM pg_class WHERE relkind = 'i'), 0)
+                    * current_setting('block_size')::bigint"""
+    ).fetchone()
+    return max(0, int(row[0]))
 
 
 def _lock_message(stderr: str, ms: int) -> str | None:
@@ -78,28 +99,6 @@ def _lock_message(stderr: str, ms: int) -> str | None:
     )
 
 
-def _prepare_target(tmp: Path, fmt: str) -> None:
-    """The dump's temporary file (or folder) created 0600 (0700) before pg_dump writes into it."""
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    tmp.unlink(missing_ok=True)
-    if fmt == "directory":
-        tmp.mkdir(mode=0o700)
-    else:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-
-
-def _seal(tmp: Path, final: Path) -> None:
-    """0600 files, fsync'd, then the rename that makes the backup visible."""
-    fsync_private(tmp)
-    os.replace(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def take_backup(
     url: str,
     schema: str,
@@ -109,14 +108,18 @@ def take_backup(
     jobs: int = 1,
     lock_wait_timeout: str | float = "60s",
     compress: int | None = None,
+    reserve_bytes: int = DEFAULT_RESERVE,
 ) -> tuple[Path, Manifest]:
-    """Dump the database of ``url`` into ``directory``; returns the backup's path and its manifest."""
+    """Dump the database of ``url`` into ``directory``; returns the backup's path and its manifest.
+
+    Refused before pg_dump starts when the folder's disk lacks room for the dump plus ``reserve_bytes``
+    (on the embedded setup it is the live cluster's disk too)."""
     if fmt not in FORMATS:
         raise ValueError(f"backup format {fmt!r}: use custom or directory")
     if jobs > 1 and fmt != "directory":
         raise ValueError("parallel dumps (--jobs) need the directory format (--format directory)")
     ms = _ms(lock_wait_timeout)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.private_dir(directory)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     with connect(url, schema, autocommit=True) as conn:
@@ -125,13 +128,12 @@ def take_backup(
         server_version = conn.execute("SHOW server_version").fetchone()[0]
         database = conn.info.dbname
         letter, suffix = FORMATS[fmt]
-        final = directory / f"{database}-{started:%Y%m%dT%H%M%SZ}{suffix}"
-        n = 1
-        while final.exists() or manifest_path(final).exists():  # two backups within a second: never overwrite
-            n += 1
-            final = directory / f"{database}-{started:%Y%m%dT%H%M%SZ}-{n}{suffix}"
-        tmp = final.with_name(final.name + PARTIAL_SUFFIX)
-        _prepare_target(tmp, fmt)
+        try:
+            files.check_free_space(directory, dump_estimate(conn, directory, database), reserve_bytes, "the backup")
+        except files.NotEnoughSpace as exc:
+            raise BackupError(str(exc)) from None
+        final = BACKUP.new_path(directory, database, started, suffix)  # two within a second: never overwrite
+        tmp = files.prepare_temp(final, folder=fmt == "directory")
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{ms}ms")))
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
@@ -153,23 +155,23 @@ def take_backup(
         except psycopg.errors.LockNotAvailable as exc:
             proc.kill()
             proc.communicate()
-            _discard(tmp)
+            files.discard(tmp)
             raise BackupLockTimeout(_lock_message(f"lock timeout: {exc}", ms) or str(exc)) from None
         except BaseException:
             proc.kill()
             proc.communicate()
-            _discard(tmp)
+            files.discard(tmp)
             raise
         finally:
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.execute("ROLLBACK")
     if proc.returncode != 0:
-        _discard(tmp)
+        files.discard(tmp)
         message = _lock_message(stderr, ms)
         if message:
             raise BackupLockTimeout(message)
         raise BackupError(f"pg_dump of {database} failed (exit {proc.returncode}): {mask_url(stderr.strip())}")
-    _seal(tmp, final)
+    files.seal(tmp, final)
     dump_seconds = time.perf_counter() - t0
     manifest = Manifest(
         file=final.name,
@@ -189,10 +191,3 @@ def take_backup(
     write_manifest(final, manifest)
     log.info("backup of %s written: %s (%d bytes)", database, final, manifest.size_bytes)
     return final, manifest
-
-
-def _discard(tmp: Path) -> None:
-    if tmp.is_dir():
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.unlink(missing_ok=True)

@@ -1,22 +1,23 @@
 """The JSON manifest beside every backup, and finding backups in a folder by their manifests.
 
 ``<db>-<UTC stamp>.dump`` (custom format) or ``<db>-<UTC stamp>.dir/`` (directory format), with
-``<name>.manifest.json`` beside it. The manifest is rewritten (atomically) as verification and test
-restores record their results; a backup without a manifest is not a backup (a killed run's leftover).
+``<name>.manifest.json`` beside it. The manifest is rewritten (atomically, re-read first) as verification
+and test restores record their results; a backup without a manifest is not a backup (a killed run's leftover).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-MANIFEST_SUFFIX = ".manifest.json"
-PARTIAL_SUFFIX = ".partial"
+from db.sealed import BACKUP, files
+from db.sealed.names import OutsideFolder, confine
+
+MANIFEST_SUFFIX = BACKUP.manifest_suffix
 
 
 class BackupError(Exception):
@@ -68,22 +69,27 @@ class Manifest:
 
 
 def manifest_path(backup: Path) -> Path:
-    return backup.with_name(backup.name + MANIFEST_SUFFIX)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` under a temporary name, fsync, rename: a reader sees the old or the new file, whole."""
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return BACKUP.manifest_path(backup)
 
 
 def write_manifest(backup: Path, manifest: Manifest) -> None:
-    write_atomic(manifest_path(backup), manifest.to_json())
+    files.write_atomic(manifest_path(backup), manifest.to_json())
+
+
+def update_manifest(backup: Path, **changes: Any) -> Manifest:
+    """Record one step's outcome: re-read the manifest as it is on disk *now*, set only ``changes``, write it.
+
+    Verification and a test restore each take minutes and own different fields; re-reading just before
+    the write keeps what the other recorded meanwhile (both also run under the db-maintenance lock).
+    """
+    known = {f.name for f in fields(Manifest)}
+    if not set(changes) <= known:
+        raise ValueError(f"not manifest fields: {sorted(set(changes) - known)}")
+    current = read_manifest(backup)
+    for name, value in changes.items():
+        setattr(current, name, value)
+    write_manifest(backup, current)
+    return current
 
 
 def read_manifest(backup: Path) -> Manifest:
@@ -96,12 +102,14 @@ def read_manifest(backup: Path) -> Manifest:
 
 
 def list_backups(directory: Path | None) -> list[tuple[Path, Manifest]]:
-    """Every backup of ``directory`` with its manifest, oldest first (unreadable manifests are skipped)."""
+    """Every backup of ``directory`` with its manifest, oldest first (hub names only; unreadable ones skipped)."""
     if directory is None or not directory.is_dir():
         return []
     out = []
     for m in directory.glob("*" + MANIFEST_SUFFIX):
-        backup = m.with_name(m.name[: -len(MANIFEST_SUFFIX)])
+        if not BACKUP.owns_manifest(m.name):  # another tool's manifest: not one of the hub's backups
+            continue
+        backup = BACKUP.sealed_of(m)
         try:
             out.append((backup, read_manifest(backup)))
         except BackupDamaged:
@@ -110,13 +118,38 @@ def list_backups(directory: Path | None) -> list[tuple[Path, Manifest]]:
 
 
 def resolve(backup: str | Path, directory: Path | None) -> Path:
-    """A backup given as a path, or as a name in ``directory``."""
-    p = Path(backup)
-    if p.exists() or manifest_path(p).exists():
-        return p
-    if directory is not None and (directory / p.name).exists():
-        return directory / p.name
-    raise BackupError(f"no backup {backup} (looked in {directory})")
+    """A backup given by name, or by a path, inside ``directory`` (HUB_BACKUP_DIR) and named as the hub names them.
+
+    Nothing outside the folder is accepted (``..`` and symlinks resolved first): a restore runs whatever the
+    file holds, and its manifest is a sidecar anyone who can write the file can write too.
+    """
+    if directory is None:
+        raise BackupError(f"no backup folder (HUB_BACKUP_DIR) to find {backup} in")
+    try:
+        path = confine(backup, directory)
+    except OutsideFolder as exc:
+        raise BackupError(f"backup {exc}") from None
+    if not BACKUP.owns(path.name):
+        raise BackupError(f"{path.name} is not a backup the hub wrote (<db>-YYYYMMDDTHHMMSSZ.dump|.dir): refused")
+    return path
+
+
+def require_verified(backup: Path, manifest: Manifest) -> None:
+    """Only a hub-named backup whose manifest records a passed verification is handed to pg_restore."""
+    if not BACKUP.owns(backup.name):
+        raise BackupError(f"{backup.name} is not a backup the hub wrote: refusing to restore it")
+    if manifest.verified is not True:
+        state = "failed its verification" if manifest.verified is False else "has not been verified"
+        raise BackupError(
+            f"backup {backup.name} {state}: refusing to restore it (run `hub backups verify {backup.name}` first)"
+        )
+
+
+def of_database(
+    backups: list[tuple[Path, Manifest]], database: str, schema: str | None = None
+) -> list[tuple[Path, Manifest]]:
+    """The backups of one database (and schema): a shared folder may hold other hubs' backups too."""
+    return [(p, m) for p, m in backups if m.database == database and (schema is None or m.schema == schema)]
 
 
 def newest_verified(directory: Path | None) -> datetime | None:
@@ -129,15 +162,3 @@ def newest_restore_tested(directory: Path | None) -> datetime | None:
     """When the newest backup that passed a test restore finished, or None."""
     done = [m.finished for _, m in list_backups(directory) if m.restore_tested]
     return max(done, default=None)
-
-
-def fsync_private(path: Path) -> None:
-    """Make a backup's files (one file, or a directory-format dump's) 0600 and flush them to disk."""
-    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-    for f in files:
-        os.chmod(f, 0o600)
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

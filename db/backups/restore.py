@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,14 +19,18 @@ import psycopg
 from psycopg import sql
 
 from db import pg_tools
+from db.backups import scratch
 from db.backups.dump import count_rows, partitions_of
-from db.backups.manifest import BackupError, Manifest, read_manifest, write_manifest
+from db.backups.manifest import BackupError, Manifest, read_manifest, require_verified, update_manifest
 from db.backups.verify import check_checksum
 from db.connection import connect, libpq_url, mask_url, with_database
+from db.locks import instance_id
+from db.sealed.files import NotEnoughSpace
 
 log = logging.getLogger(__name__)
 
-SCRATCH_PREFIX = "hub_restore_test_"
+SCRATCH_PREFIX = scratch.SCRATCH_PREFIX
+DEFAULT_RESERVE = 256 * 2**20  # free disk left over after a scratch restore or a dump
 
 
 class RestoreRefused(BackupError):
@@ -80,9 +83,10 @@ def restore_into(url: str, backup: Path, target: str, *, force: bool = False, jo
     """Restore ``backup`` into the database ``target`` on the server of ``url``.
 
     Refuses when ``target`` holds any table unless ``force`` (then it is dropped and re-created: what
-    was dropped is returned and logged). The checksum is checked first.
+    was dropped is returned and logged). Only a verified hub backup is restored; its checksum is checked first.
     """
     manifest = read_manifest(backup)
+    require_verified(backup, manifest)
     check_checksum(backup, manifest)
     state = target_state(url, target)
     if state.tables and not force:
@@ -127,30 +131,50 @@ def check_restored(url: str, target: str, manifest: Manifest) -> list[str]:
     return problems
 
 
-def test_restore(url: str, backup: Path, *, jobs: int = 2, record: bool = True) -> Manifest:
-    """Restore into a scratch database, check it against the manifest, drop it; recorded in the manifest."""
+def test_restore(
+    url: str,
+    backup: Path,
+    *,
+    jobs: int = 2,
+    record: bool = True,
+    instance: str | None = None,
+    reserve_bytes: int = DEFAULT_RESERVE,
+) -> Manifest:
+    """Restore into a scratch database, check it against the manifest, drop it; recorded in the manifest.
+
+    Run under the db-maintenance lock: this hub's scratch databases a killed run left are dropped first,
+    and none is created without room for it (plus ``reserve_bytes``) on the server's disk.
+    """
     manifest = read_manifest(backup)
-    scratch = f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:10]}"
+    require_verified(backup, manifest)
+    if instance is None:
+        with connect(url, manifest.schema, autocommit=True) as c:
+            instance = instance_id(c)
+    with _admin(url) as c:
+        scratch.drop_stale(c, instance)
+        try:
+            scratch.check_room(c, manifest, reserve_bytes)
+        except NotEnoughSpace as exc:
+            raise BackupError(str(exc)) from None
+    name = scratch.scratch_name(instance)
     error = None
     t0 = time.perf_counter()
     try:
         check_checksum(backup, manifest)
-        _recreate(url, scratch, drop=False)
-        _pg_restore(url, scratch, backup, manifest, jobs)
+        _recreate(url, name, drop=False)
+        _pg_restore(url, name, backup, manifest, jobs)
         seconds = time.perf_counter() - t0
-        problems = check_restored(url, scratch, manifest)
+        problems = check_restored(url, name, manifest)
         if problems:
             error = f"test restore of {backup.name} differs from its manifest: " + "; ".join(problems)
     except BackupError as exc:
         seconds, error = time.perf_counter() - t0, str(exc)
     finally:
         with _admin(url) as c:
-            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
-    manifest.restore_tested, manifest.restore_error = error is None, error
-    manifest.restore_tested_at = datetime.now(UTC).isoformat()
-    manifest.restore_seconds = round(seconds, 3)
-    if record:
-        write_manifest(backup, manifest)
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    outcome = {"restore_tested": error is None, "restore_error": error, "restore_seconds": round(seconds, 3),
+               "restore_tested_at": datetime.now(UTC).isoformat()}  # fmt: skip
+    manifest = update_manifest(backup, **outcome) if record else replace(manifest, **outcome)
     if error:
         raise BackupError(error)
     return manifest

@@ -6,29 +6,26 @@ dump. Decompressing every block is the read that fails on it. The outcome goes i
 
 from __future__ import annotations
 
-import os
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from db import pg_tools
-from db.backups.manifest import BackupDamaged, Manifest, read_manifest, write_manifest
+from db.backups.manifest import BackupDamaged, Manifest, read_manifest, update_manifest
+from db.sealed import check
 
 
 def check_checksum(backup: Path, manifest: Manifest) -> None:
-    if not backup.exists():
-        raise BackupDamaged(f"backup {backup} does not exist (its manifest does)")
-    actual = pg_tools.sha256_of(backup)
-    if actual != manifest.sha256:
-        raise BackupDamaged(
-            f"backup {backup.name} is damaged: sha256 {actual} differs from the recorded {manifest.sha256}"
-        )
+    try:
+        check.check_checksum(backup, manifest.sha256)
+    except check.Damaged as exc:
+        raise BackupDamaged(f"backup {exc}") from None
 
 
 def full_read(backup: Path, manifest: Manifest) -> None:
-    pg_restore = pg_tools.find_tool("pg_restore", manifest.server_major)
-    done = pg_tools.run([str(pg_restore), "-f", os.devnull, str(backup)])
-    if done.returncode != 0:
-        raise BackupDamaged(f"backup {backup.name} does not read to its end: {done.stderr.strip()}")
+    try:
+        check.full_read(backup, manifest.server_major)
+    except check.Damaged as exc:
+        raise BackupDamaged(f"backup {exc}") from None
 
 
 def verify_backup(backup: Path, *, record: bool = True) -> Manifest:
@@ -40,10 +37,11 @@ def verify_backup(backup: Path, *, record: bool = True) -> Manifest:
         full_read(backup, manifest)
     except BackupDamaged as exc:
         error = str(exc)
-    manifest.verified, manifest.verify_error = error is None, error
-    manifest.verified_at = datetime.now(UTC).isoformat()
+    outcome = {"verified": error is None, "verify_error": error, "verified_at": datetime.now(UTC).isoformat()}
     if record:
-        write_manifest(backup, manifest)
+        manifest = update_manifest(backup, **outcome)
+    else:
+        manifest = replace(manifest, **outcome)
     if error:
         raise BackupDamaged(error)
     return manifest

@@ -2,9 +2,10 @@
 
 Never drop without a verified archive: the partition is dumped (``pg_dump -Fc -t``, a binary of the
 server's major version, in a snapshot exported by a transaction that counts and checksums the rows
-in that very snapshot: the manifest says what the dump holds), a ``.sha256`` file and a JSON manifest
-are written beside the dump, and the dump is verified by checksum *and* by a full read
-(``pg_restore -f /dev/null``: ``pg_restore --list`` reads a truncated dump without complaint).
+in that very snapshot: the manifest says what the dump holds) as a sealed file (``db.sealed``: 0600,
+fsync'd, durable rename, a name unique within a second) with its ``.archive.json`` manifest beside it,
+and the dump is verified by checksum *and* by a full read (``pg_restore -f /dev/null``:
+``pg_restore --list`` reads a truncated dump without complaint).
 
 Detach and drop: ``db/partitions/retire.py``; the way back: ``db/partitions/restore.py``.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -23,14 +23,17 @@ from pathlib import Path
 import psycopg
 
 from db import pg_tools
-from db.connection import connect
+from db.connection import connect, mask_url
 from db.partitions.checksum import checksum
 from db.partitions.rollover import Quarter
+from db.sealed import ARCHIVE, files
+from db.sealed import check as sealed_check
+from db.sealed.copy import copy_sealed
 
 log = logging.getLogger(__name__)
 
-MANIFEST_SUFFIX = ".manifest.json"
-SHA_SUFFIX = ".sha256"
+# Archives written before the sealed-file stack: <partition>-<stamp>.dump with .manifest.json and .sha256.
+LEGACY_MANIFEST_SUFFIX = ".manifest.json"
 
 
 class ArchiveError(Exception):
@@ -43,14 +46,6 @@ class ArchiveDamaged(ArchiveError):
 
 class ToolMissing(ArchiveError, pg_tools.ToolMissing):
     """No pg_dump / pg_restore of the server's major version was found."""
-
-
-# --- the binaries (db/pg_tools.py) ---------------------------------------------------------------------
-
-server_major = pg_tools.server_major
-sha256_of = pg_tools.sha256_of
-_libpq_env = pg_tools.libpq_env
-_run = pg_tools.run
 
 
 def find_tool(name: str, major: int) -> Path:
@@ -74,7 +69,7 @@ class Archive:
     rows: int
     sha256: str
     pg_dump_version: str
-    file: str  # the dump's file name; the manifest and .sha256 sit beside it
+    file: str  # the dump's file name; its manifest sits beside it
     archived_at: str
     checksum: str | None = None  # db.partitions.split.checksum of the rows, in the dump's own snapshot
 
@@ -84,20 +79,16 @@ class Archive:
 
 
 def manifest_path(dump: Path) -> Path:
-    return dump.with_name(dump.name + MANIFEST_SUFFIX)
-
-
-def sha_path(dump: Path) -> Path:
-    return dump.with_name(dump.name + SHA_SUFFIX)
+    return ARCHIVE.manifest_path(dump)
 
 
 def archive_partition(conn: psycopg.Connection, url: str, schema: str, quarter: Quarter, directory: Path) -> Path:
-    """Dump one partition to ``directory`` with its .sha256 and manifest; returns the dump's path.
+    """Dump one partition to ``directory`` as a sealed file with its manifest; returns the dump's path.
 
-    The dump is written under a temporary name and renamed when complete, so a killed run leaves no
-    file that looks like an archive.
+    Written like a backup (``db.sealed``): a name unique within a second, a 0600 temporary file, fsync,
+    rename, the folder's fsync, so a killed run (or a power loss) leaves no file that looks like an archive.
     """
-    major = server_major(conn)
+    major = pg_tools.server_major(conn)
     pg_dump = find_tool("pg_dump", major)
     with dump_snapshot(url, schema) as (snap, snapshot):
         rows, check = checksum(snap, quarter.name)  # what the dump holds: counted in its own snapshot
@@ -118,20 +109,18 @@ def dump_snapshot(url: str, schema: str) -> Iterator[tuple[psycopg.Connection, s
 def _dump(
     url: str, schema: str, quarter: Quarter, directory: Path, pg_dump: Path, snapshot: str, rows: int, check: int
 ) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    dump = directory / f"{quarter.name}-{stamp}.dump"
-    tmp = dump.with_name(dump.name + ".partial")
-    conninfo, env = _libpq_env(url)
+    files.private_dir(directory)
+    dump = ARCHIVE.new_path(directory, quarter.name, datetime.now(UTC), ".archive")
+    tmp = files.prepare_temp(dump)
+    conninfo, env = pg_tools.libpq_env(url)
     table = f'"{schema}"."{quarter.name}"'
     args = [str(pg_dump), "-Fc", "-t", table, "-f", str(tmp), f"--snapshot={snapshot}"]
-    done = _run([*args, "--dbname", conninfo], env)
+    done = pg_tools.run([*args, "--dbname", conninfo], env)
     if done.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise ArchiveError(f"pg_dump of {quarter.name} failed: {done.stderr.strip()}")
-    os.replace(tmp, dump)
-    digest = sha256_of(dump)
-    sha_path(dump).write_text(f"{digest}  {dump.name}\n")
+        files.discard(tmp)
+        raise ArchiveError(f"pg_dump of {quarter.name} failed: {mask_url(done.stderr.strip())}")
+    files.seal(tmp, dump)
+    digest = pg_tools.sha256_of(dump)
     archive = Archive(
         partition=quarter.name,
         year=quarter.year,
@@ -145,42 +134,60 @@ def _dump(
         archived_at=datetime.now(UTC).isoformat(),
         checksum=str(check),
     )
-    manifest_path(dump).write_text(json.dumps(asdict(archive), indent=2) + "\n")
+    files.write_json(manifest_path(dump), asdict(archive))
     log.info("archived %s (%d rows) to %s", quarter.name, rows, dump)
     return dump
 
 
 def read_manifest(dump: Path) -> Archive:
+    path = manifest_path(dump)
+    if not path.exists() and dump.with_name(dump.name + LEGACY_MANIFEST_SUFFIX).exists():
+        path = dump.with_name(dump.name + LEGACY_MANIFEST_SUFFIX)
     try:
-        return Archive(**json.loads(manifest_path(dump).read_text()))
+        return Archive(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as exc:
-        raise ArchiveDamaged(
-            f"archive {dump}: its manifest {manifest_path(dump).name} is missing or unreadable"
-        ) from exc
+        raise ArchiveDamaged(f"archive {dump}: its manifest {path.name} is missing or unreadable") from exc
 
 
 def verify_archive(dump: Path, major: int) -> Archive:
-    """Checksum (against the .sha256 file and the manifest) and a full read with pg_restore, or ArchiveDamaged."""
+    """Checksum (against the manifest) and a full read with pg_restore (``db.sealed.check``), or ArchiveDamaged."""
     if not dump.is_file():
         raise ArchiveDamaged(f"archive {dump} does not exist")
     archive = read_manifest(dump)
     try:
-        recorded = sha_path(dump).read_text().split()[0]
-    except (OSError, IndexError) as exc:
-        raise ArchiveDamaged(f"archive {dump}: its checksum file {sha_path(dump).name} is missing") from exc
-    actual = sha256_of(dump)
-    if actual != recorded or actual != archive.sha256:
+        sealed_check.check(dump, archive.sha256, major)
+    except sealed_check.Damaged as exc:
         raise ArchiveDamaged(
-            f"archive {dump} is damaged: sha256 {actual} differs from the recorded {recorded}. "
-            f"The partition {archive.partition} was not dropped; archive it again (hub partitions) or investigate."
-        )
-    pg_restore = find_tool("pg_restore", major)
-    done = _run([str(pg_restore), "-f", os.devnull, str(dump)])
-    if done.returncode != 0:
-        raise ArchiveDamaged(
-            f"archive {dump} does not read to its end ({done.stderr.strip()}); {archive.partition} was not dropped"
-        )
+            f"archive {exc}. The partition {archive.partition} was not dropped; archive it again (hub partitions) "
+            "or investigate."
+        ) from None
+    except pg_tools.ToolMissing as exc:
+        raise ToolMissing(str(exc)) from None
     return archive
+
+
+def copy_archive(dump: Path, dest_dir: Path) -> Path:
+    """Copy an archive and its manifest off the machine (``db.sealed.copy``: sha256 re-read there)."""
+    archive = read_manifest(dump)
+    try:
+        return copy_sealed(ARCHIVE, dump, archive.sha256, manifest_path(dump).read_text(), dest_dir)
+    except sealed_check.Damaged as exc:
+        raise ArchiveDamaged(f"{exc}; {archive.partition} was not dropped") from None
+
+
+def check_recorded(conn: psycopg.Connection, archive: Archive, dump: Path) -> None:
+    """Only an archive the hub itself recorded is restored: its sha256 must be in ``partition_archives``.
+
+    The manifest is a sidecar whoever writes the file can write too; the row is the hub's own record.
+    """
+    row = conn.execute(
+        "SELECT 1 FROM partition_archives WHERE partition = %s AND sha256 = %s", (archive.partition, archive.sha256)
+    ).fetchone()
+    if row is None:
+        raise ArchiveError(
+            f"{dump.name} is not an archive this hub recorded (no {archive.partition} with sha256 {archive.sha256} "
+            "in partition_archives): refusing to restore it"
+        )
 
 
 def record_archive(conn: psycopg.Connection, archive: Archive, dump: Path) -> int:

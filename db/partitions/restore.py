@@ -30,7 +30,7 @@ from db import pg_tools
 from db.ddl_retry import lock_timeout as ddl_lock_timeout
 from db.ddl_retry import retry_on_lock_timeout
 from db.partitions import rollover
-from db.partitions.archive import Archive, ArchiveError, find_tool, verify_archive
+from db.partitions.archive import Archive, ArchiveError, check_recorded, find_tool, verify_archive
 from db.partitions.checksum import checksum
 from db.partitions.rollover import PARENT, Quarter
 
@@ -79,6 +79,7 @@ def restore_archive(
         raise ValueError("restore_archive needs an autocommit connection")
     major = pg_tools.server_major(conn)
     archive = verify_archive(dump, major)
+    check_recorded(conn, archive, dump)  # the hub's own record, not the file's sidecar, decides (M8)
     quarter = archive.quarter_of
     where = _relation(conn, quarter.name)
     if where != "absent":

@@ -31,11 +31,12 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from db import pg_tools
 from db.ddl_retry import lock_timeout as ddl_lock_timeout
 from db.ddl_retry import retry_on_lock_timeout
 from db.locks import ActiveLock, guard_write
 from db.partitions import rollover
-from db.partitions.archive import Archive, ArchiveError, record_archive, server_major, verify_archive
+from db.partitions.archive import Archive, ArchiveError, record_archive, verify_archive
 from db.partitions.checksum import checksum
 from db.partitions.rollover import PARENT, Quarter
 
@@ -159,7 +160,7 @@ def retire_partition(
     """
     if not conn.autocommit:
         raise ValueError("retire_partition needs an autocommit connection (DETACH CONCURRENTLY)")
-    archive = verify_archive(dump, server_major(conn))
+    archive = verify_archive(dump, pg_tools.server_major(conn))
     archive_id = record_archive(conn, archive, dump)
     kw = {"lock_timeout": lock_timeout, "attempts": attempts, "sleep": sleep, "guards": guards}
     detach(conn, archive.quarter_of, **kw)
@@ -193,7 +194,7 @@ def reconcile(
             done.append(f"recorded {name} as dropped (archive {path})")
         elif state in ("standalone", "pending"):  # detached (or half) by a killed run: finish, checked
             try:
-                archive = verify_archive(Path(path), server_major(conn))  # about to drop on its word
+                archive = verify_archive(Path(path), pg_tools.server_major(conn))  # about to drop on its word
                 detach(conn, archive.quarter_of, **kw)
                 drop_verified(conn, archive, archive_id, **kw)
             except ArchiveError as exc:  # kept (or attached again); the rollover after this must still run

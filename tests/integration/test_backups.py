@@ -24,10 +24,12 @@ from db import pg_tools
 from db.backups import dump, newest_restore_tested, newest_verified, retention
 from db.backups.manifest import BackupError, list_backups, manifest_path, read_manifest, write_manifest
 from db.connection import libpq_url, with_database
+from db.sealed import BACKUP
 from deployments.cli import app
 from flows import backups as backup_flows
 from flows import runtime
 from flows.config import get_config
+from flows.locks import instance
 from flows.snapshot import import_file
 from tests.factories import order, write_jsonl
 
@@ -103,7 +105,7 @@ def test_backup_verify_restore_equals_the_source(hub, db_url, tmp_path, target_d
     assert m.pg_dump_version.split()[-1].split(".")[0] == m.server_version.split(".")[0]
     assert path.stat().st_mode & 0o777 == 0o600 and manifest_path(path).stat().st_mode & 0o777 == 0o600
     assert not list(hub.glob("*.partial"))
-    copied = tmp_path / "share" / path.name
+    copied = tmp_path / "share" / f"hub-{instance(db_url, 'public')}" / path.name  # this hub's own subfolder
     assert pg_tools.sha256_of(copied) == m.sha256 and copied.stat().st_mode & 0o777 == 0o600
 
     res = cli("restore", path.name, "--target-db", target_db)
@@ -148,7 +150,7 @@ def test_a_truncated_and_a_flipped_byte_backup_are_caught_by_verify(hub, db_url,
     assert cli("backups", "verify", path.name).exit_code == 0
 
     data = path.read_bytes()
-    truncated = hub / "truncated.dump"
+    truncated = hub / "truncated-20261130T120000Z.dump"
     truncated.write_bytes(data[:-256])  # the data blocks are at the end, the table of contents at the front
     # Its manifest matches the truncated file: only the full read can catch it (`--list` does not).
     write_manifest(truncated, replace(m, sha256=pg_tools.sha256_of(truncated)))
@@ -158,7 +160,7 @@ def test_a_truncated_and_a_flipped_byte_backup_are_caught_by_verify(hub, db_url,
     assert res.exit_code == 1 and "does not read to its end" in said(res)
     assert read_manifest(truncated).verified is False
 
-    flipped = hub / "flipped.dump"
+    flipped = hub / "flipped-20261130T120000Z.dump"
     raw = bytearray(data)
     raw[len(raw) // 2] ^= 0x01
     flipped.write_bytes(bytes(raw))
@@ -167,19 +169,38 @@ def test_a_truncated_and_a_flipped_byte_backup_are_caught_by_verify(hub, db_url,
     assert res.exit_code == 1 and "damaged: sha256" in said(res)
 
 
+NAMES: dict[str, Path] = {}  # a fake backup's label (a.dump) → its file, named as the hub names backups
+
+
 def fake_backup(
-    directory: Path, name: str, age_days: float, verified: bool | None, now: datetime, size: int = 1024
+    directory: Path,
+    label: str,
+    age_days: float,
+    verified: bool | None,
+    now: datetime,
+    size: int = 1024,
+    *,
+    database: str = "shop",
+    schema: str = "public",
+    restore_tested: bool | None = None,
 ) -> Path:
     """A backup file with a manifest dated ``age_days`` ago (retention reads the manifest's date)."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
+    finished = now - timedelta(days=age_days)
+    path = BACKUP.new_path(directory, database, finished, ".dump")
+    NAMES[label] = path
     path.write_bytes(b"x" * size)
-    when = (now - timedelta(days=age_days)).isoformat()
-    m = {"file": name, "format": "custom", "database": "shop", "schema": "public", "server_version": "18.1",
+    when = finished.isoformat()
+    m = {"file": path.name, "format": "custom", "database": database, "schema": schema, "server_version": "18.1",
          "started_at": when, "finished_at": when, "size_bytes": size, "sha256": "0", "pg_dump_version": "18.1",
-         "verified": verified}  # fmt: skip
+         "verified": verified, "restore_tested": restore_tested}  # fmt: skip
     manifest_path(path).write_text(json.dumps(m))
     return path
+
+
+def by_label(decisions) -> dict:
+    names = {p.name: label for label, p in NAMES.items()}
+    return {names.get(x.path.name, x.path.name): x for x in decisions}
 
 
 def test_retention_keeps_the_newest_verified_even_when_all_are_old(tmp_path):
@@ -188,21 +209,21 @@ def test_retention_keeps_the_newest_verified_even_when_all_are_old(tmp_path):
     last_verified = fake_backup(d, "a.dump", 90, True, now)
     fake_backup(d, "b.dump", 60, False, now)
     fake_backup(d, "c.dump", 45, None, now)
-    decisions = {x.path.name: x for x in retention.prune(d, now=now)}
+    decisions = by_label(retention.prune(d, now=now))
     assert not decisions["a.dump"].remove and "newest verified" in decisions["a.dump"].reason
     assert decisions["b.dump"].remove and decisions["c.dump"].remove
-    assert last_verified.exists() and not (d / "b.dump").exists() and not manifest_path(d / "c.dump").exists()
+    assert last_verified.exists() and not NAMES["b.dump"].exists() and not manifest_path(NAMES["c.dump"]).exists()
 
     d = tmp_path / "many"
     for i in range(10):  # 40..49 days old, all verified: only the newest 7 stay
         fake_backup(d, f"v{i}.dump", 40 + i, True, now)
     fake_backup(d, "young.dump", 3, False, now)
-    kept = {x.path.name for x in retention.prune(d, now=now) if not x.remove}
+    kept = {label for label, x in by_label(retention.prune(d, now=now)).items() if not x.remove}
     assert kept == {f"v{i}.dump" for i in range(7)} | {"young.dump"}
 
     d = tmp_path / "none-verified"
     fake_backup(d, "u.dump", 100, False, now)
-    assert not any(x.remove for x in retention.prune(d, now=now)) and (d / "u.dump").exists()
+    assert not any(x.remove for x in retention.prune(d, now=now)) and NAMES["u.dump"].exists()
 
 
 def test_prune_dry_run_says_what_and_how_much_then_prune_removes_it(hub):
@@ -211,18 +232,18 @@ def test_prune_dry_run_says_what_and_how_much_then_prune_removes_it(hub):
     fake_backup(hub, "new-verified.dump", 1, True, now)
     for i in range(6):  # with new-verified: the newest 7 verified, although 31..36 days old
         fake_backup(hub, f"older{i}.dump", 31 + i, True, now)
-    leftover = hub / "killed.dump.partial"
+    leftover = hub / "shop-20261101T020000Z.dump.partial"
     leftover.write_bytes(b"y" * 2048)
     os.utime(leftover, (time.time() - 2 * 86400,) * 2)
 
     res = cli("backups", "prune", "--dry-run")
     assert res.exit_code == 0, res.output
     assert "dry run: would remove 2 backup(s), 3.0 MB" in said(res)  # old-verified.dump and the leftover
-    assert (hub / "old-verified.dump").exists() and leftover.exists()
+    assert NAMES["old-verified.dump"].exists() and leftover.exists()
     res = cli("backups", "prune")
     assert res.exit_code == 0, res.output
     assert "removed 2 backup(s)" in said(res)
-    assert not (hub / "old-verified.dump").exists() and not leftover.exists()
+    assert not NAMES["old-verified.dump"].exists() and not leftover.exists()
     assert len(list_backups(hub)) == 7
 
 
@@ -265,3 +286,183 @@ def test_a_parallel_directory_backup_verifies_and_a_damaged_data_file_is_caught(
     assert res.exit_code == 1 and "damaged: sha256" in said(res)
     with pytest.raises(ValueError, match="directory format"):
         dump.take_backup(db_url, "public", hub, fmt="custom", jobs=2)
+
+
+def test_retention_keeps_the_newest_restore_tested_backup(tmp_path):
+    """The review's probe: 29 nightlies verified but failing their test restore; the one that restored stays."""
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    d = tmp_path / "b"
+    for i in range(29):
+        fake_backup(d, f"n{i}.dump", i + 0.5, True, now, restore_tested=False)
+    fake_backup(d, "b35.dump", 35, True, now, restore_tested=True)
+    fake_backup(d, "b40.dump", 40, True, now, restore_tested=True)  # an older one that restored: not needed
+    decisions = by_label(retention.prune(d, now=now))
+    assert not decisions["b35.dump"].remove and "newest restore-tested" in decisions["b35.dump"].reason
+    assert NAMES["b35.dump"].exists() and decisions["b40.dump"].remove
+
+
+def test_retention_never_mixes_databases(tmp_path):
+    """Another hub's fresh verified backups in a shared folder do not push this hub's out."""
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    d = tmp_path / "shared"
+    for i in range(10):
+        fake_backup(d, f"other{i}.dump", i + 0.5, True, now, database="other_hub")
+    for i in range(8):  # this hub's nightlies failed for over a month: its last 8 are 40..47 days old
+        fake_backup(d, f"mine{i}.dump", 40 + i, True, now)
+    fake_backup(d, "other-schema.dump", 60, True, now, schema="shop2")  # same database, another hub's schema
+    decisions = by_label(retention.prune(d, now=now))
+    kept = {label for label, x in decisions.items() if not x.remove}
+    assert kept == {f"mine{i}.dump" for i in range(7)} | {f"other{i}.dump" for i in range(10)} | {"other-schema.dump"}
+    assert "of shop (shop2)" in decisions["other-schema.dump"].reason
+    assert decisions["mine7.dump"].remove and decisions["mine7.dump"].database == "shop"
+
+
+def test_the_test_restore_picks_this_databases_newest_backup_not_another_hubs(hub, db_url, tmp_path):
+    shop(db_url, tmp_path)
+    path, _ = dump.take_backup(db_url, "public", hub)
+    backup_flows.verify_backup.fn(path)
+    # A newer, verified backup of another hub's database in the same folder (a shared HUB_BACKUP_DIR).
+    fake_backup(hub, "theirs.dump", -1, True, datetime.now(UTC), database="another_hub")
+    own = dump.current_database(db_url)
+    assert backup_flows.newest_verified_backup(hub, own, "public") == path
+    m = backup_flows.test_restore()
+    assert m.file == path.name and m.restore_tested is True
+    assert read_manifest(NAMES["theirs.dump"]).restore_tested is None
+
+
+def test_restores_take_only_verified_hub_backups_inside_the_backup_dir(hub, db_url, tmp_path, target_db):
+    """M8: a restore runs the file's SQL; a path parameter must not hand pg_restore any file the worker can read."""
+    shop(db_url, tmp_path)
+    path, _ = dump.take_backup(db_url, "public", hub)
+    backup_flows.verify_backup.fn(path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for f in (path, manifest_path(path)):  # a crafted dump with a manifest that says verified, outside the folder
+        (outside / f.name).write_bytes(f.read_bytes())
+    (hub / "link-20261130T120000Z.dump").symlink_to(outside / path.name)
+    (hub / "link-20261130T120000Z.dump.manifest.json").symlink_to(outside / manifest_path(path).name)
+    for given in (str(outside / path.name), f"../elsewhere/{path.name}", "link-20261130T120000Z.dump"):
+        res = cli("restore", given, "--target-db", target_db)
+        assert res.exit_code == 1 and "is outside" in said(res), (given, res.output)
+        with pytest.raises(BackupError, match="is outside"):
+            backup_flows.test_restore(backup=given)
+    foreign = hub / "crafted.dump"  # inside the folder, but not a name the hub gives its backups
+    foreign.write_bytes(path.read_bytes())
+    manifest_path(foreign).write_bytes(manifest_path(path).read_bytes())
+    res = cli("restore", "crafted.dump", "--target-db", target_db)
+    assert res.exit_code == 1 and "not a backup the hub wrote" in said(res)
+
+    unverified, _ = dump.take_backup(db_url, "public", hub)  # dumped, never read back
+    res = cli("restore", unverified.name, "--target-db", target_db)
+    assert res.exit_code == 1 and "has not been verified: refusing to restore it" in said(res)
+    with pytest.raises(BackupError, match="has not been verified"):
+        backup_flows.test_restore(backup=unverified.name)
+    with psycopg.connect(libpq_url(with_database(db_url, "postgres"))) as c:
+        assert c.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (target_db,)).fetchone()[0] == 0
+
+    res = cli("restore", path.name, "--target-db", target_db)  # the verified hub backup, by name: restored
+    assert res.exit_code == 0, res.output
+
+
+def sealed_fake(hub: Path, verified: bool | None = True) -> Path:
+    """A hub-named backup file whose manifest's sha256 matches it (full reads are stubbed where it is used)."""
+    path = fake_backup(hub, "sealed.dump", 0.1, verified, datetime.now(UTC))
+    m = read_manifest(path)
+    m.sha256 = pg_tools.sha256_of(path)
+    write_manifest(path, m)
+    return path
+
+
+def test_a_verification_keeps_what_a_test_restore_recorded_meanwhile(tmp_path, monkeypatch):
+    """L12: each step re-reads the manifest before it writes, so one outcome never overwrites the other."""
+    from db.backups import verify
+
+    path = sealed_fake(tmp_path)
+
+    def full_read_while_a_test_restore_finishes(backup, manifest):
+        m = read_manifest(backup)
+        m.restore_tested, m.restore_seconds = True, 12.5
+        write_manifest(backup, m)
+
+    monkeypatch.setattr(verify, "full_read", full_read_while_a_test_restore_finishes)
+    verify.verify_backup(path)
+    m = read_manifest(path)
+    assert m.verified is True and m.restore_tested is True and m.restore_seconds == 12.5
+
+
+def test_a_test_restore_keeps_what_a_verification_recorded_meanwhile(db_url, tmp_path, monkeypatch):
+    from db.backups import restore
+
+    path = sealed_fake(tmp_path)
+
+    def pg_restore_while_a_verification_finishes(url, target, backup, manifest, jobs):
+        m = read_manifest(backup)
+        m.verified_at = "2026-12-01T00:00:00+00:00"
+        write_manifest(backup, m)
+
+    monkeypatch.setattr(restore, "_pg_restore", pg_restore_while_a_verification_finishes)
+    monkeypatch.setattr(restore, "check_restored", lambda url, target, manifest: [])
+    restore.test_restore(db_url, path)
+    m = read_manifest(path)
+    assert m.restore_tested is True and m.verified_at == "2026-12-01T00:00:00+00:00"
+
+
+def test_hub_backups_verify_takes_the_db_maintenance_lock(hub, db_url):
+    from flows.locks import job_lock
+
+    path = sealed_fake(hub)
+    with job_lock("db-maintenance", url=db_url, schema="public"):
+        res = cli("backups", "verify", path.name)
+    assert res.exit_code == 75 and "db-maintenance" in said(res) and "held" in said(res), res.output
+    assert read_manifest(path).verified_at is None  # it did not run
+
+
+def scratch_dbs(db_url: str) -> set[str]:
+    with psycopg.connect(libpq_url(with_database(db_url, "postgres"))) as c:
+        rows = c.execute("SELECT datname FROM pg_database WHERE datname LIKE 'hub\\_restore\\_test%'").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_scratch_databases_a_killed_test_restore_left_are_dropped_first_and_only_those(hub, db_url, tmp_path):
+    """L14: under the lock, the next test restore drops this hub's leftover scratch databases, nothing else."""
+    from db.backups import scratch
+
+    shop(db_url, tmp_path)
+    path, _ = dump.take_backup(db_url, "public", hub)
+    backup_flows.verify_backup.fn(path)
+    mine = scratch.scratch_name(instance(db_url, "public"))
+    names = {"mine": mine, "old_unused": "hub_restore_test_0123456789", "old_in_use": "hub_restore_test_abcdef0123",
+             "another_hub": "hub_restore_test_ffffffff_0123456789", "not_scratch": "hub_restore_testing"}  # fmt: skip
+    admin = psycopg.connect(libpq_url(with_database(db_url, "postgres")), autocommit=True)
+    try:
+        for name in names.values():
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        with psycopg.connect(libpq_url(with_database(db_url, names["old_in_use"]))):  # a live session uses it
+            m = backup_flows.test_restore()
+        assert m.restore_tested is True
+        left = scratch_dbs(db_url)
+        assert names["mine"] not in left and names["old_unused"] not in left
+        assert {names["old_in_use"], names["another_hub"], names["not_scratch"]} <= left
+    finally:
+        for name in names.values():
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+def test_no_dump_and_no_scratch_restore_without_room_on_the_disk(hub, db_url, tmp_path):
+    """L14: a full disk would stop the live cluster (same disk as its WAL on the embedded setup)."""
+    from db.backups import restore
+
+    shop(db_url, tmp_path)
+    with pytest.raises(
+        BackupError,
+        match=r"not enough free disk for the backup in .*: needs about \d+ MB \+ 953674316 MB reserve, \d+ MB free",
+    ):  # noqa: E501
+        dump.take_backup(db_url, "public", hub, reserve_bytes=10**15)
+    assert not hub.exists() or not list(hub.iterdir())  # nothing was written
+    path, _ = dump.take_backup(db_url, "public", hub)
+    backup_flows.verify_backup.fn(path)
+    before = scratch_dbs(db_url)
+    with pytest.raises(BackupError, match=r"not enough free disk for a scratch restore of .*: needs about \d+ MB"):
+        restore.test_restore(db_url, path, reserve_bytes=10**15)
+    assert scratch_dbs(db_url) == before

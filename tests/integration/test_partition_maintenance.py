@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from db import pg_tools
 from db.connection import libpq_url
 from db.partitions import archive as partition_archive
 from db.partitions import retire
@@ -112,8 +113,10 @@ def test_retention_archives_verifies_and_drops(hub, db_url, tmp_path):
     for a in out["archived"]:
         dump = Path(a["file"])
         assert dump.parent == hub
-        assert partition_archive.sha_path(dump).read_text().split()[0] == partition_archive.sha256_of(dump)
+        assert dump.stat().st_mode & 0o777 == 0o600 and hub.stat().st_mode & 0o777 == 0o700
+        assert partition_archive.manifest_path(dump).stat().st_mode & 0o777 == 0o600
         manifest = partition_archive.read_manifest(dump)
+        assert manifest.sha256 == pg_tools.sha256_of(dump)
         assert manifest.rows == a["rows"] and manifest.sha256 == a["sha256"] and "pg_dump" in manifest.pg_dump_version
     rows = q(db_url, "SELECT partition, rows, dropped_at IS NOT NULL FROM partition_archives ORDER BY 1")
     assert rows == [("order_items_2020_q1", 9, True), ("order_items_2021_q2", 6, True)]
@@ -143,8 +146,7 @@ def test_a_truncated_archive_with_a_matching_checksum_fails_the_full_read(hub, d
     with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
         dump = partition_archive.archive_partition(c, db_url, "public", Quarter(2020, 1), hub)
         dump.write_bytes(dump.read_bytes()[: dump.stat().st_size * 6 // 10])
-        digest = partition_archive.sha256_of(dump)
-        partition_archive.sha_path(dump).write_text(f"{digest}  {dump.name}\n")
+        digest = pg_tools.sha256_of(dump)
         m = partition_archive.manifest_path(dump)
         m.write_text(m.read_text().replace(partition_archive.read_manifest(dump).sha256, digest))
         with pytest.raises(partition_archive.ArchiveDamaged, match="does not read to its end"):
@@ -205,7 +207,7 @@ def test_cli_dry_run(hub, db_url, tmp_path, hub_env):
 
 
 def test_the_dump_binary_matches_the_server(conn):
-    major = partition_archive.server_major(conn)
+    major = pg_tools.server_major(conn)
     pg_dump = partition_archive.find_tool("pg_dump", major)
     out = subprocess.run([str(pg_dump), "--version"], capture_output=True, text=True, check=True).stdout
     assert f" {major}." in out

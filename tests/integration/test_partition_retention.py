@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from db import pg_tools
 from db.connection import libpq_url
 from db.partitions import archive as partition_archive
 from db.partitions import restore, retire
@@ -173,7 +174,7 @@ def test_reconcile_retires_a_quarter_detached_but_not_dropped(hub, db_url, tmp_p
 
 
 def _major(c: psycopg.Connection) -> int:
-    return partition_archive.server_major(c)
+    return pg_tools.server_major(c)
 
 
 def test_retention_does_not_detach_once_the_jobs_lock_session_is_gone(hub, db_url, tmp_path):

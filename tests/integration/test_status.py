@@ -61,8 +61,8 @@ def backup_manifest(directory, url: str, hours_ago: float, *, verified=True, res
     """The manifest a verified (and restore-tested) backup leaves: all `hub status` reads of a backup."""
     directory.mkdir(exist_ok=True)
     at = (datetime.now(UTC) - timedelta(hours=hours_ago)).isoformat()
-    m = Manifest(file=f"{name}.dump", format="custom", database=conninfo_to_dict(url)["dbname"], schema="public",
-                 server_version="18.0", started_at=at, finished_at=at, size_bytes=1, sha256="0" * 64,
+    m = Manifest(file=f"{name}-20260101T000000Z.dump", format="custom", database=conninfo_to_dict(url)["dbname"],
+                 schema="public", server_version="18.0", started_at=at, finished_at=at, size_bytes=1, sha256="0" * 64,
                  pg_dump_version="18.0", verified=verified, restore_tested=restore_tested,
                  restore_error=None if restore_tested is not False else "row counts differ")  # fmt: skip
     write_manifest(directory / m.file, m)
@@ -322,7 +322,8 @@ def test_backups_missing_old_or_failing_need_attention(ready, backup_dir):
     assert check(status()[1], "backups")["level"] == "fail"
     backup_manifest(backup_dir, ready, hours_ago=1, name="c", restore_tested=False)
     code, report = status()
-    assert code == 2 and "test restore (c.dump) failed: row counts differ" in check(report, "backups")["detail"]
+    detail = check(report, "backups")["detail"]
+    assert code == 2 and "test restore (c-20260101T000000Z.dump) failed: row counts differ" in detail
     backup_manifest(backup_dir, ready, hours_ago=0.5, name="d")
     code, report = status()
     assert code == 0, report
