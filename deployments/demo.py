@@ -41,7 +41,7 @@ def run_demo(orders: int = 20_000, seed: int = 42, console: Console | None = Non
     runtime.ensure_schema(url, cfg.db_schema)
 
     console.print("starting Prefect (ephemeral mode)…")
-    _warm_up()
+    _warm_up(console)
     results: dict[str, dict] = {}
     # Fixed data reference (not "today"): a re-run on another day serves the same shop, so it is unchanged.
     # The sandbox's clock runs 10x fast and the client sleeps on it: job waits take a tenth of the time.
@@ -85,11 +85,15 @@ def run_demo(orders: int = 20_000, seed: int = 42, console: Console | None = Non
     return 0
 
 
-def _warm_up() -> None:
+def _warm_up(console: Console) -> None:
     """Start Prefect's ephemeral server before the progress bars, so they time only the imports."""
+    from deployments import ephemeral
+
+    ephemeral.wait_ready(console)
     from prefect import flow
 
-    flow(name="hub-demo-warm-up")(lambda: None)()
+    with console.status("Prefect: a first flow run (warm-up)…"):
+        flow(name="hub-demo-warm-up")(lambda: None)()
 
 
 def _summary(console: Console, url: str, schema: str, results: dict[str, dict]) -> None:
