@@ -31,7 +31,7 @@ from deployments.prefect_server import healthy
 # The ephemeral server needs Prefect's settings, none of the hub's (database URL, Shoptet token).
 _NOT_FOR_SERVER = re.compile(r"^HUB_|^PREFECT_API_URL$|TOKEN|SECRET|PASSW|CREDENTIAL|DATABASE_URL$", re.I)
 _OFF = ("PREFECT_SERVER_EPHEMERAL_ENABLED", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE")
-PORT_IN_USE = 3  # uvicorn's exit code when the port is taken (Prefect retries on another port too)
+PORT_IN_USE = 3  # uvicorn's exit code when the port is taken
 
 
 @dataclass
@@ -77,13 +77,11 @@ def wait_ready(console=None, timeout: float | None = None) -> None:  # noqa: ANN
     ):
         while not healthy(_server.api_url, timeout=0.5):
             code = _server.proc.poll()
-            if code == PORT_IN_USE:
-                _server.port = _free_port()
-                _server.proc = _launch(_server.port)
-                os.environ["PREFECT_API_URL"] = _server.api_url
-            elif code is not None:
+            if code == PORT_IN_USE:  # taken since _free_port; Prefect, imported now, has read the URL: no retry
+                raise RuntimeError(f"port {_server.port} of Prefect's temporary server was taken meanwhile: run again")
+            if code is not None:
                 raise RuntimeError(f"Prefect's temporary server exited with code {code} while starting")
-            elif time.monotonic() - _server.started > timeout:
+            if time.monotonic() - _server.started > timeout:
                 raise RuntimeError(f"Prefect's temporary server did not answer within {timeout:.0f} s")
             time.sleep(0.1)
 

@@ -75,15 +75,3 @@ def test_import_file_on_ephemeral_prefect_keeps_the_server_out_of_the_command(cl
     assert seen["api_url"] and not seen["still_running"]
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{seen['api_url']}/health", timeout=2)
-
-
-def test_a_running_server_is_used_and_none_is_started(cli_env, tmp_path, monkeypatch):
-    """PREFECT_API_URL set (or `hub serve`'s server up): the command starts no temporary server."""
-    from deployments import ephemeral
-
-    monkeypatch.setattr(sys, "modules", {k: v for k, v in sys.modules.items() if k.split(".")[0] != "prefect"})
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    assert ephemeral.start() is None
-    monkeypatch.delenv("PREFECT_API_URL")
-    monkeypatch.setenv("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "false")
-    assert ephemeral.start() is None
