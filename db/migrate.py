@@ -1,22 +1,28 @@
-"""Alembic migrations, serialized by a PostgreSQL advisory lock so two processes never migrate at once."""
+"""Alembic migrations, serialized by a PostgreSQL advisory lock so two processes never migrate at once.
+
+Alembic and SQLAlchemy are imported only to migrate: every command checks ``is_up_to_date`` first, and
+that check reads the version table with psycopg and the scripts' revision lines with ``ast`` (importing
+SQLAlchemy and Alembic costs about a second of CPU per command otherwise).
+"""
 
 from __future__ import annotations
 
+import ast
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from psycopg import sql
 
 from db.advisory import AdvisoryKey, session_lock
 from db.connection import libpq_url, sqlalchemy_url
 from db.ddl_retry import lock_timeout, retry_on_lock_timeout
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "models" / "migrations"
 # Any constant works; it only has to be the same in every process of this project. One bigint, not a
@@ -27,7 +33,9 @@ LOCK_TIMEOUT = "5s"  # each DDL statement's wait for its lock; then the whole up
 ATTEMPTS = 8
 
 
-def _config() -> Config:
+def _config():  # noqa: ANN202 - alembic.config.Config, imported lazily
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return cfg
@@ -44,6 +52,8 @@ def _run(
 ) -> None:
     # A session lock (not xact): it must outlive the migration's own transactions. It is held on a
     # session of its own, next to the one Alembic drives, so it never mixes into that one's transactions.
+    import sqlalchemy as sa
+
     with psycopg.connect(libpq_url(url), autocommit=True) as lock_conn, session_lock(lock_conn, _LOCK):
         engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
         try:
@@ -56,6 +66,8 @@ def _run(
 
 def _migrate_once(engine: sa.Engine, schema: str, fn, timeout: str) -> None:  # noqa: ANN001
     """One try: every pending migration in one transaction under ``timeout`` (rolled back whole if it expires)."""
+    import sqlalchemy as sa
+
     try:
         with engine.connect() as conn:
             raw = conn.connection.driver_connection
@@ -77,21 +89,24 @@ def _migrate_once(engine: sa.Engine, schema: str, fn, timeout: str) -> None:  # 
 
 def upgrade(url: str, schema: str = "public", revision: str = "heads", **retry) -> None:  # noqa: ANN003
     """Pending migrations up to ``revision``; ``retry``: ``lock_timeout``, ``attempts``, ``sleep`` (see ``_run``)."""
+    from alembic import command
+
     _run(url, schema, lambda cfg: command.upgrade(cfg, revision), **retry)
 
 
 def downgrade(url: str, schema: str = "public", revision: str = "-1", **retry) -> None:  # noqa: ANN003
+    from alembic import command
+
     _run(url, schema, lambda cfg: command.downgrade(cfg, revision), **retry)
 
 
 def current_revisions(url: str, schema: str = "public") -> set[str]:
-    engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"version_table_schema": schema})
-            return set(ctx.get_current_heads())
-    finally:
-        engine.dispose()
+    """The revisions in the schema's ``alembic_version`` table (empty before any migration)."""
+    table = sql.Identifier(schema, "alembic_version")
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),)).fetchone()[0] is None:
+            return set()
+        return {r[0] for r in conn.execute(sql.SQL("SELECT version_num FROM {}").format(table))}
 
 
 def current_revision(url: str, schema: str = "public") -> str | None:
@@ -100,8 +115,37 @@ def current_revision(url: str, schema: str = "public") -> str | None:
     return ",".join(sorted(revs)) if revs else None
 
 
-def head_revisions() -> set[str]:
-    return set(ScriptDirectory.from_config(_config()).get_heads())
+@lru_cache(maxsize=1)
+def head_revisions() -> frozenset[str]:
+    """The scripts' heads: revisions no other script names as its ``down_revision``.
+
+    Read from the module-level ``revision``/``down_revision`` assignments of ``versions/*.py`` (as
+    Alembic's own templates write them); ``tests/integration/test_migrations.py`` checks it against
+    Alembic's ``ScriptDirectory.get_heads``.
+    """
+    revisions, downs = set(), set()
+    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+        values = _assignments(path, ("revision", "down_revision"))
+        if "revision" not in values:
+            continue
+        revisions.add(values["revision"])
+        down = values.get("down_revision")
+        downs.update(down if isinstance(down, tuple | list) else [down] if down else [])
+    return frozenset(revisions - downs)
+
+
+def _assignments(path: Path, names: tuple[str, ...]) -> dict:
+    out = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.AnnAssign):
+            target = node.target
+        elif isinstance(node, ast.Assign):
+            target = node.targets[0]
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in names and node.value is not None:
+            out[target.id] = ast.literal_eval(node.value)
+    return out
 
 
 def head_revision() -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from deployments import ephemeral
 from deployments.cli_backups import backup_cmd, backups_app, restore_cmd
 from deployments.cli_fetch import fetch_changes_cmd, fetch_orders_cmd
 from deployments.cli_forget import forget as forget_cmd
@@ -163,9 +164,11 @@ def sync(
 ) -> None:
     """Import ENTITY from the shop through a Shoptet snapshot."""
     quiet_prefect()
+    ephemeral.start()  # before the imports: the server starts while they run
     from flows.locks import LockHeld
     from flows.snapshot import SnapshotFailed, counters_table, import_snapshot
 
+    ephemeral.wait_ready(console)
     changed_since = parse_when(since, "--since")
     try:
         counters = import_snapshot(
@@ -188,10 +191,12 @@ def import_file_cmd(
 ) -> None:
     """Apply a local snapshot FILE (gzip or plain JSON Lines) through the same loader."""
     quiet_prefect()
+    ephemeral.start()
     from db.loader import ApplyError
     from flows.locks import LockHeld
     from flows.snapshot import counters_table, import_file
 
+    ephemeral.wait_ready(console)
     try:
         counters = import_file(entity, file, full=full, allow_mass_delete=allow_mass_delete, lock_wait=wait)
     except LockHeld as exc:
@@ -207,9 +212,11 @@ def import_file_cmd(
 def retry_failed(wait: float = WAIT_OPTION) -> None:
     """Retry due failed snapshots (3 attempts each, then gave_up)."""
     quiet_prefect()
+    ephemeral.start()
     from flows.failed import retry_failed_snapshots
     from flows.locks import LockHeld
 
+    ephemeral.wait_ready(console)
     try:
         outcomes = retry_failed_snapshots(lock_wait=wait)
     except LockHeld as exc:
@@ -323,6 +330,7 @@ def demo(
     """Run the whole pipeline on embedded defaults: embedded PostgreSQL + sandbox API + ephemeral Prefect."""
     if not verbose:
         quiet_prefect()
+    ephemeral.start()
     from deployments.demo import run_demo
 
     sys.exit(run_demo(orders=orders, seed=seed))

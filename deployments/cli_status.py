@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from deployments import ephemeral
 from deployments.options import quiet_prefect
 
 STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
@@ -36,6 +37,8 @@ def status_cmd(
     3: the database could not be read.
     """
     quiet_prefect()
+    if not no_prefect:
+        ephemeral.start()  # before the imports: the server starts while they run
     from db.connection import mask_url
     from deployments.options import fail
     from flows import runtime
@@ -46,6 +49,7 @@ def status_cmd(
     try:
         url = runtime.database_url(cfg)
         runtime.ensure_schema(url, cfg.db_schema)
+        _wait_for_prefect(no_prefect)
         report = gather(url, cfg.db_schema, prefect=not no_prefect, backup_dir=cfg.backup_path)
     except Exception as exc:  # noqa: BLE001 - a monitor needs "unknown", not a traceback
         if as_json:
@@ -58,6 +62,16 @@ def status_cmd(
     else:
         _print(report, mask_url(url))
     raise typer.Exit(report.exit_code)
+
+
+def _wait_for_prefect(no_prefect: bool) -> None:
+    """A temporary server that does not start leaves Prefect unreadable: ``gather`` reports that as a warning."""
+    if no_prefect:
+        return
+    try:
+        ephemeral.wait_ready()
+    except RuntimeError as exc:
+        Console(stderr=True).print(f"[yellow]warning:[/] {exc}")
 
 
 def _print(report, where: str) -> None:  # noqa: ANN001 - flows.status.Report, imported lazily

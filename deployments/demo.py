@@ -42,7 +42,7 @@ def run_demo(orders: int = 20_000, seed: int = 42, console: Console | None = Non
 
     api = _running_server()
     console.print(f"Prefect: the running server {api}" if api else "Prefect: ephemeral mode (a throwaway server)…")
-    _warm_up()
+    _warm_up(console)
     results: dict[str, dict] = {}
     # Fixed data reference (not "today"): a re-run on another day serves the same shop, so it is unchanged.
     # The sandbox's clock runs 10x fast and the client sleeps on it: job waits take a tenth of the time.
@@ -89,9 +89,15 @@ def run_demo(orders: int = 20_000, seed: int = 42, console: Console | None = Non
 
 
 def _running_server() -> str | None:
-    """The Prefect API the flows will use: PREFECT_API_URL (set by the CLI when `hub serve` is up), or none."""
+    """The Prefect API the flows will use: PREFECT_API_URL (set by the CLI when `hub serve` is up), or none.
+
+    None too for the temporary server the CLI started itself (``deployments.ephemeral``): its runs go with it."""
     from prefect.settings import PREFECT_API_URL
 
+    from deployments import ephemeral
+
+    if ephemeral.running() is not None:
+        return None
     return PREFECT_API_URL.value() or None
 
 
@@ -114,10 +120,14 @@ def next_steps(url: str, api: str | None) -> list[str]:
     return lines
 
 
-def _warm_up() -> None:
+def _warm_up(console: Console) -> None:
     """Start Prefect's ephemeral server (if one is needed) before the progress bars, so they time only the
     imports. A client's health check does it; a throwaway flow would be listed among the user's flows."""
     from prefect.client.orchestration import get_client
+
+    from deployments import ephemeral
+
+    ephemeral.wait_ready(console)
 
     with get_client(sync_client=True) as client:
         client.api_healthcheck()

@@ -26,6 +26,7 @@ from db.mapping import ENTITIES, RowError
 from db.partitions import rollover as partitions
 
 log = logging.getLogger(__name__)
+UPSERT_ROUND = 2000  # changed lines per staged-upsert round (see _BatchWriter)
 
 
 def apply_snapshot_file(
@@ -87,6 +88,7 @@ def apply_snapshot_file(
                     result.beyond_retention += chunk.beyond_retention
                     if progress:
                         progress(result.lines, chunk.end_position, total)
+            batch.flush()
             rejects.flush()
             result.rejected = rejects.count
             if result.lines and result.rejected / result.lines > o.reject_threshold:
@@ -108,7 +110,14 @@ def apply_snapshot_file(
 class _BatchWriter:
     """Chunks to the table writer: whole when a first import allows, else batch by batch, and a batch
     PostgreSQL refuses line by line with exact validation, so the bad line becomes a reject naming its
-    field and the good ones still apply."""
+    field and the good ones still apply.
+
+    Changed lines wait in ``pending`` for one staged-upsert round of many chunks (``UPSERT_ROUND``
+    lines): a nightly full snapshot has a few changed lines in nearly every chunk, and a round per
+    chunk (stage, upsert, replace the children, clear the stage) cost more than the lines
+    (docs/benchmarks.md). A batch holding a pending key flushes first, so it is classified against
+    the row its earlier line wrote; ``flush`` runs before the apply counts, checks and deletes.
+    """
 
     def __init__(
         self,
@@ -122,6 +131,8 @@ class _BatchWriter:
     ) -> None:
         self.w, self.rejects, self.result, self.keep_raw, self.window = writer, rejects, result, keep_raw, window
         self.archived = archived
+        self.pending: list[Line] = []
+        self.pending_keys: set[str] = set()
 
     def write_chunk(self, chunk: Chunk) -> None:
         """A chunk of keys the table does not hold yet (a first import) goes to COPY whole, as the
@@ -144,19 +155,39 @@ class _BatchWriter:
     def write_batch(self, batch: list[Line]) -> None:
         if not batch:
             return
+        if self.pending_keys and not self.pending_keys.isdisjoint(x.key for x in batch):
+            self.flush()
+        deferred: list[Line] = []
+        if self._guarded(batch, lambda: self._write(batch, direct=self.w.direct, defer=deferred)):
+            self.pending.extend(deferred)  # only once the batch's savepoint is released
+            self.pending_keys.update(x.key for x in deferred)
+        if len(self.pending) >= UPSERT_ROUND:
+            self.flush()
+
+    def flush(self) -> None:
+        """The staged-upsert round of the pending changed lines."""
+        lines, self.pending, self.pending_keys = self.pending, [], set()
+        if lines:
+            self._guarded(lines, lambda: self._upsert(lines))
+
+    def _guarded(self, batch: list[Line], write) -> bool:  # noqa: ANN001 - () -> counts
+        """``write`` in a savepoint; refused by PostgreSQL, the batch line by line instead (returns False)."""
         try:
             with self.w.main.transaction():
-                counts = self._write(batch, direct=self.w.direct)
+                counts = write()
         except psycopg.Error as exc:
             if not refused_value(exc):
                 raise
             log.info(
                 "batch of %d lines refused by PostgreSQL (%s); redoing it line by line", len(batch), type(exc).__name__
             )
-            counts = self._write_line_by_line(batch)
+            self.result.add(self._write_line_by_line(batch))
+            return False
         self.result.add(counts)
+        return True
 
-    def _write(self, batch: list[Line], *, direct: bool) -> dict[str, int]:
+    def _write(self, batch: list[Line], *, direct: bool, defer: list[Line] | None = None) -> dict[str, int]:
+        """Classify and write a batch; with ``defer``, its changed lines go there for a later round."""
         w = self.w
         c = classify.classify(w.main, w.spec, batch)
         w.ensure_quarters(x.quarter for x in (*c.new, *c.changed))
@@ -168,14 +199,17 @@ class _BatchWriter:
             "skipped_older": c.older,
             "child_rows": w.copy_new(new) if new else 0,
         }
-        if changed:
-            ins, upd, kids = w.upsert_changed(changed)
-            counts["inserted"] += ins
-            counts["updated"] += upd
-            counts["skipped_older"] += len(changed) - ins - upd
-            counts["child_rows"] += kids
+        if changed and defer is not None:
+            defer.extend(changed)
+        elif changed:
+            for k, v in self._upsert(changed).items():
+                counts[k] += v
         w.record_seen(x.key for x in batch)
         return counts
+
+    def _upsert(self, changed: list[Line]) -> dict[str, int]:
+        ins, upd, kids = self.w.upsert_changed(changed)
+        return {"inserted": ins, "updated": upd, "skipped_older": len(changed) - ins - upd, "child_rows": kids}
 
     def _write_line_by_line(self, batch: list[Line]) -> dict[str, int]:
         total = dict.fromkeys(("inserted", "updated", "unchanged", "skipped_older", "child_rows"), 0)

@@ -126,14 +126,17 @@ class TableWriter:
                 cur.execute("DELETE FROM stage_child" if small else "TRUNCATE stage_child")
                 _copy(cur, self.copy_stage_child, (x.children for x in lines))
             cur.execute(self.upsert)
-            ins, upd = cur.execute(
-                "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM stage_written"
-            ).fetchone()
+            written = cur.execute("SELECT key, inserted FROM stage_written").fetchall()
+            ins = sum(1 for _, inserted in written if inserted)
             kids = 0
-            for stmt in self.replace_children:
-                cur.execute(stmt)
-                kids = cur.rowcount  # the last statement inserts them
-        return ins, upd, kids
+            if written and self.replace_children:
+                delete, insert = self.replace_children
+                # The written keys as an array, not a join with stage_written: a temporary table has no
+                # statistics, and the planner joined it by scanning all of order_items every round.
+                cur.execute(delete, ([k for k, _ in written],))
+                cur.execute(insert)
+                kids = cur.rowcount
+        return ins, len(written) - ins, kids
 
     # --- keys seen by a full snapshot -----------------------------------------------------------------
 
@@ -176,7 +179,7 @@ def _replace_children_sql(spec: EntitySpec) -> list[sql.Composed]:
     ct, ckey = ident(spec.child_table), ident(spec.child_key)
     names = spec.child_column_names
     cols = sql.SQL(", ").join(map(ident, names))
-    delete = sql.SQL("DELETE FROM {ct} x USING stage_written w WHERE x.{ckey} = w.key").format(ct=ct, ckey=ckey)
+    delete = sql.SQL("DELETE FROM {ct} WHERE {ckey} = ANY(%s)").format(ct=ct, ckey=ckey)
     if not spec.child_upsert_key:
         insert = sql.SQL(
             "INSERT INTO {ct} ({cols}) SELECT {cols} FROM stage_child s "

@@ -13,7 +13,16 @@ from alembic.runtime.migration import MigrationContext
 
 from db.connection import libpq_url, sqlalchemy_url
 from db.dates import DateWindow
-from db.migrate import current_revision, downgrade, head_revision, upgrade
+from db.migrate import (
+    MIGRATIONS,
+    current_revision,
+    current_revisions,
+    downgrade,
+    head_revision,
+    head_revisions,
+    is_up_to_date,
+    upgrade,
+)
 from db.partitions.rollover import Quarter, ensure_partitions
 from models.autogenerate import PARTITION, include_object
 from models.tables import metadata
@@ -44,6 +53,27 @@ def test_schema_setting_and_downgrade_to_base_and_back(empty_db_url):
     assert left == {"alembic_version"}
     upgrade(empty_db_url, "shop_a")
     assert current_revision(empty_db_url, "shop_a") == head_revision()
+
+
+def test_the_fast_up_to_date_check_agrees_with_alembic_and_imports_neither(empty_db_url, tmp_path):
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert head_revisions() == set(ScriptDirectory.from_config(cfg).get_heads())
+    assert current_revisions(empty_db_url, "shop_b") == set() and not is_up_to_date(empty_db_url, "shop_b")
+    upgrade(empty_db_url, "shop_b", "0005")
+    assert current_revisions(empty_db_url, "shop_b") == {"0005"} and not is_up_to_date(empty_db_url, "shop_b")
+    upgrade(empty_db_url, "shop_b")
+    assert is_up_to_date(empty_db_url, "shop_b")
+    # the check every command runs first loads neither SQLAlchemy nor Alembic (a second of CPU each)
+    code = (
+        "import sys; from db.migrate import is_up_to_date; assert is_up_to_date(sys.argv[1], 'shop_b'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, empty_db_url], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_runtime_partitions_are_invisible_to_autogenerate(db_url):
