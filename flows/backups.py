@@ -112,7 +112,7 @@ def _backup_report(path: Path, m: Manifest, verification: str, copied: Path | No
     table_artifact(rows, key="nightly-backup", description=f"backup of {m.database}: {verification}")
 
 
-@flow(name="verify-backup-file", log_prints=True)
+@flow(name="verify-backup-file", flow_run_name=run_name("verify-backup", param="backup"), log_prints=True)
 def verify_backup_file(backup: str, lock_wait: float | None = 0) -> Manifest:
     """Check one backup's SHA-256 and read it to its end; the outcome is recorded in its manifest.
 
