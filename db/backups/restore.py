@@ -22,8 +22,9 @@ from db import pg_tools
 from db.backups import scratch
 from db.backups.dump import count_rows, partitions_of
 from db.backups.manifest import BackupError, Manifest, read_manifest, require_verified, update_manifest
+from db.backups.target import check_target
 from db.backups.verify import check_checksum
-from db.connection import connect, libpq_url, mask_url, with_database
+from db.connection import connect, database_conninfo, mask_url
 from db.locks import instance_id
 from db.sealed.files import NotEnoughSpace
 
@@ -46,7 +47,7 @@ class TargetState:
 
 def _admin(url: str) -> psycopg.Connection:
     """The server's ``postgres`` database: CREATE/DROP DATABASE cannot run connected to the database itself."""
-    return psycopg.connect(libpq_url(with_database(url, "postgres")), autocommit=True)
+    return psycopg.connect(database_conninfo(url, "postgres"), autocommit=True)
 
 
 def target_state(url: str, target: str) -> TargetState:
@@ -54,7 +55,7 @@ def target_state(url: str, target: str) -> TargetState:
         row = c.execute("SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s", (target,)).fetchone()
     if row is None:
         return TargetState(False, 0, 0)
-    with psycopg.connect(libpq_url(with_database(url, target)), autocommit=True) as c:
+    with psycopg.connect(database_conninfo(url, target), autocommit=True) as c:
         tables = c.execute(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') "
@@ -72,19 +73,24 @@ def _recreate(url: str, target: str, *, drop: bool) -> None:
 
 def _pg_restore(url: str, target: str, backup: Path, manifest: Manifest, jobs: int) -> None:
     pg_restore = pg_tools.find_tool("pg_restore", manifest.server_major)
-    conninfo, env = pg_tools.libpq_env(with_database(url, target))
+    conninfo, env = pg_tools.libpq_env(database_conninfo(url, target))
     args = [str(pg_restore), "--exit-on-error", "--no-owner", "--no-acl", f"-j{max(1, jobs)}"]
     done = pg_tools.run([*args, "--dbname", conninfo, str(backup)], env)
     if done.returncode != 0:
         raise BackupError(f"pg_restore of {backup.name} into {target} failed: {mask_url(done.stderr.strip())}")
 
 
-def restore_into(url: str, backup: Path, target: str, *, force: bool = False, jobs: int = 2) -> dict:
+def restore_into(
+    url: str, backup: Path, target: str, *, force: bool = False, jobs: int = 2, replace_hub_database: bool = False
+) -> dict:
     """Restore ``backup`` into the database ``target`` on the server of ``url``.
 
-    Refuses when ``target`` holds any table unless ``force`` (then it is dropped and re-created: what
-    was dropped is returned and logged). Only a verified hub backup is restored; its checksum is checked first.
+    Never into ``url``'s own database; Prefect's or another hub's only with ``replace_hub_database``
+    (:func:`db.backups.target.check_target`). Refuses when ``target`` holds any table unless ``force``
+    (then it is dropped and re-created: what was dropped is returned and logged). Only a verified hub
+    backup is restored; its checksum is checked first.
     """
+    check_target(url, target, force=force, replace_hub_database=replace_hub_database)
     manifest = read_manifest(backup)
     require_verified(backup, manifest)
     check_checksum(backup, manifest)
@@ -113,7 +119,7 @@ def restore_into(url: str, backup: Path, target: str, *, force: bool = False, jo
 def check_restored(url: str, target: str, manifest: Manifest) -> list[str]:
     """What differs between the restored database and the manifest (empty: nothing)."""
     problems = []
-    with connect(with_database(url, target), manifest.schema, autocommit=True) as c:
+    with connect(database_conninfo(url, target), manifest.schema, autocommit=True) as c:
         counts, parts = count_rows(c), partitions_of(c)
         invalid = [
             r[0]

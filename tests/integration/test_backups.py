@@ -117,7 +117,9 @@ def test_backup_verify_restore_equals_the_source(hub, db_url, tmp_path, target_d
     own = psycopg.conninfo.conninfo_to_dict(libpq_url(db_url))["dbname"]
     res = cli("restore", path.name, "--target-db", own, "--force")
     assert res.exit_code == 1 and "the database this hub is using" in said(res)
-    res = cli("restore", str(path), "--target-db", target_db, "--force")
+    res = cli("restore", str(path), "--target-db", target_db, "--force")  # it holds a hub now: a second flag
+    assert res.exit_code == 1 and "--replace-hub-database" in said(res)
+    res = cli("restore", str(path), "--target-db", target_db, "--force", "--replace-hub-database")
     assert res.exit_code == 0, res.output
     assert "dropped the previous" in said(res)
     assert fingerprint(with_database(db_url, target_db)) == source
