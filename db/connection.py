@@ -165,12 +165,13 @@ def libpq_url(url: str) -> str:
 def connect(url: str, schema: str = "public", *, autocommit: bool = False, **kw) -> psycopg.Connection:
     """A connection whose ``search_path`` is the hub's schema, so SQL can name tables unqualified."""
     conn = psycopg.connect(libpq_url(url), autocommit=autocommit, **kw)
-    if schema != "public":
-        # public stays on the path for extensions; the hub's schema wins name lookups.
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
-        if not autocommit:
-            conn.commit()
+    # Pinned always, also for public: the default path starts with "$user", so with a role whose name
+    # is also a schema, unqualified DDL would land there. public stays on the path for extensions.
+    path = [schema] if schema == "public" else [schema, "public"]
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SET search_path TO {}").format(sql.SQL(", ").join(map(sql.Identifier, path))))
+    if not autocommit:
+        conn.commit()
     return conn
 
 
