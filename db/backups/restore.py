@@ -73,9 +73,9 @@ def _recreate(url: str, target: str, *, drop: bool) -> None:
 
 def _pg_restore(url: str, target: str, backup: Path, manifest: Manifest, jobs: int) -> None:
     pg_restore = pg_tools.find_tool("pg_restore", manifest.server_major)
-    conninfo, env = pg_tools.libpq_env(database_conninfo(url, target))
     args = [str(pg_restore), "--exit-on-error", "--no-owner", "--no-acl", f"-j{max(1, jobs)}"]
-    done = pg_tools.run([*args, "--dbname", conninfo, str(backup)], env)
+    with pg_tools.libpq_env(database_conninfo(url, target)) as (conninfo, env):
+        done = pg_tools.run([*args, "--dbname", conninfo, str(backup)], env)
     if done.returncode != 0:
         raise BackupError(f"pg_restore of {backup.name} into {target} failed: {mask_url(done.stderr.strip())}")
 
