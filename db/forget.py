@@ -235,6 +235,18 @@ def _erase(conn: psycopg.Connection, e: str, dry_run: bool) -> tuple[dict[str, i
     return rows, keys
 
 
+def blank_rows(conn: psycopg.Connection, table: str, key: str, keys: list[str]) -> int:
+    """Blank the personal columns and JSON of the rows with these keys (a restore re-applying erasures)."""
+    rows = conn.execute(
+        sql.SQL("SELECT {k}, raw::text FROM {t} WHERE {k} = ANY(%s) FOR UPDATE").format(
+            k=sql.Identifier(key), t=sql.Identifier(table)
+        ),
+        (keys,),
+    ).fetchall()
+    _blank(conn, table, key, rows)
+    return len(rows)
+
+
 def _blank(conn: psycopg.Connection, table: str, key: str, rows: list[tuple[str, str | None]]) -> None:
     if not rows:
         return

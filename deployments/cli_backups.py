@@ -148,3 +148,5 @@ def restore_cmd(
         mb = out["replaced_bytes"] / 2**20
         print(f"dropped the previous {target_db}: {out['replaced_tables']} tables, {mb:.2f} MB")
     print(f"restored {out['backup']} into {target_db} in {out['seconds']:.1f} s")
+    if out.get("erasures_reapplied"):
+        print(f"re-applied {out['erasures_reapplied']} erasure(s) recorded since the backup: {out['erased_rows']}")

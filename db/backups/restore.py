@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from db import pg_tools
+from db import erasures, pg_tools
 from db.backups import scratch
 from db.backups.dump import count_rows, partitions_of
 from db.backups.manifest import BackupError, Manifest, read_manifest, require_verified, update_manifest
@@ -88,7 +88,9 @@ def restore_into(
     Never into ``url``'s own database; Prefect's or another hub's only with ``replace_hub_database``
     (:func:`db.backups.target.check_target`). Refuses when ``target`` holds any table unless ``force``
     (then it is dropped and re-created: what was dropped is returned and logged). Only a verified hub
-    backup is restored; its checksum is checked first.
+    backup is restored; its checksum is checked first. Its last step re-applies every erasure ``url``'s
+    database recorded since the backup began (:func:`db.erasures.reapply`): a restore never brings an
+    erased person back.
     """
     check_target(url, target, force=force, replace_hub_database=replace_hub_database)
     manifest = read_manifest(backup)
@@ -106,13 +108,22 @@ def restore_into(
     if not state.exists or state.tables:
         _recreate(url, target, drop=state.exists)
     t0 = time.perf_counter()
+    with connect(url, manifest.schema) as live:  # erasures after the dump began: the backup may not hold them
+        later = erasures.read_log(live, datetime.fromisoformat(manifest.started_at))
     _pg_restore(url, target, backup, manifest, jobs)
+    reapplied = {}
+    if later:
+        with connect(database_conninfo(url, target), manifest.schema) as restored:
+            reapplied = erasures.reapply(restored, later)
+        log.info("re-applied %d erasure(s) recorded after %s: %s", len(later.erasures), backup.name, reapplied)
     return {
         "backup": backup.name,
         "target": target,
         "replaced_tables": state.tables,
         "replaced_bytes": state.size_bytes,
         "seconds": round(time.perf_counter() - t0, 3),
+        "erasures_reapplied": len(later.erasures),
+        "erased_rows": reapplied,
     }
 
 

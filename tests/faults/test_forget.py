@@ -379,3 +379,33 @@ def test_flow_takes_the_orders_customers_and_metrics_locks(loaded, hub_env, pref
     assert q(loaded["db"], "SELECT count(*) FROM erasures") == [(0,)]
     out = forget_person(SecretStr(loaded["email"]))
     assert out["rows"]["customers"] == 1 and out["erasure_id"]
+
+
+@pytest.mark.integration
+def test_a_restored_backup_reapplies_the_erasures_recorded_after_it(loaded, tmp_path):
+    """review M2: backup, forget, restore: the person stays erased in what was restored."""
+    from db.backups import dump, restore
+    from db.connection import database_conninfo
+
+    url, email, guid = loaded["db"], loaded["email"], loaded["guid"]
+    path, _ = dump.take_backup(url, "public", tmp_path / "backups")
+    result = forget(url, email)
+    target = f"hub_forget_restore_{result.erasure_id}_{guid[:8]}".replace("-", "_")
+    try:
+        out = restore.restore_into(url, path, target)
+        restored = database_conninfo(url, target)
+        assert out["erasures_reapplied"] == 1
+        assert out["erased_rows"]["orders"] == result.rows["orders"] > 0
+        assert occurrences(restored, email) == {}
+        strip = lambda rows: [r[:-1] for r in rows]  # noqa: E731 - all but synced_at (the re-apply's own time)
+        assert {k: strip(v) for k, v in person_rows(restored, email, guid).items()} == {
+            k: strip(v) for k, v in person_rows(url, email, guid).items()
+        }
+        assert q(restored, "SELECT subject_sha256 FROM erasures") == [(result.subject_sha256,)]
+        assert q(restored, "SELECT count(*) FROM erased_keys") == q(url, "SELECT count(*) FROM erased_keys")
+        # and the restored mirror keeps it erased against the same stale file
+        r = apply(restored, "orders", loaded["files"]["orders"])
+        assert r["updated"] == 0 and occurrences(restored, email) == {}
+    finally:
+        with psycopg.connect(database_conninfo(url, "postgres"), autocommit=True) as c:
+            c.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(target)))
