@@ -24,6 +24,7 @@ from db.mapping_values import (  # noqa: F401 - re-exported: the loader and mapp
     _obj,
     columns,
     content_hash,
+    order_created,
     parse_ts,
     validate,
 )
@@ -103,10 +104,9 @@ def order_rows(o: dict) -> Mapped:
     code = _key(o.get("code"), "code")
     created_s = o.get("creationTime")
     created = parse_ts(created_s, "creationTime")
-    if created is None:
-        raise RowError("missing creationTime")
     changed_s = o.get("changeTime")
     changed = parse_ts(changed_s, "changeTime")
+    created_s, created = order_created(created_s, created, changed_s, changed)
     get = o.get
     status = _obj(get("status"), "status")
     bm = _obj(get("billingMethod"), "billingMethod")

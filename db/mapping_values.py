@@ -127,3 +127,26 @@ def _key(value: Any, field: str) -> str:
     if isinstance(value, (dict, list, bool, float)):
         raise RowError(f"{field}: invalid key {str(value)[:40]!r}")
     return str(value)
+
+
+def strip_nul(row: tuple) -> tuple[tuple, bool]:
+    """The row with NUL removed from its text values (PostgreSQL text cannot hold one), and whether any was."""
+    if not any(type(v) is str and "\x00" in v for v in row):
+        return row, False
+    return tuple(v.replace("\x00", "") if type(v) is str else v for v in row), True
+
+
+NO_ORDER_DATE = (
+    "creationTime and changeTime are both null: an order's items are partitioned by its creation time "
+    "(its changeTime stands in when the shop sends no creationTime), and this order has neither"
+)
+
+
+def order_created(created_s: Any, created: datetime | None, changed_s: Any, changed: datetime | None) -> tuple:
+    """An order's creation time, or its changeTime when the shop sent none (the schema allows a null
+    creationTime; raw keeps the null, so ``raw->>'creationTime' IS NULL`` finds those orders)."""
+    if created is not None:
+        return created_s, created
+    if changed is None:
+        raise RowError(NO_ORDER_DATE)
+    return changed_s, changed

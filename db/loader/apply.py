@@ -88,6 +88,7 @@ def apply_snapshot_file(
                         newest = latest
                     result.lines += chunk.read
                     result.beyond_retention += chunk.beyond_retention
+                    result.nul_stripped += chunk.nul_stripped
                     if progress:
                         progress(result.lines, chunk.end_position, total)
             batch.flush()
