@@ -360,3 +360,15 @@ def test_replacing_the_items_of_changed_orders_reads_no_whole_partition(db_url, 
     r = apply(db_url, "orders", write_jsonl(tmp_path / "b.gz", nightly), full=True)
     assert (r.updated, r.child_rows) == (6, 18)
     assert seq_scans() == before
+
+
+@pytest.mark.parametrize("newer_first", [True, False])
+def test_a_variant_code_twice_in_one_batch_goes_to_the_product_changed_last(db_url, conn, tmp_path, newer_first):
+    """previous review 2.6: DISTINCT ON (code) picked an arbitrary variant; the winner is now decided."""
+    apply(db_url, "products", write_jsonl(tmp_path / "p.gz", [product("pa", variants=["A1"]), product("pb")]))
+    older = product("pa", changed="2026-10-01T00:00:00+0200", variants=["A1", "VX"])
+    newer = product("pb", changed="2026-10-02T00:00:00+0200", variants=["VX"])
+    lines = [newer, older] if newer_first else [older, newer]
+    r = apply(db_url, "products", write_jsonl(tmp_path / "p2.gz", lines), workers=0)
+    assert r.updated == 2 and r.rejected == 0
+    assert dict(conn.execute("SELECT code, product_guid FROM product_variants").fetchall()) == {"A1": "pa", "VX": "pb"}
