@@ -240,3 +240,26 @@ def test_a_retried_job_from_before_an_erasure_never_brings_the_person_back(hub, 
     assert run == (0, erased)
     assert q(db_url, "SELECT count(*) FROM orders WHERE lower(email) = %s", email) == [(0,)]
     assert q(db_url, "SELECT count(*) FROM orders WHERE content_hash = %s", ERASED_HASH) == [(erased,)]
+
+
+def test_the_result_url_is_never_a_persisted_task_result(hub, db_url, tmp_path):
+    """previous review 6: Job.result_url (a bearer URL to the shop's data) stays out of Prefect's results."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
+
+    store = tmp_path / "results"
+    with temporary_settings({PREFECT_RESULTS_PERSIST_BY_DEFAULT: True, PREFECT_LOCAL_STORAGE_PATH: store}):
+        assert import_snapshot(Entity.customers)["inserted"] > 0
+    written = [_decoded(p.read_bytes()) for p in store.rglob("*") if p.is_file()]
+    assert written  # persistence was on: other tasks' results are there
+    assert not [b[:300] for b in written if b"api-results" in b or b"result_url" in b]
+
+
+def _decoded(record: bytes) -> bytes:
+    """A persisted result record's value as pickled (it is stored base64-encoded inside JSON)."""
+    import base64
+    import json
+
+    try:
+        return base64.b64decode(json.loads(record).get("result") or b"")  # not the metadata: it names tmp_path
+    except ValueError:  # not a JSON result record
+        return record
