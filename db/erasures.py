@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 # entity → (table, key column) of what `hub forget` blanks
@@ -86,15 +87,16 @@ def reapply(conn: psycopg.Connection, log: ErasureLog) -> dict[str, int]:
             keys = [k for e, k, _, _ in log.keys if e == entity]
             changed[table] = blank_rows(conn, table, key_column, keys)
         subjects = [s for _, s, _, _ in log.erasures]
-        digest = "encode(sha256(convert_to(lower(btrim({})), 'UTF8')), 'hex') = ANY(%s)"
+        digest = sql.SQL("encode(sha256(convert_to(lower(btrim({})), 'UTF8')), 'hex') = ANY(%s)")
+        customer_key, email = digest.format(sql.Identifier("customer_key")), digest.format(sql.Identifier("email"))
         changed["customer_metrics"] = conn.execute(
-            "DELETE FROM customer_metrics WHERE " + digest.format("customer_key"), (subjects,)
+            sql.SQL("DELETE FROM customer_metrics WHERE {}").format(customer_key), (subjects,)
         ).rowcount
         changed["customer_metrics"] += conn.execute(
-            "UPDATE customer_metrics SET email = NULL WHERE " + digest.format("email"), (subjects,)
+            sql.SQL("UPDATE customer_metrics SET email = NULL WHERE {}").format(email), (subjects,)
         ).rowcount
         # the queue entries the orders' update triggers just wrote for the e-mail identity (as forget does)
-        conn.execute("DELETE FROM customer_metrics_queue WHERE " + digest.format("customer_key"), (subjects,))
+        conn.execute(sql.SQL("DELETE FROM customer_metrics_queue WHERE {}").format(customer_key), (subjects,))
         every_key = [k for _, k, _, _ in log.keys]
         changed["snapshot_rejects"] = conn.execute(
             """UPDATE snapshot_rejects SET line = NULL WHERE line IS NOT NULL
