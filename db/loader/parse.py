@@ -124,19 +124,21 @@ def _format(
     children: bytearray,
 ) -> bool:
     """Format the line's rows; True when NUL had to be removed from a text value (counted as nul_stripped)."""
-    stripped = b"\\u0000" in text and _strip_nul(m)  # JSON can only carry a NUL as this escape
+    stripped = b"\\u0000" in text and _strip_nul(m, spec.key)  # JSON can only carry a NUL as this escape
     format_row_text((*m.row, digest, JsonText(text) if keep_raw else None, run_id), tx, parents)
     for c in m.children:
         format_row_text(c, tx, children)
     return stripped
 
 
-def _strip_nul(m: Mapped) -> bool:
+def _strip_nul(m: Mapped, key: str) -> bool:
     """NUL out of the typed columns (the raw ``json`` column keeps the line as sent: it can hold ``\\u0000``)."""
     m.row, parent = strip_nul(m.row)
     kids = [strip_nul(c) for c in m.children]
     m.children = [c for c, _ in kids]
     m.key = m.key.replace("\x00", "")
+    if not m.key:
+        raise RowError(f"{key}: the key holds nothing but NUL characters")
     return parent or any(hit for _, hit in kids)
 
 

@@ -53,3 +53,10 @@ def test_a_null_creation_time_is_filed_under_the_change_time(db_url, conn, tmp_p
     ).fetchone() == (2,)
     (reason,) = conn.execute("SELECT reason FROM snapshot_rejects").fetchone()
     assert reason.startswith("creationTime and changeTime are both null")
+
+
+def test_a_key_of_nothing_but_nul_is_a_reject_naming_the_key(db_url, conn, tmp_path):
+    r = apply(db_url, write_jsonl(tmp_path / "k.jsonl.gz", [order("\u0000"), order("K1")]), reject_threshold=1.0)
+    assert (r.inserted, r.rejected) == (1, 1)
+    (reason,) = conn.execute("SELECT reason FROM snapshot_rejects").fetchone()
+    assert reason == "code: the key holds nothing but NUL characters"
