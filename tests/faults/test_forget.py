@@ -384,11 +384,12 @@ def test_flow_takes_the_orders_customers_and_metrics_locks(loaded, hub_env, pref
 @pytest.mark.integration
 def test_a_restored_backup_reapplies_the_erasures_recorded_after_it(loaded, tmp_path):
     """review M2: backup, forget, restore: the person stays erased in what was restored."""
-    from db.backups import dump, restore
+    from db.backups import dump, restore, verify
     from db.connection import database_conninfo
 
     url, email, guid = loaded["db"], loaded["email"], loaded["guid"]
     path, _ = dump.take_backup(url, "public", tmp_path / "backups")
+    verify.verify_backup(path)
     result = forget(url, email)
     target = f"hub_forget_restore_{result.erasure_id}_{guid[:8]}".replace("-", "_")
     try:

@@ -10,7 +10,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
 
 from db import pg_tools
-from db.backups import dump, restore
+from db.backups import dump, restore, verify
 from db.backups.target import TargetRefused, check_target
 from db.connection import BadDatabaseName, database_conninfo, libpq_url, with_database
 from deployments.cli import app
@@ -23,6 +23,7 @@ PROBE = "x?host=evil.example&sslmode=disable"
 @pytest.fixture
 def backup(db_url, tmp_path):
     path, _ = dump.take_backup(db_url, "public", tmp_path / "backups")
+    verify.verify_backup(path)  # restores take only verified backups
     return path
 
 
@@ -69,6 +70,7 @@ def test_derived_conninfo_changes_only_the_database():
 
 def test_cli_refuses_the_probe_in_one_line(db_url, backup, monkeypatch, connects, prefect_harness):
     monkeypatch.setenv("HUB_DATABASE_URL", db_url)
+    monkeypatch.setenv("HUB_BACKUP_DIR", str(backup.parent))
     get_config.cache_clear()
     with runtime.override(database_url=db_url):
         res = CliRunner().invoke(app, ["restore", str(backup), "--target-db", PROBE, "--force"])
