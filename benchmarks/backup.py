@@ -100,10 +100,10 @@ def db_size(url: str) -> int:
 def raw_dump(url: str, out: Path) -> float:
     with psycopg.connect(libpq_url(url)) as c:
         pg_dump = pg_tools.find_tool("pg_dump", pg_tools.server_major(c))
-    conninfo, env = pg_tools.libpq_env(url)
-    t = time.perf_counter()
-    done = pg_tools.run([str(pg_dump), "-Fc", "-f", str(out), "--dbname", conninfo], env)
-    elapsed = time.perf_counter() - t
+    with pg_tools.libpq_env(url) as (conninfo, env):
+        t = time.perf_counter()
+        done = pg_tools.run([str(pg_dump), "-Fc", "-f", str(out), "--dbname", conninfo], env)
+        elapsed = time.perf_counter() - t
     if done.returncode != 0:
         raise SystemExit(f"raw pg_dump failed: {done.stderr}")
     return elapsed

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 # libpq keywords whose value is a secret (``sslpassword`` unlocks the client key).
 _SECRET_KEYS = frozenset({"password", "sslpassword"})
@@ -120,10 +120,37 @@ def as_url(dsn: str) -> str:
     )
 
 
+# A database name the hub derives a connection for: an unquoted SQL identifier (no "?", "=", blank or
+# "/" that libpq or a URL parser could read as another parameter), at most 63 bytes.
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}").fullmatch
+
+
+class BadDatabaseName(ValueError):
+    """A database name that is not a plain identifier."""
+
+
+def plain_database_name(name: str) -> str:
+    """``name`` if it is a plain identifier (letters, digits, ``_``; not starting with a digit; ≤ 63), else raise."""
+    if not isinstance(name, str) or not _PLAIN_NAME(name):
+        raise BadDatabaseName(
+            f"database name {str(name)[:80]!r} is not a plain identifier: use letters, digits and _ only "
+            "(not starting with a digit, at most 63 characters)"
+        )
+    return name
+
+
+def database_conninfo(url: str, dbname: str) -> str:
+    """libpq's conninfo for database ``dbname`` on the server of ``url`` (keyword/value form).
+
+    libpq parses ``url`` and psycopg's ``make_conninfo`` replaces only the ``dbname`` keyword, quoting
+    it; host, port, user, password and TLS settings stay exactly as libpq read them.
+    """
+    return make_conninfo(libpq_url(url), dbname=plain_database_name(dbname))
+
+
 def with_database(url: str, dbname: str) -> str:
-    """The same server URL pointing at another database."""
-    parts = urlsplit(as_url(url))
-    return f"{parts.scheme}://{parts.netloc}/{dbname}" + (f"?{parts.query}" if parts.query else "")
+    """:func:`database_conninfo` as a URL (for what needs one: SQLAlchemy, ``HUB_DATABASE_URL``), built by quoting."""
+    return as_url(database_conninfo(url, dbname))
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -138,12 +165,13 @@ def libpq_url(url: str) -> str:
 def connect(url: str, schema: str = "public", *, autocommit: bool = False, **kw) -> psycopg.Connection:
     """A connection whose ``search_path`` is the hub's schema, so SQL can name tables unqualified."""
     conn = psycopg.connect(libpq_url(url), autocommit=autocommit, **kw)
-    if schema != "public":
-        # public stays on the path for extensions; the hub's schema wins name lookups.
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
-        if not autocommit:
-            conn.commit()
+    # Pinned always, also for public: the default path starts with "$user", so with a role whose name
+    # is also a schema, unqualified DDL would land there. public stays on the path for extensions.
+    path = [schema] if schema == "public" else [schema, "public"]
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SET search_path TO {}").format(sql.SQL(", ").join(map(sql.Identifier, path))))
+    if not autocommit:
+        conn.commit()
     return conn
 
 

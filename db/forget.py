@@ -17,12 +17,15 @@ What is erased, in one transaction:
 - ``snapshot_rejects``: a rejected line holding the e-mail loses its text (the reason stays).
 - ``erasures``: one row with the sha256 of the normalized e-mail and the rows changed per table.
 
-**A later snapshot brings data back only if the shop still holds it.** Erased rows get the content
-hash :data:`ERASED_HASH`, which no line can have (a real one is 64 hex digits), and keep their
-``changed_at``: the loader's "unchanged" shortcut (same hash) never matches, and the changeTime guard
-lets the same line through, so a snapshot that still holds the person's order or account writes it
-back in full. A snapshot without them (the shop erased the person, or an incremental one that did
-not touch them) leaves the blanks; a full one that no longer holds them deletes the rows.
+- ``erased_keys``: the order codes and customer GUIDs blanked, with the erasure's ``erased_at``
+  (:mod:`db.erasures`).
+
+**Erasures stay erased.** A line for an erased key is written again only when its ``changeTime`` is
+after the erasure: the shop changed that order or account since, so it holds what it sends. A line
+from before (a retried job requested before the erasure, a reused result, an old export given to
+`hub import-file`) is skipped (``skipped_older``), whatever the snapshot's age. Erased rows also get
+the content hash :data:`ERASED_HASH`, which no line can have (a real one is 64 hex digits). A full
+snapshot that no longer holds them deletes the rows; the erased keys stay recorded.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from db.connection import connect
+from db.erasures import record_keys
 from db.locks import guard_write
 
 log = logging.getLogger(__name__)
@@ -176,12 +180,13 @@ def forget(url: str, email: str, *, schema: str = "public", dry_run: bool = Fals
         with conn.transaction():
             if not dry_run:
                 guard_write(conn)
-            result.rows = _erase(conn, e, dry_run)
+            result.rows, keys = _erase(conn, e, dry_run)
             if not dry_run:
-                result.erasure_id = conn.execute(
-                    "INSERT INTO erasures (subject_sha256, rows) VALUES (%s, %s) RETURNING id",
+                result.erasure_id, erased_at = conn.execute(
+                    "INSERT INTO erasures (subject_sha256, rows) VALUES (%s, %s) RETURNING id, erased_at",
                     (result.subject_sha256, Jsonb(result.rows)),
-                ).fetchone()[0]
+                ).fetchone()
+                record_keys(conn, result.erasure_id, erased_at, keys)
     finally:
         conn.close()
     log.info(
@@ -193,7 +198,7 @@ def forget(url: str, email: str, *, schema: str = "public", dry_run: bool = Fals
     return result
 
 
-def _erase(conn: psycopg.Connection, e: str, dry_run: bool) -> dict[str, int]:
+def _erase(conn: psycopg.Connection, e: str, dry_run: bool) -> tuple[dict[str, int], dict[str, list[str]]]:
     lock = sql.SQL("" if dry_run else " FOR UPDATE")
     customers = conn.execute(
         sql.SQL("SELECT c.guid, c.raw::text FROM customers c WHERE {}{}").format(sql.SQL(_CUSTOMER_MATCH), lock),
@@ -216,8 +221,9 @@ def _erase(conn: psycopg.Connection, e: str, dry_run: bool) -> dict[str, int]:
         "customer_metrics": metrics,
         "snapshot_rejects": rejects,
     }
+    keys = {"customers": guids, "orders": [code for code, _ in orders]}
     if dry_run:
-        return rows
+        return rows, keys
     _blank(conn, "customers", "guid", customers)
     _blank(conn, "orders", "code", orders)
     # The e-mail identity: its key is the e-mail. Its queue entries (written by the orders triggers just
@@ -226,7 +232,19 @@ def _erase(conn: psycopg.Connection, e: str, dry_run: bool) -> dict[str, int]:
     conn.execute("UPDATE customer_metrics SET email = NULL WHERE lower(btrim(email)) = %s", (e,))
     conn.execute("DELETE FROM customer_metrics_queue WHERE customer_key = %s", (e,))
     conn.execute("UPDATE snapshot_rejects SET line = NULL WHERE strpos(lower(line), %s) > 0", (e,))
-    return rows
+    return rows, keys
+
+
+def blank_rows(conn: psycopg.Connection, table: str, key: str, keys: list[str]) -> int:
+    """Blank the personal columns and JSON of the rows with these keys (a restore re-applying erasures)."""
+    rows = conn.execute(
+        sql.SQL("SELECT {k}, raw::text FROM {t} WHERE {k} = ANY(%s) FOR UPDATE").format(
+            k=sql.Identifier(key), t=sql.Identifier(table)
+        ),
+        (keys,),
+    ).fetchall()
+    _blank(conn, table, key, rows)
+    return len(rows)
 
 
 def _blank(conn: psycopg.Connection, table: str, key: str, rows: list[tuple[str, str | None]]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from db.mapping import Mapped, RowError, _int, _key, parse_ts
+from db.mapping_values import order_created
 
 V = Any  # a value passed through as sent; the column's input function (or the exact path) judges it
 
@@ -115,9 +116,8 @@ def order_rows_fast(line: bytes) -> Mapped:
     code = _key(o.code, "code")
     created_s, changed_s = o.creationTime, o.changeTime
     created = parse_ts(created_s, "creationTime")
-    if created is None:
-        raise RowError("missing creationTime")
     changed = parse_ts(changed_s, "changeTime")
+    created_s, created = order_created(created_s, created, changed_s, changed)
     st, src = o.status or _NONE_NAMED, o.source or _NONE_NAMED
     bm, pm, sh = o.billingMethod or _NONE_NAMED, o.paymentMethod or _NONE_NAMED, o.shipping or _NONE_NAMED
     pr = o.price or _NONE_PRICE

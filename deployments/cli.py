@@ -21,7 +21,7 @@ from deployments.cli_sandbox import sandbox_cmd
 from deployments.cli_serve import bootstrap_cmd, deploy_cmd, serve_cmd
 from deployments.cli_settings import settings_app
 from deployments.cli_status import status_cmd
-from deployments.options import fail, parse_when, quiet_prefect
+from deployments.options import fail, parse_when, quiet_prefect, run_failures_off_the_terminal
 from flows.entities import Entity
 
 app = typer.Typer(help="Shoptet Commerce Hub: mirror a Shoptet e-shop into PostgreSQL.", no_args_is_help=True)
@@ -171,9 +171,10 @@ def sync(
     ephemeral.wait_ready(console)
     changed_since = parse_when(since, "--since")
     try:
-        counters = import_snapshot(
-            entity, changed_since=changed_since, allow_mass_delete=allow_mass_delete, lock_wait=wait
-        )
+        with run_failures_off_the_terminal():
+            counters = import_snapshot(
+                entity, changed_since=changed_since, allow_mass_delete=allow_mass_delete, lock_wait=wait
+            )
     except LockHeld as exc:
         fail(str(exc), exc.exit_code)
     except SnapshotFailed as exc:
@@ -198,7 +199,8 @@ def import_file_cmd(
 
     ephemeral.wait_ready(console)
     try:
-        counters = import_file(entity, file, full=full, allow_mass_delete=allow_mass_delete, lock_wait=wait)
+        with run_failures_off_the_terminal():
+            counters = import_file(entity, file, full=full, allow_mass_delete=allow_mass_delete, lock_wait=wait)
     except LockHeld as exc:
         fail(str(exc), exc.exit_code)
     except ApplyError as exc:

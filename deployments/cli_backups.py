@@ -126,15 +126,27 @@ def restore_cmd(
     backup: str = typer.Argument(..., help="A backup's path, or its name in HUB_BACKUP_DIR."),
     target_db: str = typer.Option(..., "--target-db", help="The database to restore into (same server)."),
     force: bool = typer.Option(False, "--force", help="Drop and replace TARGET_DB even if it holds tables."),
+    replace_hub_database: bool = typer.Option(
+        False, "--replace-hub-database", help="With --force: also replace Prefect's database or one holding a hub."
+    ),
     jobs: int = typer.Option(2, "--jobs", "-j", help="Parallel pg_restore jobs."),
     wait: float = WAIT,
 ) -> None:
-    """Restore BACKUP into TARGET_DB; a non-empty target is refused unless --force."""
+    """Restore BACKUP into TARGET_DB; a non-empty target is refused unless --force.
+
+    Never the hub's own database; Prefect's, or one holding a hub's tables (an earlier restore), only
+    with --replace-hub-database as well.
+    """
     quiet_prefect()
     from flows.backups import restore_backup
 
-    out = _run(restore_backup, backup, target_db, force=force, jobs=jobs, lock_wait=wait)
+    out = _run(
+        restore_backup, backup, target_db, force=force, jobs=jobs, lock_wait=wait,
+        replace_hub_database=replace_hub_database,
+    )  # fmt: skip
     if out["replaced_tables"]:
         mb = out["replaced_bytes"] / 2**20
         print(f"dropped the previous {target_db}: {out['replaced_tables']} tables, {mb:.2f} MB")
     print(f"restored {out['backup']} into {target_db} in {out['seconds']:.1f} s")
+    if out.get("erasures_reapplied"):
+        print(f"re-applied {out['erasures_reapplied']} erasure(s) recorded since the backup: {out['erased_rows']}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import typer
@@ -19,6 +22,24 @@ def quiet_prefect() -> None:
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+
+
+def _not_a_run_failure(record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")))
+
+
+@contextmanager
+def run_failures_off_the_terminal() -> Iterator[None]:
+    """Prefect's ERROR records of a failing flow or task run (its state, the traceback) stay off the
+    terminal: the command prints the one error itself. They still reach the Prefect API (the run's logs)."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    for h in handlers:
+        h.addFilter(_not_a_run_failure)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(_not_a_run_failure)
 
 
 def fail(message: str, code: int = 1) -> None:

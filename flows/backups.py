@@ -18,11 +18,10 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from psycopg.conninfo import conninfo_to_dict
 
 from db.backups import copy, dump, restore, retention, verify
 from db.backups.manifest import BackupDamaged, BackupError, Manifest, list_backups, of_database, resolve
-from db.connection import libpq_url
+from db.backups.target import check_target
 from db.sealed.copy import instance_dir
 from flows import runtime
 from flows.hub_status import publish_quietly
@@ -211,27 +210,33 @@ def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datet
 
 @flow(name="restore-backup", flow_run_name=run_name("restore-backup-into", param="target_db"), log_prints=True)
 def restore_backup(
-    backup: str, target_db: str, force: bool = False, jobs: int = 2, lock_wait: float | None = 0
+    backup: str,
+    target_db: str,
+    force: bool = False,
+    jobs: int = 2,
+    lock_wait: float | None = 0,
+    replace_hub_database: bool = False,
 ) -> dict[str, Any]:
     """Restore ``backup`` into the database ``target_db`` (same server); a non-empty target needs ``force``.
 
     Args:
         backup: The backup file (path, or name in HUB_BACKUP_DIR).
-        target_db: The database to restore into, on the hub's server; never the hub's own database.
+        target_db: The database to restore into, on the hub's server: a plain name (letters, digits, _);
+            never the hub's own database (the server is asked which one that is).
         force: Replace a target that holds tables (it is dropped and re-created; says how much).
         jobs: Parallel pg_restore jobs.
         lock_wait: Seconds to wait for the db-maintenance lock held by another job (0: fail at once, null: forever).
+        replace_hub_database: Also allow replacing Prefect's database or one holding a hub's tables.
     """
     hub = runtime.hub()
     path = resolve(backup, hub.cfg.backup_path)
-    if target_db == conninfo_to_dict(libpq_url(hub.url)).get("dbname"):
-        # Dropping it would cut off running imports (they hold other locks) and this flow's own lock sessions.
-        raise BackupError(
-            f"refusing to restore over {target_db}, the database this hub is using: restore into another "
-            "database, check it, then point HUB_DATABASE_URL at it"
-        )
+    # Dropping the hub's own database would cut off running imports and this flow's own lock sessions:
+    # refused before the lock is taken, and again inside restore_into.
+    check_target(hub.url, target_db, force=force, replace_hub_database=replace_hub_database)
     with job_lock(*LOCK_GROUPS, wait=lock_wait):
-        out = restore.restore_into(hub.url, path, target_db, force=force, jobs=jobs)
+        out = restore.restore_into(
+            hub.url, path, target_db, force=force, jobs=jobs, replace_hub_database=replace_hub_database
+        )
     if out["replaced_tables"]:
         logger().warning(
             "replaced database %s: %d tables, %.2f MB dropped", target_db, out["replaced_tables"],

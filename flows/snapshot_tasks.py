@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from db.connection import connection
@@ -63,7 +64,12 @@ def request_snapshot(entity: Entity, params: dict[str, Any]) -> str:
     return job_id
 
 
-@task(name="wait-for-job", on_failure=[failed_at("wait")], **RETRIES)
+# A Job carries the resultUrl, a bearer URL to the shop's data: never persisted as a task result, nor
+# hashed into a cache key, whatever PREFECT_RESULTS_PERSIST_BY_DEFAULT says.
+SECRET_RESULT: dict[str, Any] = dict(persist_result=False, cache_policy=NO_CACHE)
+
+
+@task(name="wait-for-job", on_failure=[failed_at("wait")], **RETRIES, **SECRET_RESULT)
 def wait_for_job(job_id: str, run_id: int | None = None) -> Job:
     hub = runtime.hub()
     # The 10-detail-poll budget is per job: persisted, shared by retries and reruns.
@@ -74,7 +80,7 @@ def wait_for_job(job_id: str, run_id: int | None = None) -> Job:
     return job
 
 
-@task(name="download-result", on_failure=[failed_at("download")], **RETRIES)
+@task(name="download-result", on_failure=[failed_at("download")], **RETRIES, **SECRET_RESULT)
 def download_result(job: Job) -> Path:
     cfg = runtime.hub().cfg
     cfg.scratch_dir.mkdir(parents=True, exist_ok=True)

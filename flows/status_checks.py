@@ -279,11 +279,10 @@ def _backup_level(ctx: StatusContext, newest: datetime | None, tested: datetime 
 
 def check_backups(ctx: StatusContext) -> Check:
     """Age of the newest verified and newest restore-tested backup of this database; a failed last one → fail."""
-    from psycopg.conninfo import conninfo_to_dict
-
     from db.backups import list_backups
 
-    dbname = conninfo_to_dict(ctx.url).get("dbname")
+    with connection(ctx.url, ctx.schema, autocommit=True) as conn:  # the server names it, whatever the URL says
+        dbname = conn.execute("SELECT current_database()").fetchone()[0]
     ours = [m for _, m in list_backups(ctx.backup_dir) if m.database == dbname]
     newest = max((m.finished for m in ours if m.verified), default=None)
     tested = max((m.finished for m in ours if m.restore_tested), default=None)

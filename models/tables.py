@@ -424,6 +424,18 @@ class Erasure(SQLModel, table=True):
     erased_at: Optional[datetime] = _now()
 
 
+class ErasedKey(SQLModel, table=True):
+    """The order codes and customer GUIDs an erasure blanked: the loader never writes them back from a
+    line older than ``erased_at`` (db/erasures.py)."""
+
+    __tablename__ = "erased_keys"
+
+    entity: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    key: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    erasure_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    erased_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
 metadata = SQLModel.metadata
 
 

@@ -122,7 +122,7 @@ def take_backup(
     files.private_dir(directory)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    with connect(url, schema, autocommit=True) as conn:
+    with connect(url, schema, autocommit=True) as conn, pg_tools.libpq_env(url) as (conninfo, env):
         major = pg_tools.server_major(conn)
         pg_dump = pg_tools.find_tool("pg_dump", major)
         server_version = conn.execute("SHOW server_version").fetchone()[0]
@@ -137,7 +137,6 @@ def take_backup(
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{ms}ms")))
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-        conninfo, env = pg_tools.libpq_env(url)
         args = [str(pg_dump), f"-F{letter}", "-f", str(tmp), f"--lock-wait-timeout={ms}", f"--snapshot={snapshot}"]
         args += [f"-j{jobs}"] if jobs > 1 else []
         args += [f"-Z{compress}"] if compress is not None else []

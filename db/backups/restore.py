@@ -18,12 +18,13 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from db import pg_tools
+from db import erasures, pg_tools
 from db.backups import scratch
 from db.backups.dump import count_rows, partitions_of
 from db.backups.manifest import BackupError, Manifest, read_manifest, require_verified, update_manifest
+from db.backups.target import check_target
 from db.backups.verify import check_checksum
-from db.connection import connect, libpq_url, mask_url, with_database
+from db.connection import connect, database_conninfo, mask_url
 from db.locks import instance_id
 from db.sealed.files import NotEnoughSpace
 
@@ -46,7 +47,7 @@ class TargetState:
 
 def _admin(url: str) -> psycopg.Connection:
     """The server's ``postgres`` database: CREATE/DROP DATABASE cannot run connected to the database itself."""
-    return psycopg.connect(libpq_url(with_database(url, "postgres")), autocommit=True)
+    return psycopg.connect(database_conninfo(url, "postgres"), autocommit=True)
 
 
 def target_state(url: str, target: str) -> TargetState:
@@ -54,7 +55,7 @@ def target_state(url: str, target: str) -> TargetState:
         row = c.execute("SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s", (target,)).fetchone()
     if row is None:
         return TargetState(False, 0, 0)
-    with psycopg.connect(libpq_url(with_database(url, target)), autocommit=True) as c:
+    with psycopg.connect(database_conninfo(url, target), autocommit=True) as c:
         tables = c.execute(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') "
@@ -72,19 +73,26 @@ def _recreate(url: str, target: str, *, drop: bool) -> None:
 
 def _pg_restore(url: str, target: str, backup: Path, manifest: Manifest, jobs: int) -> None:
     pg_restore = pg_tools.find_tool("pg_restore", manifest.server_major)
-    conninfo, env = pg_tools.libpq_env(with_database(url, target))
     args = [str(pg_restore), "--exit-on-error", "--no-owner", "--no-acl", f"-j{max(1, jobs)}"]
-    done = pg_tools.run([*args, "--dbname", conninfo, str(backup)], env)
+    with pg_tools.libpq_env(database_conninfo(url, target)) as (conninfo, env):
+        done = pg_tools.run([*args, "--dbname", conninfo, str(backup)], env)
     if done.returncode != 0:
         raise BackupError(f"pg_restore of {backup.name} into {target} failed: {mask_url(done.stderr.strip())}")
 
 
-def restore_into(url: str, backup: Path, target: str, *, force: bool = False, jobs: int = 2) -> dict:
+def restore_into(
+    url: str, backup: Path, target: str, *, force: bool = False, jobs: int = 2, replace_hub_database: bool = False
+) -> dict:
     """Restore ``backup`` into the database ``target`` on the server of ``url``.
 
-    Refuses when ``target`` holds any table unless ``force`` (then it is dropped and re-created: what
-    was dropped is returned and logged). Only a verified hub backup is restored; its checksum is checked first.
+    Never into ``url``'s own database; Prefect's or another hub's only with ``replace_hub_database``
+    (:func:`db.backups.target.check_target`). Refuses when ``target`` holds any table unless ``force``
+    (then it is dropped and re-created: what was dropped is returned and logged). Only a verified hub
+    backup is restored; its checksum is checked first. Its last step re-applies every erasure ``url``'s
+    database recorded since the backup began (:func:`db.erasures.reapply`): a restore never brings an
+    erased person back.
     """
+    check_target(url, target, force=force, replace_hub_database=replace_hub_database)
     manifest = read_manifest(backup)
     require_verified(backup, manifest)
     check_checksum(backup, manifest)
@@ -100,20 +108,29 @@ def restore_into(url: str, backup: Path, target: str, *, force: bool = False, jo
     if not state.exists or state.tables:
         _recreate(url, target, drop=state.exists)
     t0 = time.perf_counter()
+    with connect(url, manifest.schema) as live:  # erasures after the dump began: the backup may not hold them
+        later = erasures.read_log(live, datetime.fromisoformat(manifest.started_at))
     _pg_restore(url, target, backup, manifest, jobs)
+    reapplied = {}
+    if later:
+        with connect(database_conninfo(url, target), manifest.schema) as restored:
+            reapplied = erasures.reapply(restored, later)
+        log.info("re-applied %d erasure(s) recorded after %s: %s", len(later.erasures), backup.name, reapplied)
     return {
         "backup": backup.name,
         "target": target,
         "replaced_tables": state.tables,
         "replaced_bytes": state.size_bytes,
         "seconds": round(time.perf_counter() - t0, 3),
+        "erasures_reapplied": len(later.erasures),
+        "erased_rows": reapplied,
     }
 
 
 def check_restored(url: str, target: str, manifest: Manifest) -> list[str]:
     """What differs between the restored database and the manifest (empty: nothing)."""
     problems = []
-    with connect(with_database(url, target), manifest.schema, autocommit=True) as c:
+    with connect(database_conninfo(url, target), manifest.schema, autocommit=True) as c:
         counts, parts = count_rows(c), partitions_of(c)
         invalid = [
             r[0]

@@ -14,6 +14,7 @@ from psycopg import sql
 from db import locks
 from db.connection import connect
 from db.dates import DateWindow
+from db.erasures import erased_since
 from db.indexes import deferred as deferred_indexes
 from db.loader import classify
 from db.loader.delete import delete_absent
@@ -65,6 +66,7 @@ def apply_snapshot_file(
                 main, side, spec, full=o.full, window=window, partitions_created=result.partitions_created
             )
             batch = _BatchWriter(writer, rejects, result, keep_raw=o.keep_raw, window=window, archived=archived)
+            batch.erased = erased_since(main, entity)  # one query per apply; empty unless `hub forget` ran
             newest: datetime | None = None
             workers = default_workers(path) if o.workers is None else o.workers
             with mapped_chunks(
@@ -86,6 +88,7 @@ def apply_snapshot_file(
                         newest = latest
                     result.lines += chunk.read
                     result.beyond_retention += chunk.beyond_retention
+                    result.nul_stripped += chunk.nul_stripped
                     if progress:
                         progress(result.lines, chunk.end_position, total)
             batch.flush()
@@ -133,12 +136,13 @@ class _BatchWriter:
         self.archived = archived
         self.pending: list[Line] = []
         self.pending_keys: set[str] = set()
+        self.erased: dict[str, datetime] = {}  # erased key → erased_at (db/erasures.py)
 
     def write_chunk(self, chunk: Chunk) -> None:
         """A chunk of keys the table does not hold yet (a first import) goes to COPY whole, as the
         worker formatted it. Anything else goes batch by batch."""
         w, keys = self.w, chunk.keys
-        if w.direct and keys and len(set(keys)) == len(keys):
+        if w.direct and keys and len(set(keys)) == len(keys) and not (self.erased and self.erased.keys() & set(keys)):
             try:
                 with w.main.transaction():
                     if classify.none_stored(w.main, w.spec, keys):
@@ -189,14 +193,16 @@ class _BatchWriter:
     def _write(self, batch: list[Line], *, direct: bool, defer: list[Line] | None = None) -> dict[str, int]:
         """Classify and write a batch; with ``defer``, its changed lines go there for a later round."""
         w = self.w
-        c = classify.classify(w.main, w.spec, batch)
+        # An erased key comes back only from a line changed after its erasure (the shop changed it since).
+        kept = [x for x in batch if _not_stale_erased(x, self.erased)] if self.erased else batch
+        c = classify.classify(w.main, w.spec, kept)
         w.ensure_quarters(x.quarter for x in (*c.new, *c.changed))
         new, changed = (c.new, c.changed) if direct else ([], c.new + c.changed)
         counts = {
             "inserted": len(new),
             "updated": 0,
             "unchanged": c.unchanged,
-            "skipped_older": c.older,
+            "skipped_older": c.older + len(batch) - len(kept),
             "child_rows": w.copy_new(new) if new else 0,
         }
         if changed and defer is not None:
@@ -230,6 +236,11 @@ class _BatchWriter:
             for k, v in counts.items():
                 total[k] += v
         return total
+
+
+def _not_stale_erased(x: Line, erased: dict[str, datetime]) -> bool:
+    at = erased.get(x.key)
+    return at is None or (x.changed is not None and x.changed > at)
 
 
 def _count(conn: psycopg.Connection, table: str) -> int:

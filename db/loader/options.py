@@ -61,6 +61,7 @@ class ApplyResult:
     deleted: int = 0
     child_rows: int = 0
     beyond_retention: int = 0  # lines of archived quarters: header written, items not
+    nul_stripped: int = 0  # lines stored with NUL (\u0000) removed from their typed text columns
     partitions_created: list[str] = field(default_factory=list)
     deletes_skipped_reason: str | None = None
     seconds: float = 0.0

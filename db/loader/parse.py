@@ -22,6 +22,7 @@ from psycopg.adapt import Dumper, Transformer
 from db.dates import DateWindow
 from db.mapping import ENTITIES, EntitySpec, Mapped, RowError, content_hash, validate
 from db.mapping_fast import NotFast, order_rows_fast
+from db.mapping_values import strip_nul
 from db.partitions.rollover import Quarter
 
 
@@ -79,6 +80,7 @@ class Chunk:
     newlines: int  # line ends in the block: the next block's first line number follows from it
     end_position: int  # compressed bytes read when the chunk was cut (for progress)
     beyond_retention: int = 0  # good lines of an archived quarter: header kept, items dropped
+    nul_stripped: int = 0  # good lines whose text values had a NUL (\u0000) removed
     # Set by the reader once the chunk is back; line numbers above count from 0 within the block.
     block: bytes = b""
     first_line_no: int = 1
@@ -120,10 +122,24 @@ def _format(
     tx: Transformer,
     parents: bytearray,
     children: bytearray,
-) -> None:
+) -> bool:
+    """Format the line's rows; True when NUL had to be removed from a text value (counted as nul_stripped)."""
+    stripped = b"\\u0000" in text and _strip_nul(m, spec.key)  # JSON can only carry a NUL as this escape
     format_row_text((*m.row, digest, JsonText(text) if keep_raw else None, run_id), tx, parents)
     for c in m.children:
         format_row_text(c, tx, children)
+    return stripped
+
+
+def _strip_nul(m: Mapped, key: str) -> bool:
+    """NUL out of the typed columns (the raw ``json`` column keeps the line as sent: it can hold ``\\u0000``)."""
+    m.row, parent = strip_nul(m.row)
+    kids = [strip_nul(c) for c in m.children]
+    m.children = [c for c, _ in kids]
+    m.key = m.key.replace("\x00", "")
+    if not m.key:
+        raise RowError(f"{key}: the key holds nothing but NUL characters")
+    return parent or any(hit for _, hit in kids)
 
 
 _FAST = {"orders": order_rows_fast}  # decoders for the big entity; the rest map from dicts
@@ -225,7 +241,7 @@ def process_chunk(args: BlockArgs) -> Chunk:
             try:
                 m = _map_line(spec, text, exact=False)
                 changed, quarter, beyond = _kept(m, window, archived)
-                _format(spec, m, text, digest, keep_raw, run_id, tx, parents, children)
+                stripped = _format(spec, m, text, digest, keep_raw, run_id, tx, parents, children)
             except (TypeError, ValueError, psycopg.DataError, psycopg.ProgrammingError) as exc:
                 if isinstance(exc, RowError | orjson.JSONDecodeError):
                     raise
@@ -233,7 +249,7 @@ def process_chunk(args: BlockArgs) -> Chunk:
                 del parents[p_len:], children[c_len:]
                 m = _map_line(spec, text, exact=True)
                 changed, quarter, beyond = _kept(m, window, archived)
-                _format(spec, m, text, digest, keep_raw, run_id, tx, parents, children)
+                stripped = _format(spec, m, text, digest, keep_raw, run_id, tx, parents, children)
         except orjson.JSONDecodeError as exc:
             del parents[p_len:], children[c_len:]
             c.rejects.append((line_no, a, b, f"invalid JSON: {exc}"))
@@ -247,6 +263,7 @@ def process_chunk(args: BlockArgs) -> Chunk:
             c.rejects.append((line_no, a, b, f"unconvertible value: {type(exc).__name__}: {exc}"))
             continue
         c.beyond_retention += beyond
+        c.nul_stripped += stripped
         c.line_nos.append(line_no)
         c.keys.append(m.key)
         c.changed.append(changed)

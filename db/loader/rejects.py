@@ -48,4 +48,5 @@ class Rejects:
             key = orjson.loads(line).get(self.spec.key)  # JSON field and column share the name
         except Exception:  # noqa: BLE001 - unreadable: the key is unknown
             return None
-        return None if key in (None, "") or isinstance(key, (dict, list)) else str(key)
+        # As db.mapping reads keys: a float or boolean is no key ("1.5", "True" would name no stored row).
+        return None if key is None or key == "" or isinstance(key, (dict, list, bool, float)) else str(key)

@@ -190,12 +190,17 @@ def _replace_children_sql(spec: EntitySpec) -> list[sql.Composed]:
     updates = sql.SQL(", ").join(
         sql.SQL("{0} = EXCLUDED.{0}").format(ident(c)) for c in names if c != spec.child_upsert_key
     )
+    # A code twice in one batch (it moved to another product, or a product lists it twice): the parent
+    # changed last wins, then the later position; ties by parent key, so the winner never depends on
+    # the order of the file or of the staging table.
+    last = sql.SQL(", s.{} DESC").format(ident("position")) if "position" in names else sql.SQL("")
     return [
         delete,
         sql.SQL(
             """INSERT INTO {ct} ({cols}) SELECT DISTINCT ON ({pk}) {cols} FROM stage_child s
            WHERE s.{ckey} IN (SELECT key FROM stage_written)
-           ORDER BY {pk}
+           ORDER BY {pk}, (SELECT p.changed_at FROM stage_parent p WHERE p.{key} = s.{ckey}) DESC NULLS LAST,
+                    s.{ckey} DESC{last}
            ON CONFLICT ({pk}) DO UPDATE SET {updates}"""
-        ).format(ct=ct, cols=cols, pk=pk, ckey=ckey, updates=updates),
+        ).format(ct=ct, cols=cols, pk=pk, ckey=ckey, key=ident(spec.key), last=last, updates=updates),
     ]

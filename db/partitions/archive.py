@@ -112,10 +112,10 @@ def _dump(
     files.private_dir(directory)
     dump = ARCHIVE.new_path(directory, quarter.name, datetime.now(UTC), ".archive")
     tmp = files.prepare_temp(dump)
-    conninfo, env = pg_tools.libpq_env(url)
     table = f'"{schema}"."{quarter.name}"'
     args = [str(pg_dump), "-Fc", "-t", table, "-f", str(tmp), f"--snapshot={snapshot}"]
-    done = pg_tools.run([*args, "--dbname", conninfo], env)
+    with pg_tools.libpq_env(url) as (conninfo, env):
+        done = pg_tools.run([*args, "--dbname", conninfo], env)
     if done.returncode != 0:
         files.discard(tmp)
         raise ArchiveError(f"pg_dump of {quarter.name} failed: {mask_url(done.stderr.strip())}")

@@ -115,9 +115,9 @@ def _load(conn: psycopg.Connection, url: str, schema: str, dump: Path, archive: 
     """pg_restore into the unattached table, then its rows checked against the manifest; or ArchiveError."""
     name = archive.partition
     pg_restore = find_tool("pg_restore", pg_tools.server_major(conn))
-    conninfo, env = pg_tools.libpq_env(url)
-    args = ["--data-only", "--single-transaction", "--no-owner", "-n", schema, "-t", name, "--dbname", conninfo]
-    done = pg_tools.run([str(pg_restore), *args, str(dump)], env)
+    args = ["--data-only", "--single-transaction", "--no-owner", "-n", schema, "-t", name]
+    with pg_tools.libpq_env(url) as (conninfo, env):
+        done = pg_tools.run([str(pg_restore), *args, "--dbname", conninfo, str(dump)], env)
     rows, check = checksum(conn, name)
     problem = None
     if done.returncode != 0:

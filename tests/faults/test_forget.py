@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -260,17 +261,34 @@ def test_metrics_after_forget_count_the_orders_under_the_customer_guid(loaded):
 
 
 @pytest.mark.integration
-def test_the_same_snapshot_again_brings_the_data_back(loaded):
+def test_the_same_snapshot_again_leaves_the_erasure(loaded, tmp_path):
+    """review M1: a line from before the erasure is no evidence that the shop still holds the person."""
     url, email, guid = loaded["db"], loaded["email"], loaded["guid"]
     before = person_rows(url, email, guid)
-    strip = lambda rows: [r[:-2] for r in rows]  # noqa: E731 - all but run_id, synced_at
-    forget(url, email)
+    result = forget(url, email)
+    erased = person_rows(url, email, guid)
     for entity in ("customers", "orders"):
         r = apply(url, entity, loaded["files"][entity])
-        assert r["updated"] == len(before[entity]) and r["rejected"] == 0, r
-    after = person_rows(url, email, guid)
-    assert {k: strip(v) for k, v in after.items()} == {k: strip(v) for k, v in before.items()}
-    assert q(url, "SELECT count(*) FROM orders WHERE content_hash = %s", ERASED_HASH) == [(0,)]
+        assert (r["updated"], r["skipped_older"], r["rejected"]) == (0, len(before[entity]), 0), r
+        r = apply(url, entity, loaded["files"][entity], full=True)  # a full one keeps them (they are in it)
+        assert (r["updated"], r["deleted"]) == (0, 0), r
+    assert person_rows(url, email, guid) == erased
+    assert occurrences(url, email) == {}
+    keys = q(url, "SELECT entity, count(*) FROM erased_keys WHERE erasure_id = %s GROUP BY 1 ORDER BY 1",
+             result.erasure_id)  # fmt: skip
+    assert keys == [("customers", len(before["customers"])), ("orders", len(before["orders"]))]
+    # A line changed after the erasure is: the shop changed the order since, so it holds what it sends.
+    later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S+0000")
+    code = before["orders"][0][0]
+    line = next(o for o in orjson_lines(loaded["files"]["orders"]) if o["code"] == code)
+    r = apply(url, "orders", write(tmp_path / "later.jsonl.gz", [{**line, "changeTime": later}]))
+    assert r["updated"] == 1
+    assert q(url, "SELECT lower(email) FROM orders WHERE code = %s", code) == [(email,)]
+
+
+def orjson_lines(path: Path) -> list[dict]:
+    with gzip.open(path, "rb") as f:
+        return [orjson.loads(x) for x in f.read().splitlines() if x.strip()]
 
 
 @pytest.mark.integration
@@ -283,8 +301,12 @@ def test_a_snapshot_without_the_person_leaves_the_erasure(loaded, shop, tmp_path
     apply(url, "orders", write(tmp_path / "rest.jsonl.gz", rest))
     assert q(url, "SELECT code FROM orders WHERE content_hash = %s ORDER BY code", ERASED_HASH) == erased
     # The shop anonymized the person itself (a newer changeTime, personal fields empty): written as sent.
-    # Same changeTime, other content: rewritten (not "unchanged"), and what it writes holds no one.
-    mine = [scrub(o) for o in shop["orders"] if (o["email"] or "").lower() == email or o["customerGuid"] == guid]
+    later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S+0000")
+    mine = [
+        {**scrub(o), "changeTime": later}
+        for o in shop["orders"]
+        if (o["email"] or "").lower() == email or o["customerGuid"] == guid
+    ]
     r = apply(url, "orders", write(tmp_path / "anon.jsonl.gz", mine))
     assert r["updated"] == len(erased)
     assert occurrences(url, email) == {}
@@ -357,3 +379,34 @@ def test_flow_takes_the_orders_customers_and_metrics_locks(loaded, hub_env, pref
     assert q(loaded["db"], "SELECT count(*) FROM erasures") == [(0,)]
     out = forget_person(SecretStr(loaded["email"]))
     assert out["rows"]["customers"] == 1 and out["erasure_id"]
+
+
+@pytest.mark.integration
+def test_a_restored_backup_reapplies_the_erasures_recorded_after_it(loaded, tmp_path):
+    """review M2: backup, forget, restore: the person stays erased in what was restored."""
+    from db.backups import dump, restore, verify
+    from db.connection import database_conninfo
+
+    url, email, guid = loaded["db"], loaded["email"], loaded["guid"]
+    path, _ = dump.take_backup(url, "public", tmp_path / "backups")
+    verify.verify_backup(path)
+    result = forget(url, email)
+    target = f"hub_forget_restore_{result.erasure_id}_{guid[:8]}".replace("-", "_")
+    try:
+        out = restore.restore_into(url, path, target)
+        restored = database_conninfo(url, target)
+        assert out["erasures_reapplied"] == 1
+        assert out["erased_rows"]["orders"] == result.rows["orders"] > 0
+        assert occurrences(restored, email) == {}
+        strip = lambda rows: [r[:-1] for r in rows]  # noqa: E731 - all but synced_at (the re-apply's own time)
+        assert {k: strip(v) for k, v in person_rows(restored, email, guid).items()} == {
+            k: strip(v) for k, v in person_rows(url, email, guid).items()
+        }
+        assert q(restored, "SELECT subject_sha256 FROM erasures") == [(result.subject_sha256,)]
+        assert q(restored, "SELECT count(*) FROM erased_keys") == q(url, "SELECT count(*) FROM erased_keys")
+        # and the restored mirror keeps it erased against the same stale file
+        r = apply(restored, "orders", loaded["files"]["orders"])
+        assert r["updated"] == 0 and occurrences(restored, email) == {}
+    finally:
+        with psycopg.connect(database_conninfo(url, "postgres"), autocommit=True) as c:
+            c.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(target)))

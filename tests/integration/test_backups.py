@@ -117,7 +117,9 @@ def test_backup_verify_restore_equals_the_source(hub, db_url, tmp_path, target_d
     own = psycopg.conninfo.conninfo_to_dict(libpq_url(db_url))["dbname"]
     res = cli("restore", path.name, "--target-db", own, "--force")
     assert res.exit_code == 1 and "the database this hub is using" in said(res)
-    res = cli("restore", str(path), "--target-db", target_db, "--force")
+    res = cli("restore", str(path), "--target-db", target_db, "--force")  # it holds a hub now: a second flag
+    assert res.exit_code == 1 and "--replace-hub-database" in said(res)
+    res = cli("restore", str(path), "--target-db", target_db, "--force", "--replace-hub-database")
     assert res.exit_code == 0, res.output
     assert "dropped the previous" in said(res)
     assert fingerprint(with_database(db_url, target_db)) == source
@@ -268,8 +270,11 @@ def test_tools_and_password_handling(conn):
     assert pg_tools.tool_major(pg_tools.find_tool("pg_restore", major)) == major
     with pytest.raises(pg_tools.ToolMissing, match="no pg_dump of PostgreSQL 9 .*postgresql-client-9"):
         pg_tools.find_tool("pg_dump", 9)
-    conninfo, env = pg_tools.libpq_env("postgresql://hub:s3cret@db.example:5432/shop")
-    assert "s3cret" not in conninfo and env["PGPASSWORD"] == "s3cret"
+    with pg_tools.libpq_env("postgresql://hub:s3cret@db.example:5432/shop?sslpassword=kp") as (conninfo, env):
+        service = Path(env["PGSERVICEFILE"])
+        assert conninfo == "service=hub" and "s3cret" not in str(env) and "kp" not in str(env)
+        assert "password=s3cret\n" in service.read_text() and "sslpassword=kp\n" in service.read_text()
+    assert not service.exists() and not service.parent.exists()
 
 
 def test_a_parallel_directory_backup_verifies_and_a_damaged_data_file_is_caught(hub, db_url, tmp_path):

@@ -171,7 +171,7 @@ def test_rejects_recorded_and_good_lines_applied_under_threshold(db_url, conn, t
     good = [order(str(i)) for i in range(400)]
     bad_date = order("bad-date", created="2026-13-01T00:00:00+0100")
     no_created = order("no-created")
-    del no_created["creationTime"]
+    del no_created["creationTime"], no_created["changeTime"]
     bad_num = order("bad-num")
     bad_num["price"]["withVat"] = "12,50"
     f = write_jsonl(
@@ -186,7 +186,7 @@ def test_rejects_recorded_and_good_lines_applied_under_threshold(db_url, conn, t
         "invalid JSON",
         "creationTime: invalid date-time",
         "missing key code",
-        "missing creationTime",
+        "creationTime and changeTime are both null",
         "price_with_vat: invalid number",
     ):
         assert part in reasons
@@ -360,3 +360,15 @@ def test_replacing_the_items_of_changed_orders_reads_no_whole_partition(db_url, 
     r = apply(db_url, "orders", write_jsonl(tmp_path / "b.gz", nightly), full=True)
     assert (r.updated, r.child_rows) == (6, 18)
     assert seq_scans() == before
+
+
+@pytest.mark.parametrize("newer_first", [True, False])
+def test_a_variant_code_twice_in_one_batch_goes_to_the_product_changed_last(db_url, conn, tmp_path, newer_first):
+    """previous review 2.6: DISTINCT ON (code) picked an arbitrary variant; the winner is now decided."""
+    apply(db_url, "products", write_jsonl(tmp_path / "p.gz", [product("pa", variants=["A1"]), product("pb")]))
+    older = product("pa", changed="2026-10-01T00:00:00+0200", variants=["A1", "VX"])
+    newer = product("pb", changed="2026-10-02T00:00:00+0200", variants=["VX"])
+    lines = [newer, older] if newer_first else [older, newer]
+    r = apply(db_url, "products", write_jsonl(tmp_path / "p2.gz", lines), workers=0)
+    assert r.updated == 2 and r.rejected == 0
+    assert dict(conn.execute("SELECT code, product_guid FROM product_variants").fetchall()) == {"A1": "pa", "VX": "pb"}

@@ -216,3 +216,50 @@ def test_addon_settings_build_a_refreshing_client(hub, db_url, monkeypatch):
         get_config.cache_clear()
     assert hub.state.access_tokens_issued == 1
     assert hub.state.oauth_token not in repr(get_config())
+
+
+def test_a_retried_job_from_before_an_erasure_never_brings_the_person_back(hub, db_url):
+    """review M1: the job was requested before `hub forget`, its download failed, the retry reuses it."""
+    from db.forget import ERASED_HASH, forget
+    from shoptet.sandbox.state import PathFault
+
+    import_snapshot(Entity.orders)
+    hub.state.faults.path_faults.append(PathFault("/api-results/", count=100, status=503))
+    with pytest.raises(SnapshotFailed):
+        import_snapshot(Entity.orders)  # job 2: created now, before the erasure
+    hub.state.faults.path_faults.clear()
+    ((email, n),) = q(db_url, "SELECT lower(email), count(*) FROM orders WHERE email IS NOT NULL GROUP BY 1 "
+                              "ORDER BY 2 DESC, 1 LIMIT 1")  # fmt: skip
+    erased = forget(db_url, email).rows["orders"]
+    assert erased >= n
+    assert [o["status"] for o in retry_failed_snapshots()] == ["recovered"]
+    jobs = [j for j in hub.state.jobs.all() if j.endpoint == "/api/orders/snapshot"]
+    assert len(jobs) == 2  # the pre-erasure job's still valid result was downloaded and applied
+    (run,) = q(db_url, "SELECT updated, skipped_older FROM snapshot_runs WHERE id = "
+                       "(SELECT recovered_run_id FROM failed_snapshots)")  # fmt: skip
+    assert run == (0, erased)
+    assert q(db_url, "SELECT count(*) FROM orders WHERE lower(email) = %s", email) == [(0,)]
+    assert q(db_url, "SELECT count(*) FROM orders WHERE content_hash = %s", ERASED_HASH) == [(erased,)]
+
+
+def test_the_result_url_is_never_a_persisted_task_result(hub, db_url, tmp_path):
+    """previous review 6: Job.result_url (a bearer URL to the shop's data) stays out of Prefect's results."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
+
+    store = tmp_path / "results"
+    with temporary_settings({PREFECT_RESULTS_PERSIST_BY_DEFAULT: True, PREFECT_LOCAL_STORAGE_PATH: store}):
+        assert import_snapshot(Entity.customers)["inserted"] > 0
+    written = [_decoded(p.read_bytes()) for p in store.rglob("*") if p.is_file()]
+    assert written  # persistence was on: other tasks' results are there
+    assert not [b[:300] for b in written if b"api-results" in b or b"result_url" in b]
+
+
+def _decoded(record: bytes) -> bytes:
+    """A persisted result record's value as pickled (it is stored base64-encoded inside JSON)."""
+    import base64
+    import json
+
+    try:
+        return base64.b64decode(json.loads(record).get("result") or b"")  # not the metadata: it names tmp_path
+    except ValueError:  # not a JSON result record
+        return record

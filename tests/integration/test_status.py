@@ -369,3 +369,15 @@ def test_a_scheduled_run_that_failed_before_writing_anything_fails_the_status(re
 def test_one_kind_of_run_is_singular(ready, tmp_path):
     assert import_file(tmp_path, "o.gz", [order("1")]) == 0
     assert check(status("--no-prefect")[1], "runs")["detail"].startswith("1 kind of run, all fine")
+
+
+def test_backups_check_asks_the_server_which_database_it_is(ready, backup_dir, monkeypatch):
+    """A URL without dbname (libpq takes PGDATABASE) still finds this database's backups (review M9)."""
+    from flows.status_checks import check_backups
+    from flows.status_model import StatusContext
+
+    params = conninfo_to_dict(libpq_url(ready))
+    monkeypatch.setenv("PGDATABASE", params.pop("dbname"))
+    ctx = StatusContext(psycopg.conninfo.make_conninfo(**params), "public", datetime.now(UTC), False, backup_dir)
+    got = check_backups(ctx)
+    assert "no verified backup yet" not in got.detail and got.data["backups"] == 1, got

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from db.connection import mask_url, with_database
 from flows.config import HubConfig, default_home
@@ -46,7 +47,8 @@ def test_mask_url(url, masked):
 
 
 def test_with_database_keeps_the_query():
-    assert with_database("postgresql://u@/a?host=/s", "b") == "postgresql://u@/b?host=/s"
+    url = with_database("postgresql://u@/a?host=/s", "b")
+    assert conninfo_to_dict(url) == {"user": "u", "dbname": "b", "host": "/s"}
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def test_item_types_kept_and_missing_item_id_uses_position():
     "mutate, reason",
     [
         (lambda o: o.pop("code"), "missing key code"),
-        (lambda o: o.pop("creationTime"), "missing creationTime"),
+        (lambda o: o.update(creationTime=None, changeTime=None), "creationTime and changeTime are both null"),
         (lambda o: o.update(creationTime="2026-02-30T10:00:00+0100"), "creationTime: invalid date-time"),
         (lambda o: o.update(changeTime="2026-02-01T10:00:00"), "invalid date-time"),
         (lambda o: o.update(items={"a": 1}), "items: expected a list"),
@@ -135,3 +135,12 @@ def test_every_generated_order_maps_and_validates():
         validate(m.row, ORDER_COLUMNS)
         for c in m.children:
             validate(c, ITEM_COLUMNS)
+
+
+def test_a_null_creation_time_files_the_order_under_its_change_time():
+    """The official schema allows creationTime null: created_at (and the items' partition) is changeTime."""
+    o = order(items=2)
+    o["creationTime"] = None
+    m = order_rows(o)
+    assert m.created == m.changed and m.row[COL["created_at"]] == o["changeTime"]
+    assert all(c[ITEM["created_at"]] == o["changeTime"] for c in m.children)

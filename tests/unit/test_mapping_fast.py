@@ -71,7 +71,7 @@ def test_not_an_object_or_not_json_is_handed_back():
     "mutate, reason",
     [
         (lambda o: o.pop("code"), "missing key code"),
-        (lambda o: o.pop("creationTime"), "missing creationTime"),
+        (lambda o: o.update(creationTime=None, changeTime=None), "creationTime and changeTime are both null"),
         (lambda o: o.update(changeTime="2026-02-01T10:00:00"), "invalid date-time"),
         (lambda o: o["items"][1].update(itemId=1000), "duplicate itemId"),
     ],
