@@ -26,6 +26,8 @@ def main() -> int:
     ap.add_argument("--orders", type=int, default=2000, help="orders in the shop's history at the start")
     ap.add_argument("--every", type=int, default=12, help="frequent jobs fire every this many hours")
     ap.add_argument("--fault-rate", type=float, default=0.5)
+    ap.add_argument("--faults-per-day", type=int, default=3)
+    ap.add_argument("--only", help="only fault kinds whose name contains one of these (comma-separated)")
     ap.add_argument("--stride", type=int, default=1, help="simulated days per schedule day (1: every day)")
     args = ap.parse_args()
 
@@ -57,6 +59,8 @@ def main() -> int:
                 size=size,
                 every=args.every,
                 fault_rate=args.fault_rate,
+                per_day=args.faults_per_day,
+                only=args.only,
                 stride=args.stride,
             )
         except Divergence as exc:

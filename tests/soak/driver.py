@@ -47,6 +47,7 @@ class Report:
     status_levels: Counter = field(default_factory=Counter)
     flow_seconds: Counter = field(default_factory=Counter)
     check_seconds: float = 0.0
+    runs_left_running: int = 0
     failed_snapshot_states: dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -59,6 +60,8 @@ class Report:
             + "; ".join(
                 f"{k}: " + ", ".join(f"{r} {n}" for r, n in c.items()) for k, c in sorted(self.recoveries.items())
             ),
+            f"runs left 'running' by a killed process: {self.runs_left_running}; failed_snapshots at the end: "
+            f"{self.failed_snapshot_states}; hub status levels at the checks: {dict(self.status_levels)}",
             f"rows compared {self.rows_compared} in {self.checks} daily checks; divergences {len(self.divergences)}",
             "wall per flow (s): "
             + ", ".join(f"{k} {v:.1f}" for k, v in sorted(self.flow_seconds.items()))
@@ -74,7 +77,16 @@ class Report:
 
 
 class Soak:
-    def __init__(self, world: World, seed: int, every: int = 12, fault_rate: float = 0.5, stride: int = 1) -> None:
+    def __init__(
+        self,
+        world: World,
+        seed: int,
+        every: int = 12,
+        fault_rate: float = 0.5,
+        stride: int = 1,
+        per_day: int = 3,
+        only: str | None = None,
+    ) -> None:
         self.world = world
         self.seed = seed
         self.every = every
@@ -87,7 +99,7 @@ class Soak:
         self.step = "start"
         self.rng = random.Random(f"{seed}/soak")
         self.report = Report(seed)
-        self.faults = FaultPlan(world, self, random.Random(f"{seed}/faults"), fault_rate)
+        self.faults = FaultPlan(world, self, random.Random(f"{seed}/faults"), fault_rate, per_day, only)
         self.check = checker.Checker(world, self.report)
 
     # ------------------------------------------------------------ running one flow as its deployment would
@@ -183,9 +195,11 @@ def soak(
     every: int = 12,
     fault_rate: float = 0.5,
     stride: int = 1,
+    per_day: int = 3,
+    only: str | None = None,
 ) -> Report:
     with World(db_url, workdir, seed, size) as world:
-        s = Soak(world, seed, every, fault_rate, stride)
+        s = Soak(world, seed, every, fault_rate, stride, per_day, only)
         return s.run_days(days)
 
 

@@ -123,8 +123,11 @@ class DayPlan:
 
 
 class FaultPlan:
-    def __init__(self, world: World, soak: Soak, rng: random.Random, rate: float, per_day: int = 3) -> None:
+    def __init__(
+        self, world: World, soak: Soak, rng: random.Random, rate: float, per_day: int = 3, only: str | None = None
+    ) -> None:
         self.world, self.soak, self.rng, self.rate, self.per_day = world, soak, rng, rate, per_day
+        self.kinds = [k for k in KINDS if not only or any(o.strip() in k.name for o in only.split(","))]
         self.cycle: list[Kind] = []
 
     def plan_day(self, n: int, start: datetime, fires: list[Fire]) -> DayPlan:
@@ -133,7 +136,7 @@ class FaultPlan:
             return plan
         names = {f.name for f in fires}
         if not self.cycle:
-            self.cycle = list(KINDS)
+            self.cycle = list(self.kinds)
             self.rng.shuffle(self.cycle)
         for k in list(self.cycle):  # at most one kind per target fire; the others wait in the cycle
             if len(plan.kinds) >= self.per_day or self.rng.random() >= self.rate:

@@ -89,7 +89,20 @@ def terminate_apply(soak: Soak, fire: Fire) -> Any:
     return out
 
 
-_KILLED = "from flows.snapshot import import_snapshot; import_snapshot('orders', lock_wait=0)"
+# The killed run's own process: its Shoptet client on the simulated clock (shifted wall time), as the
+# sandbox's validUntil and job times are simulated.
+_KILLED = """
+import os, sys, time
+from flows import runtime
+from flows.snapshot import import_snapshot
+from shoptet.client import ShoptetClient
+offset = float(sys.argv[1])
+clock = lambda: time.time() + offset
+def client():
+    return ShoptetClient(os.environ["HUB_SHOPTET_BASE_URL"], os.environ["HUB_SHOPTET_TOKEN"], clock=clock)
+with runtime.override(client_factory=client):
+    import_snapshot("orders", lock_wait=0)
+"""
 
 
 def _prefect_env() -> dict[str, str]:
@@ -103,13 +116,14 @@ def sigkill_apply(soak: Soak, fire: Fire) -> Any:
     w = soak.world
     env = {**os.environ, **w.env(), **_prefect_env(), "PYTHONPATH": str(ROOT)}
     soak.report.flow_runs[fire.name] += 1
+    log = (w.workdir / "killed-import.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-c", _KILLED],
+        [sys.executable, "-c", _KILLED, str(w.clock.time() - time.time())],
         env=env,
         cwd=ROOT,
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     killed = False
     with psycopg.connect(libpq_url(w.db_url), autocommit=True) as c:
@@ -119,15 +133,17 @@ def sigkill_apply(soak: Soak, fire: Fire) -> Any:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed = True
                 break
-            w.clock.advance(2)  # the sandbox's job completes on the simulated clock
+            w.clock.advance(0.05)  # the sandbox's clock moves on about as fast as the process's
             time.sleep(0.01)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         killed = True
     proc.wait()
+    log.close()
     released = CliRunner().invoke(_cli(), ["locks", "release", "orders"])
     if not killed:
-        _note(soak, f"the process ended (exit {proc.returncode}) before its apply was seen")
+        tail = (w.workdir / "killed-import.log").read_text().strip().splitlines()[-1:]
+        _note(soak, f"the process ended (exit {proc.returncode}) before its apply was seen: {tail}")
         return None
     soak.report.flow_failures[fire.name] += 1
     _note(soak, f"killed mid-apply; `hub locks release orders` exit {released.exit_code}; the next run completes")
@@ -151,32 +167,36 @@ def pg_restart(soak: Soak, fire: Fire) -> Any:
 
 
 def two_at_once(soak: Soak, fire: Fire) -> Any:
-    """The same deployment twice; the second starts once the first holds its lock: it must end LockHeld."""
+    """Another run of the same locked job holds the lock (a process, as a second worker's run would); the
+    scheduled run must end LockHeld and write nothing; the next scheduled run does its work."""
     from flows.locks import LockHeld
 
     w = soak.world
     group = fire.deployment.parameters.get("entity", "products")
-    outcomes: list[Any] = [None, None]
-
-    def one(i: int) -> None:
-        outcomes[i] = soak.run(fire.deployment, lock_wait=0)
-
-    first = threading.Thread(target=one, args=(0,))
-    first.start()
-    deadline = time.monotonic() + 30
-    while first.is_alive() and time.monotonic() < deadline:
-        if w.q("SELECT 1 FROM job_locks WHERE name LIKE %s", f"%{group}%"):
-            break
-        time.sleep(0.002)
-    one(1)
-    first.join()
-    held = [isinstance(o, LockHeld) for o in outcomes]
-    if held.count(True) == 1:
-        soak.report.flow_failures[fire.name] -= 1  # the refused run is the expected outcome, not a failure
-        _note(soak, "one ran, the other ended LockHeld")
+    env = {**os.environ, **w.env(), **_prefect_env(), "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "faults" / "lock_holder.py"), w.db_url, group],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        held = holder.stdout.readline()  # one JSON line once the lock is held
+        before = w.q("SELECT count(*) FROM snapshot_runs")[0][0]
+        out = soak.run(fire.deployment, lock_wait=0)
+        wrote = w.q("SELECT count(*) FROM snapshot_runs")[0][0] - before
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    if held and isinstance(out, LockHeld) and not wrote:
+        soak.report.flow_failures[fire.name] -= 1  # the refused run is the expected outcome
+        _note(soak, "the second run ended LockHeld and wrote nothing; the next scheduled run did the work")
     else:
-        _note(soak, f"not concurrent this time (outcomes {[type(o).__name__ for o in outcomes]})")
-    return outcomes[0]
+        soak.restore_problems.append(f"two runs of {fire.name}: the second was not refused ({out!r}, {wrote} runs)")
+    return out
 
 
 # ------------------------------------------------------------ erasures
