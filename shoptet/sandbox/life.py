@@ -9,6 +9,7 @@ reproduces the same life: the RNG is the model's own, and it acts only when told
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -102,10 +103,21 @@ class ShopLife:
             self._set(saved)
 
     def _set(self, t: float) -> None:
+        """Place the next event at ``t`` on a manual clock; a real clock (``--live``) keeps its own now."""
         set_to = getattr(self.clock, "set", None)
-        if set_to is None:
-            raise TypeError("ShopLife needs a clock it can place events on (ManualClock)")
-        set_to(datetime.fromtimestamp(t, UTC))
+        if set_to is not None:
+            set_to(datetime.fromtimestamp(t, UTC))
+
+    def start_live(self, stop: threading.Event, tick: float = 1.0) -> threading.Thread:
+        """`hub sandbox --live`: a daemon thread living each finished hour of the (scaled) real clock."""
+
+        def loop() -> None:
+            while not stop.wait(tick):
+                self.live_until(self.clock.time())
+
+        t = threading.Thread(target=loop, name="shoptet-sandbox-life", daemon=True)
+        t.start()
+        return t
 
     def _pick(self, entity: str) -> str | None:
         keys = self.store.keys(entity)
