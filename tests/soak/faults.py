@@ -131,9 +131,7 @@ class FaultPlan:
         self.cycle: list[Kind] = []
 
     def plan_day(self, n: int, start: datetime, fires: list[Fire]) -> DayPlan:
-        plan = DayPlan(self.soak)
-        if n == 0:  # the first night builds the mirror; faults start once there is one
-            return plan
+        plan = DayPlan(self.soak)  # the first import (before day 0) built the mirror: faults from day 0 on
         names = {f.name for f in fires}
         if not self.cycle:
             self.cycle = list(self.kinds)
