@@ -6,6 +6,7 @@ The long run is ``benchmarks/soak.py`` (docs/reliability.md has its figures). Sl
 from __future__ import annotations
 
 import pytest
+from prefect.testing.utilities import prefect_test_harness
 
 from tests.soak.driver import soak
 from tests.soak.faults import KINDS
@@ -18,7 +19,14 @@ DAYS = 120
 STRIDE = 24  # one schedule day per 24 simulated days: 5 checked spans, each with up to 8 faults
 
 
-def test_a_small_shop_lives_120_days_with_every_fault_and_the_mirror_stays_equal(db_url, prefect_harness, tmp_path):
+@pytest.fixture(scope="module")
+def harness():
+    """A Prefect server of its own, with a patient start: on a loaded 2-core machine it took over 60 s."""
+    with prefect_test_harness(server_startup_timeout=300):
+        yield
+
+
+def test_a_small_shop_lives_120_days_with_every_fault_and_the_mirror_stays_equal(db_url, harness, tmp_path):
     size = ShopSize(orders=800, customers=250, products=30, history_years=2.2, scale=0.003)
     report = soak(db_url, tmp_path, days=DAYS, seed=SEED, size=size, stride=STRIDE, fault_rate=1.0, per_day=8)
     print("\n".join(report.lines()))
