@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900
 
 SEED = 7
 DAYS = 120
-STRIDE = 24  # one schedule day per 24 simulated days: 5 checked spans, each with up to 8 faults
+STRIDE = 20  # one schedule day per 20 simulated days: 6 checked spans, each with up to 8 faults
 
 
 @pytest.fixture(scope="module")
