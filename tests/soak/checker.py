@@ -50,7 +50,7 @@ class Checker:
         ):
             found = fn()
             if found and name in KNOWN_FAILURES:
-                self.report.known_failures[f"{name} ({KNOWN_FAILURES[name]})"] += 1
+                self.report.excused[f"{name} ({KNOWN_FAILURES[name]})"] += 1
                 continue
             problems += [f"{name}: {p}" for p in found]
         problems += self.status(problems)
@@ -158,7 +158,12 @@ class Checker:
 
     def erased(self) -> list[str]:
         out = []
+        held = {(o.get("email") or "").lower() for o in self._shop("orders")}
+        held |= {(a.get("email") or "").lower() for c in self._shop("customers") for a in c.get("accounts") or []}
         for email in sorted(self.erased_gone):
+            if email.lower() in held:  # the same person ordered again since: the shop holds them again
+                self.report.excused["an erased person ordered again (the shop holds them again)"] += 1
+                continue
             n = self.world.q(
                 "SELECT (SELECT count(*) FROM orders WHERE lower(email) = lower(%s) OR raw::text ILIKE %s) "
                 "+ (SELECT count(*) FROM customers WHERE lower(email) = lower(%s) OR raw::text ILIKE %s)",
@@ -173,7 +178,7 @@ class Checker:
 
     def metrics(self) -> list[str]:
         if self.skip_metrics_reason:
-            self.report.known_failures[f"metrics check deferred a day ({self.skip_metrics_reason})"] += 1
+            self.report.excused[f"metrics check deferred a day ({self.skip_metrics_reason})"] += 1
             return []
         setting = self.world.q("SELECT value FROM settings WHERE key = 'cancelled_statuses'")
         cancelled = {-4, *(setting[0][0] if setting else [])}

@@ -40,7 +40,7 @@ class Report:
     recoveries: dict[str, Counter] = field(default_factory=dict)
     rows_compared: int = 0
     checks: int = 0
-    known_failures: Counter = field(default_factory=Counter)
+    excused: Counter = field(default_factory=Counter)
     divergences: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
     life: dict[str, int] = field(default_factory=dict)
@@ -68,10 +68,9 @@ class Report:
             + f"; checks {self.check_seconds:.1f}",
             "shop life: " + ", ".join(f"{k} {v}" for k, v in sorted(self.life.items())),
         ]
-        if self.known_failures:
+        if self.excused:
             out.append(
-                "known failures (review findings, expected): "
-                + ", ".join(f"{k} {v}" for k, v in self.known_failures.items())
+                "excused or deferred checks (reason: count): " + ", ".join(f"{k} {v}" for k, v in self.excused.items())
             )
         return out
 
