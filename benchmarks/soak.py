@@ -61,6 +61,7 @@ def main() -> int:
                 fault_rate=args.fault_rate,
                 per_day=args.faults_per_day,
                 only=args.only,
+                progress=True,
                 stride=args.stride,
             )
         except Divergence as exc:

@@ -96,6 +96,7 @@ class Soak:
         self.backup_sums: dict[str, dict] = {}  # backup file -> the mirror's per-table checksums at it
         self.restore_problems: list[str] = []
         self.step = "start"
+        self.progress = False
         self.rng = random.Random(f"{seed}/soak")
         self.report = Report(seed)
         self.faults = FaultPlan(world, self, random.Random(f"{seed}/faults"), fault_rate, per_day, only)
@@ -175,6 +176,13 @@ class Soak:
             for n in range(-(-days // self.stride)):
                 self.day(n)
                 self.report.days = (n + 1) * self.stride
+                if self.progress:
+                    r = self.report
+                    print(
+                        f"day {r.days}: {time.monotonic() - t0:.0f} s, {sum(r.flow_runs.values())} flow runs, "
+                        f"{sum(r.faults.values())} faults, {r.rows_compared} rows compared, 0 divergences",
+                        flush=True,
+                    )
         except Divergence as exc:
             self.report.divergences.append(str(exc))
             raise
@@ -196,9 +204,11 @@ def soak(
     stride: int = 1,
     per_day: int = 3,
     only: str | None = None,
+    progress: bool = False,
 ) -> Report:
     with World(db_url, workdir, seed, size) as world:
         s = Soak(world, seed, every, fault_rate, stride, per_day, only)
+        s.progress = progress
         return s.run_days(days)
 
 
