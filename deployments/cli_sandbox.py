@@ -104,7 +104,7 @@ def sandbox_cmd(
         access_token_ttl=access_token_ttl,
         write_lock_seconds=write_lock,
         amount_as_number=amount_as_number,
-        state_hook=_start_life(seed, life_scale) if live else None,
+        **({"state_hook": _start_life(seed, life_scale)} if live else {}),
     )
 
 
