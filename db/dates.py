@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from db import clock
+
 DEFAULT_FROM = date(2000, 1, 1)
 DEFAULT_AHEAD_DAYS = 365
 
@@ -27,7 +29,7 @@ class DateWindow:
 
     @classmethod
     def of(cls, accepted_from: date, ahead_days: int, now: datetime | None = None) -> DateWindow:
-        now = now or datetime.now(UTC)
+        now = now or clock.now()
         earliest = datetime(accepted_from.year, accepted_from.month, accepted_from.day, tzinfo=UTC)
         return cls(earliest, now.astimezone(UTC) + timedelta(days=ahead_days))
 

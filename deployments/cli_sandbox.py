@@ -60,6 +60,10 @@ def sandbox_cmd(
     retry_after_seconds: bool = typer.Option(False, help="Send Retry-After as seconds instead of an HTTP-date."),
     write_lock: float = typer.Option(5.0, help="423 for an identical write repeated within N seconds (0: off)."),
     amount_as_number: bool = typer.Option(False, help="Emit item amounts as JSON numbers (seen live)."),
+    live: bool = typer.Option(
+        False, "--live/--no-live", help="The shop keeps living: orders, changes, deletes each (scaled) hour."
+    ),
+    life_scale: float = typer.Option(0.01, help="With --live: life rates x this (1 = ~1 800 orders a day)."),
 ) -> None:
     """Run the sandbox Shoptet API standalone with its fault knobs (prints the tokens it accepts)."""
     from shoptet.sandbox.jobs import OUTCOMES as JOB_OUTCOMES
@@ -100,4 +104,19 @@ def sandbox_cmd(
         access_token_ttl=access_token_ttl,
         write_lock_seconds=write_lock,
         amount_as_number=amount_as_number,
+        **({"state_hook": _start_life(seed, life_scale)} if live else {}),
     )
+
+
+def _start_life(seed: int, scale: float):  # noqa: ANN202 - a state hook
+    """The shop-life model on the sandbox's own (scaled real) clock, in a daemon thread."""
+    import threading
+
+    from shoptet.sandbox.life import ShopLife
+
+    def hook(state) -> None:  # noqa: ANN001 - SandboxState
+        life = ShopLife(state.store, state.clock, seed=seed, scale=scale)
+        life.start_live(threading.Event())
+        print(f"  live:     the shop lives (life scale {scale:g}): orders arrive, change and go each hour")
+
+    return hook

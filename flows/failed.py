@@ -7,11 +7,12 @@ bad lines would be rejected again: Shoptet must produce a new one).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from prefect import flow
 
+from db import clock
 from db.connection import connection
 from db.runs import due_failed_snapshots, update_failed_snapshot
 from flows import runtime
@@ -55,7 +56,7 @@ def retry_failed_snapshots(now: datetime | None = None, lock_wait: float | None 
         lock_wait: Seconds to wait for the job lock when another job holds it (0: fail at once, null: wait forever).
     """
     hub = runtime.hub()
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     with job_lock("retry-failed-snapshots", wait=lock_wait):
         with connection(hub.url, hub.schema) as conn:
             due = due_failed_snapshots(conn, now)

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from db import clock
 from db.connection import connection
 from db.runs import fail_run, record_failed_snapshot, start_run
 from flows import runtime
@@ -127,5 +127,5 @@ def _record_failure(run: RecordedRun, exc: Exception, failed_snapshot_row: bool)
             stage=run.stage,
             error=exc,
             run_id=run.run_id,
-            next_attempt_at=datetime.now(UTC),
+            next_attempt_at=clock.now(),
         )

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from db import clock
 from db import locks as dblocks
 from db.connection import connection
 from flows.status_checks import (
@@ -89,7 +90,7 @@ def gather(
     """Run every check. Raises only when the database cannot be read at all (``EXIT_UNKNOWN`` in the CLI)."""
     with connection(url, schema, autocommit=True) as conn:
         instance = dblocks.instance_id(conn)
-    ctx = StatusContext(url, schema, (now or datetime.now(UTC)).astimezone(UTC), prefect, backup_dir)
+    ctx = StatusContext(url, schema, (now or clock.now()).astimezone(UTC), prefect, backup_dir)
     results = []
     for name, fn in checks or CHECKS:
         try:

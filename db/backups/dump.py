@@ -14,13 +14,12 @@ import logging
 import re
 import subprocess
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from db import pg_tools
+from db import clock, pg_tools
 from db.backups.manifest import BackupError, Manifest, list_backups, of_database, write_manifest
 from db.connection import connect, mask_url
 from db.sealed import BACKUP, files
@@ -120,7 +119,7 @@ def take_backup(
         raise ValueError("parallel dumps (--jobs) need the directory format (--format directory)")
     ms = _ms(lock_wait_timeout)
     files.private_dir(directory)
-    started = datetime.now(UTC)
+    started = clock.now()
     t0 = time.perf_counter()
     with connect(url, schema, autocommit=True) as conn, pg_tools.libpq_env(url) as (conninfo, env):
         major = pg_tools.server_major(conn)
@@ -179,7 +178,7 @@ def take_backup(
         schema=schema,
         server_version=server_version,
         started_at=started.isoformat(),
-        finished_at=datetime.now(UTC).isoformat(),
+        finished_at=clock.now().isoformat(),
         size_bytes=pg_tools.size_of(final),
         sha256=pg_tools.sha256_of(final),
         pg_dump_version=pg_tools.tool_version(pg_dump),

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from db import erasures, pg_tools
+from db import clock, erasures, pg_tools
 from db.backups import scratch
 from db.backups.dump import count_rows, partitions_of
 from db.backups.manifest import BackupError, Manifest, read_manifest, require_verified, update_manifest
@@ -190,7 +190,7 @@ def test_restore(
         with _admin(url) as c:
             c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     outcome = {"restore_tested": error is None, "restore_error": error, "restore_seconds": round(seconds, 3),
-               "restore_tested_at": datetime.now(UTC).isoformat()}  # fmt: skip
+               "restore_tested_at": clock.now().isoformat()}  # fmt: skip
     manifest = update_manifest(backup, **outcome) if record else replace(manifest, **outcome)
     if error:
         raise BackupError(error)

@@ -12,9 +12,10 @@ be a share, or ``HUB_HOME`` itself, holding other people's files and the hub's o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from db import clock
 from db.backups.manifest import Manifest, list_backups
 from db.sealed import BACKUP, sweep
 
@@ -58,7 +59,7 @@ def plan(
     never push this one's out. Within one, the newest restore-tested backup always stays — the last one
     known to restore — and so do the newest ``keep_verified`` verified ones.
     """
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     groups: dict[tuple[str, str], list[tuple[Path, Manifest]]] = {}
     for pm in sorted(backups, key=lambda pm: pm[1].finished_at, reverse=True):
         groups.setdefault((pm[1].database, pm[1].schema), []).append(pm)

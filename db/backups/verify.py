@@ -7,9 +7,9 @@ dump. Decompressing every block is the read that fails on it. The outcome goes i
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
+from db import clock
 from db.backups.manifest import BackupDamaged, Manifest, read_manifest, update_manifest
 from db.sealed import check
 
@@ -37,7 +37,7 @@ def verify_backup(backup: Path, *, record: bool = True) -> Manifest:
         full_read(backup, manifest)
     except BackupDamaged as exc:
         error = str(exc)
-    outcome = {"verified": error is None, "verify_error": error, "verified_at": datetime.now(UTC).isoformat()}
+    outcome = {"verified": error is None, "verify_error": error, "verified_at": clock.now().isoformat()}
     if record:
         manifest = update_manifest(backup, **outcome)
     else:

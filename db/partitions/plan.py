@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
+from db import clock
 from db.dates import DateWindow
 from db.partitions import rollover as partitions
 from db.partitions.rollover import Quarter
@@ -63,7 +64,7 @@ def make_plan(
     retention_years: int = 2,
     window: DateWindow | None = None,
 ) -> Plan:
-    now = (now or datetime.now(UTC)).astimezone(UTC)
+    now = (now or clock.now()).astimezone(UTC)
     window = window or DateWindow.default(now)
     horizon = retention_horizon(now, retention_years)
     ahead = runway(now, runway_quarters)
