@@ -3,10 +3,10 @@
 ``erased_keys`` holds one row per erased order code and customer GUID (pseudonymous keys the shop
 assigned, never an e-mail) with the erasure's ``erased_at``. Two readers:
 
-- the loader (:func:`erased_since`, one query per apply): a line for an erased key is written only if
-  its ``changeTime`` is after the erasure, the one evidence that the shop changed the record since
-  (and so still holds the person). A retried pre-erasure job, a reused result or an old export never
-  writes the person back; the line counts as ``skipped_older``;
+- the loader (:func:`erased_since`, one query per apply): a line for an erased key is written only on
+  evidence that the shop still holds the person: the snapshot was taken after the erasure (its job's
+  creation time, a fetch's start), or the line's ``changeTime`` is after it. A retried pre-erasure job,
+  a reused result or an old export never writes the person back; the line counts as ``skipped_older``;
 - a restore (:func:`read_log`, :func:`reapply`): the erasures recorded after a backup was taken are
   read from the live database and re-applied to what was restored, and the log itself is carried over.
 """

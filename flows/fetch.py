@@ -133,7 +133,7 @@ def _fetch(entity: Entity, lookback_hours: float, since: datetime | None, lock_w
             if entity is Entity.orders:  # the union, listing order first
                 keys = list(dict.fromkeys([*list_changed_orders(window.start), *changes.edits]))
             with fetched_details(entity, keys) as fetched:
-                counters = apply_snapshot(entity, Path(fetched.path), run_id, False)
+                counters = apply_snapshot(entity, Path(fetched.path), run_id, False, as_of=started)  # fetched after it
             details = _watermark_details(run_id, window, lookback_hours, counters, fetched)
             deleted = commit_deletes_and_watermark(entity, changes.deletes, run_id, started, details)
     result = {

@@ -67,6 +67,7 @@ def apply_snapshot_file(
             )
             batch = _BatchWriter(writer, rejects, result, keep_raw=o.keep_raw, window=window, archived=archived)
             batch.erased = erased_since(main, entity)  # one query per apply; empty unless `hub forget` ran
+            batch.as_of = o.as_of
             newest: datetime | None = None
             workers = default_workers(path) if o.workers is None else o.workers
             with mapped_chunks(
@@ -137,6 +138,7 @@ class _BatchWriter:
         self.pending: list[Line] = []
         self.pending_keys: set[str] = set()
         self.erased: dict[str, datetime] = {}  # erased key → erased_at (db/erasures.py)
+        self.as_of: datetime | None = None  # when the snapshot was taken (None: unknown, e.g. a local file)
 
     def write_chunk(self, chunk: Chunk) -> None:
         """A chunk of keys the table does not hold yet (a first import) goes to COPY whole, as the
@@ -193,8 +195,8 @@ class _BatchWriter:
     def _write(self, batch: list[Line], *, direct: bool, defer: list[Line] | None = None) -> dict[str, int]:
         """Classify and write a batch; with ``defer``, its changed lines go there for a later round."""
         w = self.w
-        # An erased key comes back only from a line changed after its erasure (the shop changed it since).
-        kept = [x for x in batch if _not_stale_erased(x, self.erased)] if self.erased else batch
+        # An erased key comes back only on evidence that the shop still holds it (see _not_stale_erased).
+        kept = [x for x in batch if _not_stale_erased(x, self.erased, self.as_of)] if self.erased else batch
         c = classify.classify(w.main, w.spec, kept)
         w.ensure_quarters(x.quarter for x in (*c.new, *c.changed))
         new, changed = (c.new, c.changed) if direct else ([], c.new + c.changed)
@@ -238,9 +240,14 @@ class _BatchWriter:
         return total
 
 
-def _not_stale_erased(x: Line, erased: dict[str, datetime]) -> bool:
+def _not_stale_erased(x: Line, erased: dict[str, datetime], as_of: datetime | None) -> bool:
+    """Evidence that the shop still holds an erased key: a snapshot taken after the erasure (its job was
+    created later) holds the line, or the line changed after it. A snapshot from before the erasure (a
+    retried job, a reused result) or a file of unknown age (``as_of`` None) is no such evidence."""
     at = erased.get(x.key)
-    return at is None or (x.changed is not None and x.changed > at)
+    if at is None:
+        return True
+    return (as_of is not None and as_of > at) or (x.changed is not None and x.changed > at)
 
 
 def _count(conn: psycopg.Connection, table: str) -> int:

@@ -286,6 +286,29 @@ def test_the_same_snapshot_again_leaves_the_erasure(loaded, tmp_path):
     assert q(url, "SELECT lower(email) FROM orders WHERE code = %s", code) == [(email,)]
 
 
+def test_a_snapshot_taken_after_the_erasure_that_still_holds_the_person_brings_them_back(loaded):
+    """Found by the soak (seed 314159): an erasure for someone the shop still holds. A snapshot requested
+    after the erasure is the shop's word that it holds them: written back even with unchanged lines. One
+    requested before it (a retried job) is not (review M1)."""
+    url, email, guid = loaded["db"], loaded["email"], loaded["guid"]
+    before = person_rows(url, email, guid)
+    emails = "SELECT code, lower(email) FROM orders WHERE customer_guid = %s ORDER BY code"
+    emails_before = q(url, emails, guid)
+    forget(url, email)
+    (erased_at,) = q(url, "SELECT max(erased_at) FROM erasures")[0]
+    for entity in ("customers", "orders"):
+        r = apply(url, entity, loaded["files"][entity], as_of=erased_at - timedelta(minutes=15))
+        assert r["updated"] == 0, r
+    assert occurrences(url, email) == {}
+    for entity in ("customers", "orders"):
+        r = apply(url, entity, loaded["files"][entity], full=True, as_of=erased_at + timedelta(minutes=1))
+        assert (r["updated"], r["deleted"]) == (len(before[entity]), 0), r
+    after = person_rows(url, email, guid)
+    assert {o[0] for o in after["orders"]} == {o[0] for o in before["orders"]}
+    assert q(url, emails, guid) == emails_before and (email in {e for _, e in emails_before})
+    assert occurrences(url, email) != {}
+
+
 def orjson_lines(path: Path) -> list[dict]:
     with gzip.open(path, "rb") as f:
         return [orjson.loads(x) for x in f.read().splitlines() if x.strip()]
