@@ -7,9 +7,10 @@ through ``prefect.runtime``. Names hold no personal data (``forget-person`` neve
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any
+
+from db import clock
 
 
 def _parameters() -> dict[str, Any]:
@@ -45,7 +46,7 @@ def run_name(
         if choice:
             parts.append(choice[1] if p.get(choice[0]) else choice[2])
         if when:
-            parts.append(datetime.now(UTC).strftime(when))
+            parts.append(clock.now().strftime(when))  # the simulated day in a soak run
         parts += [f.replace("_", "-") for f in flags if p.get(f)]
         return "-".join(parts)
 
