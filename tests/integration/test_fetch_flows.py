@@ -170,7 +170,7 @@ def test_watermark_moves_only_after_the_apply_committed(hub, db_url):
     clock.sleep(3600)
     good = store.add_order()
     bad = store.add_order()
-    store.update_order(bad["code"], creationTime=None)  # the loader rejects it: 1 of 2 > the 1 % threshold
+    store.update_order(bad["code"], creationTime="1999-12-31T23:00:00+0100")  # rejected (before 2000): 1 of 2 > 1 %
 
     with pytest.raises(FetchFailed) as info:
         fetch_new_orders()
