@@ -153,9 +153,11 @@ class EntityStore:
         raw = bytes(memoryview(orjson.dumps(data)))
         rec = Record(key, raw, created, changed, _INDEXERS[entity](data))
         self._records[entity][key] = rec
-        if changed is not None and change_type:
-            # creations are reported as `edit` too (reference §6)
-            self._changes[entity][key] = (changed, change_type)
+        # creations are reported as `edit` too (reference §6), also when changeTime is null (never edited):
+        # the log entry is then the creation, or a fetch could never learn of the entity
+        logged = changed if changed is not None else created
+        if logged is not None and change_type:
+            self._changes[entity][key] = (logged, change_type)
         return rec
 
     def _load(self) -> None:

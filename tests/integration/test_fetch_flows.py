@@ -227,6 +227,22 @@ def test_customer_change_feed_with_deletes(hub, db_url):
     assert state_of(db_url, "customers")[0] == clock.now().replace(microsecond=0)
 
 
+def test_a_new_customer_with_change_time_null_arrives_through_the_change_feed(hub, db_url):
+    """Soak seed 20261209 day 75: a fresh customer whose changeTime is null (the sandbox's 0.3 %) was in
+    no change log, so only the nightly full snapshot could bring it, and that night's snapshot failed.
+    Shoptet logs a creation as an `edit` (reference §6): the feed must bring it."""
+    store, clock = hub.state.store, hub.clock
+    import_snapshot(Entity.customers)
+    assert moved(fetch_changes(Entity.customers)) == (0, 0, 0)
+    clock.sleep(600)
+    new = store.add_customer(changeTime=None)
+    assert new["changeTime"] is None
+
+    assert moved(fetch_changes(Entity.customers)) == (1, 0, 0)
+    assert q(db_url, "SELECT changed_at FROM customers WHERE guid = %s", new["guid"]) == [(None,)]
+    assert moved(fetch_changes(Entity.customers)) == (0, 0, 0)
+
+
 def test_product_change_feed_deletes_products_with_their_variants(hub, db_url):
     store, clock = hub.state.store, hub.clock
     import_snapshot(Entity.products)

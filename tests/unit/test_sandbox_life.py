@@ -44,3 +44,32 @@ def test_one_seed_one_life() -> None:
         life.live_until(life.clock.time() + 86400 + timedelta(hours=1).total_seconds())
     assert la.stats.counts == lb.stats.counts
     assert [r.raw for r in a.records("orders")] == [r.raw for r in b.records("orders")]
+
+
+def test_a_creation_is_logged_even_when_change_time_is_null() -> None:
+    """A customer (or product) the shop creates may have changeTime null; the change log still reports the
+    creation as an `edit` at its creation time (reference §6), or a fetch could never learn of it."""
+    store, clock, _ = _life()
+    since = clock.time()
+    clock.advance(60)
+    c = store.add("customers", changeTime=None)
+    p = store.add("products", changeTime=None)
+    for entity, key, data in (("customers", c["guid"], c), ("products", p["guid"], p)):
+        log = {k: (t, ct) for k, t, ct in store.changes(entity, since)}
+        assert log[key] == (parse_dt(data["creationTime"]), "edit")
+
+
+def test_the_soak_customer_that_had_no_change_log_entry() -> None:
+    """Seed 20261209: live customer #713 (b5f5750a-…) is built fresh with changeTime null."""
+    from datetime import UTC, datetime
+
+    from shoptet.sandbox.generator import build_customer
+
+    spec = ShopSpec(orders=2000, customers=666, products=50, seed=20261209, reference=datetime(2022, 1, 3, tzinfo=UTC))
+    data, created, changed = build_customer(spec, 713, now=1_649_000_000)
+    assert data["guid"] == "b5f5750a-8712-1453-92df-8f7bcde430a6" and changed is None
+    clock = ManualClock(datetime.fromtimestamp(1_649_000_000, UTC))
+    store = EntityStore(ShopSpec(orders=10, customers=5, products=5, seed=1, reference=REFERENCE), clock)
+    since = clock.time()
+    store.add("customers", **data)
+    assert data["guid"] in {k for k, _, _ in store.changes("customers", since)}
