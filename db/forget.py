@@ -40,6 +40,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from db import clock
 from db.connection import connect
 from db.erasures import record_keys
 from db.locks import guard_write
@@ -182,9 +183,11 @@ def forget(url: str, email: str, *, schema: str = "public", dry_run: bool = Fals
                 guard_write(conn)
             result.rows, keys = _erase(conn, e, dry_run)
             if not dry_run:
+                # The hub's now (db.clock), not the server's: the loader compares it with snapshot times.
                 result.erasure_id, erased_at = conn.execute(
-                    "INSERT INTO erasures (subject_sha256, rows) VALUES (%s, %s) RETURNING id, erased_at",
-                    (result.subject_sha256, Jsonb(result.rows)),
+                    """INSERT INTO erasures (subject_sha256, rows, erased_at) VALUES (%s, %s, %s)
+                       RETURNING id, erased_at""",
+                    (result.subject_sha256, Jsonb(result.rows), clock.now()),
                 ).fetchone()
                 record_keys(conn, result.erasure_id, erased_at, keys)
     finally:

@@ -309,6 +309,19 @@ def test_a_snapshot_taken_after_the_erasure_that_still_holds_the_person_brings_t
     assert occurrences(url, email) != {}
 
 
+def test_the_erasure_is_timed_by_the_hubs_clock(loaded):
+    """Found by the soak (seed 271828): erased_at came from the server's now(), the snapshot times from the
+    hub's clock; under a simulated clock the shop's own anonymised line was skipped forever."""
+    from db import clock
+
+    when = datetime(2022, 3, 19, 0, 2, tzinfo=UTC)
+    with clock.simulated(lambda: when):
+        result = forget(loaded["db"], loaded["email"])
+    assert q(loaded["db"], "SELECT erased_at FROM erasures WHERE id = %s", result.erasure_id) == [(when,)]
+    assert {at for (at,) in q(loaded["db"], "SELECT DISTINCT erased_at FROM erased_keys WHERE erasure_id = %s",
+                              result.erasure_id)} <= {when}  # fmt: skip
+
+
 def orjson_lines(path: Path) -> list[dict]:
     with gzip.open(path, "rb") as f:
         return [orjson.loads(x) for x in f.read().splitlines() if x.strip()]
