@@ -93,7 +93,7 @@ class Soak:
         self.deployments = schedule.load()
         self.all_deployments = schedule.load(scheduled_only=False)
         self.note: str | None = None
-        self.backup_sums: dict[str, dict] = {}  # backup file -> the mirror's per-table checksums at it
+        self.backup_sums: dict[str, tuple] = {}  # backup file -> the mirror at it (checksums, row hashes, erasure id)
         self.restore_problems: list[str] = []
         self.step = "start"
         self.progress = False
