@@ -280,7 +280,9 @@ def test_several_groups_hold_none_while_waiting_for_a_busy_later_one(env, hold):
 def test_several_groups_give_up_at_the_deadline_naming_the_busy_one(env, hold):
     hold("db-maintenance", "long-backup")
     with pytest.raises(LockHeld, match="db-maintenance is held by flow run long-backup"):
-        with job_lock("orders", "db-maintenance", url=env, schema="public", wait=0.3, sleep=lambda s: None):
+        with job_lock(
+            "orders", "db-maintenance", url=env, schema="public", wait=3, sleep=lambda s: time.sleep(min(s, 0.05))
+        ):  # 3 s: a loaded box
             pytest.fail("ran without db-maintenance")
     assert _slots(_name(env, "orders")) == 0
 
