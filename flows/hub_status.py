@@ -8,12 +8,13 @@ personal data, no secrets (the checks' details are those of ``hub status``).
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from db import clock
 from db import status_page as dbpage
 from db.connection import connection
 from db.partitions.rollover import partition_stats
@@ -71,6 +72,6 @@ def hub_status() -> dict[str, Any]:
 
     Completes also when a check fails: the page says so (the run is the messenger, not the problem).
     """
-    out = publish(datetime.now(UTC))
+    out = publish(clock.now())
     logger().info("hub-status page published: %s (%s)", out["level"], out["checks"])
     return out

@@ -17,12 +17,11 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 
-from db import pg_tools
+from db import clock, pg_tools
 from db.connection import connect, mask_url
 from db.partitions.checksum import checksum
 from db.partitions.rollover import Quarter
@@ -110,7 +109,7 @@ def _dump(
     url: str, schema: str, quarter: Quarter, directory: Path, pg_dump: Path, snapshot: str, rows: int, check: int
 ) -> Path:
     files.private_dir(directory)
-    dump = ARCHIVE.new_path(directory, quarter.name, datetime.now(UTC), ".archive")
+    dump = ARCHIVE.new_path(directory, quarter.name, clock.now(), ".archive")
     tmp = files.prepare_temp(dump)
     table = f'"{schema}"."{quarter.name}"'
     args = [str(pg_dump), "-Fc", "-t", table, "-f", str(tmp), f"--snapshot={snapshot}"]
@@ -131,7 +130,7 @@ def _dump(
         sha256=digest,
         pg_dump_version=pg_tools.tool_version(pg_dump),
         file=dump.name,
-        archived_at=datetime.now(UTC).isoformat(),
+        archived_at=clock.now().isoformat(),
         checksum=str(check),
     )
     files.write_json(manifest_path(dump), asdict(archive))

@@ -31,7 +31,7 @@ def leftovers(
     directory: Path, kind: Kind, now: datetime | None = None, *, orphans: bool = False, grace: timedelta = GRACE
 ) -> list[Leftover]:
     """Temporary files of ``kind`` (and, with ``orphans``, sealed files without a manifest) older than ``grace``."""
-    now = now or datetime.now(UTC)
+    now = now or datetime.now(UTC)  # the wall clock on purpose: it is compared with the files' mtimes
     out: list[Leftover] = []
     try:
         entries = sorted(directory.iterdir())
