@@ -12,7 +12,7 @@ from tests.soak.driver import soak
 from tests.soak.faults import KINDS
 from tests.soak.world import ShopSize
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.soak, pytest.mark.timeout(900)]
 
 SEED = 7
 DAYS = 120
