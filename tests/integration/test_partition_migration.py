@@ -176,6 +176,28 @@ def test_an_interrupted_split_resumes_where_it_stopped(legacy):
     assert w.errors == [] and untouched_checksum(legacy) == before and amounts(legacy) == w.expected
 
 
+def test_a_copy_that_differs_from_the_legacy_partition_is_never_flipped_and_nothing_is_dropped(legacy):
+    """The split's only guard before the drop: the checksum of the copy against the legacy rows."""
+    migrate_partitions()
+    before = untouched_checksum(legacy)
+    paused = migrate_partitions(split=True, batch_size=ROWS, max_batches=1)  # every row copied, not flipped
+    assert paused["copy"]["rows"] == ROWS and split_state_of(legacy) == "copying"
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:  # damage the copy, behind the trigger's back
+        assert c.execute("UPDATE order_items_split SET amount = amount + 1 WHERE order_code = 'B000001'").rowcount
+    with pytest.raises(MigrationError, match="the copy differs from order_items_legacy"):
+        migrate_partitions(split=True, batch_size=ROWS)
+    assert split_state_of(legacy) == "copying"
+    with psycopg.connect(libpq_url(legacy), autocommit=True) as c:
+        assert "order_items_legacy" in existing_partitions(c)  # still attached: the rows are where they were
+        assert c.execute("SELECT count(*) FROM order_items").fetchone()[0] == ROWS
+    assert untouched_checksum(legacy) == before
+
+
+def split_state_of(url: str) -> str:
+    with psycopg.connect(libpq_url(url), autocommit=True) as c:
+        return split_state(c)
+
+
 def test_dry_run_changes_nothing(legacy):
     out = migrate_partitions(dry_run=True, split=True)
     assert out["dry_run"] and any("swap" in line for line in out["plan"])
