@@ -26,6 +26,7 @@ from db.sealed.copy import instance_dir
 from flows import runtime
 from flows.hub_status import publish_quietly
 from flows.locks import instance, job_lock
+from flows.params import LockWait, OptionalText, OptionalTime
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
 from flows.run_names import DAY, run_name
@@ -63,7 +64,7 @@ def copy_backup(path: Path, manifest: Manifest, dest: Path) -> Path:
 
 @flow(name="nightly-backup", flow_run_name=run_name("backup", when=DAY), log_prints=True)
 def nightly_backup(
-    fmt: str = "custom", jobs: int = 1, lock_wait: float | None = 0, lock_wait_timeout: str = "60s"
+    fmt: str = "custom", jobs: int = 1, lock_wait: LockWait = 0, lock_wait_timeout: str = "60s"
 ) -> dict[str, Any]:
     """Dump the hub's database, verify it (recorded in its manifest), copy it off the machine if configured.
 
@@ -112,7 +113,7 @@ def _backup_report(path: Path, m: Manifest, verification: str, copied: Path | No
 
 
 @flow(name="verify-backup-file", flow_run_name=run_name("verify-backup", param="backup"), log_prints=True)
-def verify_backup_file(backup: str, lock_wait: float | None = 0) -> Manifest:
+def verify_backup_file(backup: str, lock_wait: LockWait = 0) -> Manifest:
     """Check one backup's SHA-256 and read it to its end; the outcome is recorded in its manifest.
 
     Under db-maintenance: a test restore records its outcome in the same manifest.
@@ -143,7 +144,7 @@ def newest_verified_backup(directory: Path, database: str, schema: str) -> Path:
 
 
 @flow(name="test-restore", flow_run_name=run_name("test-restore", when=DAY), log_prints=True)
-def test_restore(backup: str | None = None, jobs: int = 2, lock_wait: float | None = 0) -> Manifest:
+def test_restore(backup: OptionalText = None, jobs: int = 2, lock_wait: LockWait = 0) -> Manifest:
     """Restore a backup (default: the newest verified) into a scratch database, compare, drop it.
 
     A difference from the manifest, an invalid index or a failed pg_restore fails the run.
@@ -182,7 +183,7 @@ def prune_dir(directory: Path, dry_run: bool, now: datetime | None) -> list[rete
 
 
 @flow(name="prune-backups", flow_run_name=run_name("prune-backups", when=DAY), log_prints=True)
-def prune_backups(dry_run: bool = False, lock_wait: float | None = 0, now: datetime | None = None) -> dict[str, Any]:
+def prune_backups(dry_run: bool = False, lock_wait: LockWait = 0, now: OptionalTime = None) -> dict[str, Any]:
     """Retention in the backup folder and this hub's subfolder of the copy dir: > 30 days goes, the newest 7
     verified stay. Only the hub's own backup names are ever touched.
 
@@ -214,7 +215,7 @@ def restore_backup(
     target_db: str,
     force: bool = False,
     jobs: int = 2,
-    lock_wait: float | None = 0,
+    lock_wait: LockWait = 0,
     replace_hub_database: bool = False,
 ) -> dict[str, Any]:
     """Restore ``backup`` into the database ``target_db`` (same server); a non-empty target needs ``force``.

@@ -18,6 +18,7 @@ from db.runs import due_failed_snapshots, update_failed_snapshot
 from flows import runtime
 from flows.entities import Entity
 from flows.locks import LockHeld, job_lock
+from flows.params import LockWait, OptionalTime
 from flows.reporting import logger, table_artifact
 from flows.run_names import run_name
 from flows.snapshot import SnapshotFailed, import_snapshot
@@ -46,7 +47,7 @@ def _reuse_job(fs: dict[str, Any]) -> str | None:
 
 
 @flow(name="retry-failed-snapshots", flow_run_name=run_name("retry-failed-snapshots"))
-def retry_failed_snapshots(now: datetime | None = None, lock_wait: float | None = 0) -> list[dict[str, Any]]:
+def retry_failed_snapshots(now: OptionalTime = None, lock_wait: LockWait = 0) -> list[dict[str, Any]]:
     """Retry every due ``failed_snapshots`` row once; mark it recovered, pending again, or gave_up.
 
     A snapshot whose entity lock is held by another job is left for the next run (no attempt used).

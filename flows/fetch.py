@@ -53,6 +53,7 @@ from flows.fetch_tasks import (
 )
 from flows.fetch_window import CHANGE_LOG_HORIZON, FetchFailed, NoStartingPoint, Window, horizon_warning, plan_window
 from flows.locks import job_lock
+from flows.params import EntityName, LockWait, OptionalTime
 from flows.reporting import logger, table_artifact
 from flows.run_names import MINUTE, run_name
 from flows.runs import recorded_run
@@ -75,7 +76,7 @@ WARNING_STATE = "CompletedWithWarnings"
 
 @flow(name="fetch-new-orders", flow_run_name=run_name("fetch-orders", when=MINUTE), log_prints=True)
 def fetch_new_orders(
-    lookback_hours: float = DEFAULT_LOOKBACK_HOURS, since: datetime | None = None, lock_wait: float | None = 0
+    lookback_hours: float = DEFAULT_LOOKBACK_HOURS, since: OptionalTime = None, lock_wait: LockWait = 0
 ) -> dict[str, Any] | State:
     """Fetch orders created, changed or deleted since the last run; see the module docstring.
 
@@ -92,10 +93,10 @@ def fetch_new_orders(
 
 @flow(name="fetch-changes", flow_run_name="fetch-{entity.value}-changes", log_prints=True)
 def fetch_changes(
-    entity: Entity,
+    entity: EntityName,
     lookback_hours: float = DEFAULT_LOOKBACK_HOURS,
-    since: datetime | None = None,
-    lock_wait: float | None = 0,
+    since: OptionalTime = None,
+    lock_wait: LockWait = 0,
 ) -> dict[str, Any] | State:
     """The change feed of customers or products (orders: the same run as ``fetch_new_orders``).
 

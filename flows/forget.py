@@ -8,7 +8,7 @@ erasure id only, never the e-mail. ``db.forget`` has the what and why; also call
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from db import forget as db_forget
 from flows import runtime
 from flows.locks import job_lock
+from flows.params import LockWait, ShowType
 from flows.reporting import logger, table_artifact
 from flows.run_names import run_name
 
@@ -32,7 +33,9 @@ def erase_personal_data(email: SecretStr, dry_run: bool) -> dict[str, Any]:
 
 
 @flow(name="forget-person", flow_run_name=run_name("forget-person"))
-def forget_person(email: SecretStr | str, dry_run: bool = False, lock_wait: float | None = 0) -> dict[str, Any]:
+def forget_person(
+    email: Annotated[SecretStr | str, ShowType], dry_run: bool = False, lock_wait: LockWait = 0
+) -> dict[str, Any]:
     """Blank the personal fields of the customers and orders of ``email`` (see ``db.forget``).
 
     Returns ``rows`` (per table), ``erasure_id`` and ``subject_sha256``. Runs under the orders,

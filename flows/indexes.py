@@ -18,6 +18,7 @@ from db.indexes import ensure as db_indexes
 from flows import runtime
 from flows.hub_status import publish_quietly
 from flows.locks import job_lock
+from flows.params import LockWait
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
 from flows.run_names import run_name
@@ -49,7 +50,7 @@ def survey_indexes() -> db_indexes.Report:
 
 
 @flow(name="ensure-indexes", flow_run_name=run_name("indexes"))
-def ensure_indexes(dry_run: bool = False, lock_wait: float | None = 0) -> dict[str, Any]:
+def ensure_indexes(dry_run: bool = False, lock_wait: LockWait = 0) -> dict[str, Any]:
     """Make the declared indexes present and valid without blocking writes; report unused and duplicates.
 
     A held lock raises ``LockHeld``. Returns the report's rows under ``actions``, ``unused``,

@@ -26,6 +26,7 @@ from db.metrics.rules import (
 )
 from flows import runtime
 from flows.locks import job_lock
+from flows.params import LockWait, OptionalInts, OptionalRecords, OptionalTime
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
 from flows.run_names import run_name
@@ -70,10 +71,10 @@ def recalculate_metrics(
 @flow(name="recalculate-customer-metrics", flow_run_name=run_name("metrics", choice=("full", "full", "incremental")))
 def recalculate_customer_metrics(
     full: bool = False,
-    as_of: datetime | None = None,
-    cancelled_statuses: list[int] | None = None,
-    segment_rules: list[dict[str, Any]] | None = None,
-    lock_wait: float | None = 0,
+    as_of: OptionalTime = None,
+    cancelled_statuses: OptionalInts = None,
+    segment_rules: OptionalRecords = None,
+    lock_wait: LockWait = 0,
 ) -> dict[str, Any]:
     """Recompute customer metrics and RFM segments (incrementally unless ``full``), under its job lock.
 

@@ -27,6 +27,7 @@ from db.partitions import split as split_db
 from db.settings.registry import get_settings_service
 from flows import runtime
 from flows.locks import job_lock
+from flows.params import LockWait, OptionalInt
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
 from flows.run_names import run_name
@@ -145,8 +146,8 @@ def migrate_partitions(
     dry_run: bool = False,
     split: bool = False,
     batch_size: int = BATCH_SIZE,
-    max_batches: int | None = None,
-    lock_wait: float | None = 0,
+    max_batches: OptionalInt = None,
+    lock_wait: LockWait = 0,
     pause: float = PAUSE,
 ) -> dict[str, Any]:
     """Make a plain ``order_items`` partitioned while writes go on; ``split``: move the legacy rows into quarters.

@@ -35,6 +35,7 @@ from db.settings.registry import get_settings_service
 from flows import runtime
 from flows.hub_status import publish_quietly
 from flows.locks import instance, job_lock
+from flows.params import LockWait, OptionalTime
 from flows.reporting import logger, table_artifact
 from flows.retrying import RETRIES
 from flows.run_names import run_name
@@ -117,9 +118,7 @@ def retire_partition(dump: Path) -> dict[str, Any]:
 
 
 @flow(name="partition-maintenance", flow_run_name=run_name("partitions-maintenance"), log_prints=True)
-def partition_maintenance(
-    dry_run: bool = False, lock_wait: float | None = 0, now: datetime | None = None
-) -> dict[str, Any]:
+def partition_maintenance(dry_run: bool = False, lock_wait: LockWait = 0, now: OptionalTime = None) -> dict[str, Any]:
     """Make sure ``order_items`` has its runway and data quarters; archive and drop what is past retention.
 
     A held lock raises ``LockHeld``.
@@ -205,7 +204,7 @@ def restore_archive(dump: Path) -> dict[str, Any]:
 
 
 @flow(name="restore-partition-archive", flow_run_name=run_name("restore-archive", param="path"))
-def restore_partition_archive(path: Path, lock_wait: float | None = 0) -> dict[str, Any]:
+def restore_partition_archive(path: Path, lock_wait: LockWait = 0) -> dict[str, Any]:
     """Bring an archived quarter back (checksum first) and lift the retention horizon for it.
 
     Args:

@@ -14,6 +14,7 @@ from prefect import flow
 
 from flows.entities import Entity
 from flows.locks import job_lock
+from flows.params import EntityName, LockWait, OptionalText, OptionalTime
 from flows.runs import RunFailed, recorded_run
 from flows.snapshot_tasks import (
     apply_snapshot,
@@ -36,12 +37,12 @@ class SnapshotFailed(RunFailed):
 
 @flow(name="import-snapshot", flow_run_name="import-{entity.value}-snapshot", log_prints=True)
 def import_snapshot(
-    entity: Entity,
-    changed_since: datetime | None = None,
+    entity: EntityName,
+    changed_since: OptionalTime = None,
     allow_mass_delete: bool = False,
-    reuse_job_id: str | None = None,
+    reuse_job_id: OptionalText = None,
     record_failure: bool = True,
-    lock_wait: float | None = 0,
+    lock_wait: LockWait = 0,
 ) -> dict[str, Any]:
     """Import one entity through a Shoptet snapshot, holding the entity's job lock.
 
@@ -86,7 +87,7 @@ def import_snapshot(
 
 @flow(name="import-file", flow_run_name="import-{entity.value}-file")
 def import_file(
-    entity: Entity, path: Path, full: bool = False, allow_mass_delete: bool = False, lock_wait: float | None = 0
+    entity: EntityName, path: Path, full: bool = False, allow_mass_delete: bool = False, lock_wait: LockWait = 0
 ) -> dict[str, Any]:
     """Apply a local snapshot file through the same loader (no API needed), under the entity's lock.
 
