@@ -36,17 +36,33 @@ class Checker:
         self.erased_gone: set[str] = set()  # e-mails of people erased in the shop and in the hub
         self.skip_metrics_reason: str | None = None
         self.archives_checked: set[int] = set()
-        self.behind: set[str] = set()  # entities with a pending failed snapshot at this check
+        # entity with a pending failed snapshot → the keys it excuses (None: all of them), at this check
+        self.behind: dict[str, set[str] | None] = {}
         self.deferred_spans: dict[str, int] = {}  # entity → consecutive checks it was deferred
 
-    def _entities_behind(self) -> set[str]:
+    def _entities_behind(self) -> dict[str, set[str] | None]:
         """Entities whose failed snapshot is still pending: the hub is legitimately behind until the retry
         flow or the next scheduled run. Their comparison is deferred (recorded) to the next check, at most
         MAX_DEFERRED_SPANS checks in a row; past that, staleness is a divergence."""
         pending = {e for (e,) in self.world.q("SELECT DISTINCT entity FROM failed_snapshots WHERE status = 'pending'")}
         behind = {e for e in pending if self.deferred_spans.get(e, 0) < MAX_DEFERRED_SPANS}
         self.deferred_spans = {e: self.deferred_spans.get(e, 0) + 1 for e in behind}
-        return behind
+        return {e: self._unfetched(e) for e in behind}
+
+    def _unfetched(self, entity: str) -> set[str] | None:
+        """The keys a failed snapshot excuses: those the shop changed at or after the entity's last fetch
+        watermark. An older change was in a successful fetch's window (the windows chain from the first
+        import, each from the previous watermark − lookback), so the fetch had to bring it whatever the
+        night's snapshot did; excusing it too hid a change feed that missed a creation (seed 20261209,
+        2022-04-13: a customer with changeTime null was in no /changes log, and the check was deferred
+        behind that night's failed customers snapshot). None (all excused): no fetch yet, or the last one
+        reached past the change log's horizon, where only a full snapshot is the documented remedy."""
+        rows = self.world.q(
+            "SELECT watermark, details->>'deletes_may_be_missed' FROM sync_state WHERE key = %s", f"fetch:{entity}"
+        )
+        if not rows or rows[0][0] is None or rows[0][1] != "false":
+            return None
+        return {k for k, _, _ in self.world.state.store.changes(entity, rows[0][0].timestamp())}
 
     def day(self, n: int) -> list[str]:
         problems: list[str] = []
@@ -80,6 +96,17 @@ class Checker:
         missing = [k for k in shop.keys() - mirror.keys() if (what, k) not in self.excused]
         extra = [k for k in mirror.keys() - shop.keys() if (what, k) not in self.excused]
         differ = [k for k in shop.keys() & mirror.keys() if shop[k] != mirror[k] and (what, k) not in self.excused]
+        entity = _ENTITY_OF.get(what, what)
+        if entity in self.behind and (missing or extra or differ):  # compared again, in full, at the next check
+            unfetched = self.behind[entity]
+            keep = (
+                set()
+                if unfetched is None
+                else {k for k in [*missing, *extra, *differ] if _parent(what, k, shop, mirror) not in unfetched}
+            )
+            if len(keep) < len(missing) + len(extra) + len(differ):
+                self.report.excused[f"{what} behind a pending failed snapshot, compared at the next check"] += 1
+            missing, extra, differ = ([k for k in ks if k in keep] for ks in (missing, extra, differ))
         out = []
         if missing:
             out.append(f"{len(missing)} in the shop, not in the mirror (e.g. {sorted(missing)[:3]})")
@@ -90,10 +117,6 @@ class Checker:
             out.append(f"{k} differs in columns {diff}: shop {_short(shop[k], diff)} mirror {_short(mirror[k], diff)}")
         if len(differ) > 3:
             out.append(f"... {len(differ)} rows differ in all")
-        entity = _ENTITY_OF.get(what, what)
-        if out and entity in self.behind:  # compared again, in full, at the next check
-            self.report.excused[f"{what} behind a pending failed snapshot, compared at the next check"] += 1
-            return []
         return out
 
     def _shop(self, entity: str) -> list[dict]:
@@ -275,6 +298,15 @@ class Checker:
         if any(p.startswith("partitions: no partition") for p in problems) and runway and runway.level == OK:
             return ["hub status says the partition runway is fine; the checker found quarters missing"]
         return []
+
+
+def _parent(what: str, key: object, shop: dict, mirror: dict) -> object:
+    """The shop entity's key a compared row belongs to (an item's order, a variant's product)."""
+    if what == "order_items":
+        return key[0]
+    if what == "product_variants":
+        return (shop.get(key) or mirror[key])[0]
+    return key
 
 
 def _json(value: object) -> object:
