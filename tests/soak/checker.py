@@ -38,6 +38,7 @@ class Checker:
         self.archives_checked: set[int] = set()
         self.behind: set[str] = set()  # entities with a pending failed snapshot at this check
         self.deferred_spans: dict[str, int] = {}  # entity → consecutive checks it was deferred
+        self._parsed: dict[str, list[dict]] = {}  # the shop's records, parsed, during one check
 
     def _entities_behind(self) -> set[str]:
         """Entities whose failed snapshot is still pending: the hub is legitimately behind until the retry
@@ -50,6 +51,7 @@ class Checker:
 
     def day(self, n: int) -> list[str]:
         problems: list[str] = []
+        self._parsed = {}
         self.behind = self._entities_behind()
         for name, fn in (
             ("orders", self.orders),
@@ -69,6 +71,7 @@ class Checker:
             problems += [f"{name}: {p}" for p in found]
         problems += self.status(problems)
         self.report.checks += 1
+        self._parsed = {}
         self.excused.clear()
         self.skip_metrics_reason = None
         return problems
@@ -97,7 +100,11 @@ class Checker:
         return out
 
     def _shop(self, entity: str) -> list[dict]:
-        return [r.data() for r in self.world.state.store.records(entity)]
+        """The shop's records, parsed once per check (four checks read the orders; nothing changes the
+        shop during a check and the checks only read the dicts)."""
+        if entity not in self._parsed:
+            self._parsed[entity] = [r.data() for r in self.world.state.store.records(entity)]
+        return self._parsed[entity]
 
     def orders(self) -> list[str]:
         shop = {o["code"]: expect.order_row(o) for o in self._shop("orders")}
