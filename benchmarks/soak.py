@@ -2,6 +2,11 @@
 
     uv run python benchmarks/soak.py --days 1100 --seed 9001 --scale 0.005
 
+The default is the real cadence: the schedule every simulated day and the checker after every day
+(``--stride 1``). ``--stride N`` runs the schedule once per N days and checks once per span (faster, coarser;
+keep N < 30, the change logs' horizon); ``--every 24`` puts the frequent jobs in one job hour a day instead of
+two (about 6 fewer flow runs a day).
+
 Runs on the embedded PostgreSQL (``HUB_TEST_HOME``, like the tests) under a temporary Prefect server. On the
 first broken invariant it stops, prints the seed, day and step, and keeps the database and the work folder.
 """
@@ -24,11 +29,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--scale", type=float, default=0.005, help="life rates x this (1 = ~1 800 orders a day)")
     ap.add_argument("--orders", type=int, default=2000, help="orders in the shop's history at the start")
-    ap.add_argument("--every", type=int, default=12, help="frequent jobs fire every this many hours")
+    ap.add_argument("--every", type=int, default=12, help="frequent jobs: once per this many hours (12: 11:xx, 23:xx)")
     ap.add_argument("--fault-rate", type=float, default=0.5)
     ap.add_argument("--faults-per-day", type=int, default=3)
     ap.add_argument("--only", help="only fault kinds whose name contains one of these (comma-separated)")
-    ap.add_argument("--stride", type=int, default=1, help="simulated days per schedule day (1: every day)")
+    ap.add_argument("--stride", type=int, default=1, help="simulated days per schedule day and check (1: daily)")
     args = ap.parse_args()
 
     from prefect.testing.utilities import prefect_test_harness

@@ -39,6 +39,7 @@ class Checker:
         # entity with a pending failed snapshot → the keys it excuses (None: all of them), at this check
         self.behind: dict[str, set[str] | None] = {}
         self.deferred_spans: dict[str, int] = {}  # entity → consecutive checks it was deferred
+        self._parsed: dict[str, list[dict]] = {}  # the shop's records, parsed, during one check
 
     def _entities_behind(self) -> dict[str, set[str] | None]:
         """Entities whose failed snapshot is still pending: the hub is legitimately behind until the retry
@@ -66,6 +67,7 @@ class Checker:
 
     def day(self, n: int) -> list[str]:
         problems: list[str] = []
+        self._parsed = {}
         self.behind = self._entities_behind()
         for name, fn in (
             ("orders", self.orders),
@@ -85,6 +87,7 @@ class Checker:
             problems += [f"{name}: {p}" for p in found]
         problems += self.status(problems)
         self.report.checks += 1
+        self._parsed = {}
         self.excused.clear()
         self.skip_metrics_reason = None
         return problems
@@ -120,7 +123,11 @@ class Checker:
         return out
 
     def _shop(self, entity: str) -> list[dict]:
-        return [r.data() for r in self.world.state.store.records(entity)]
+        """The shop's records, parsed once per check (four checks read the orders; nothing changes the
+        shop during a check and the checks only read the dicts)."""
+        if entity not in self._parsed:
+            self._parsed[entity] = [r.data() for r in self.world.state.store.records(entity)]
+        return self._parsed[entity]
 
     def orders(self) -> list[str]:
         shop = {o["code"]: expect.order_row(o) for o in self._shop("orders")}
