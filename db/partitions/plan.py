@@ -16,6 +16,7 @@ import psycopg
 from db import clock
 from db.dates import DateWindow
 from db.partitions import rollover as partitions
+from db.partitions.restore import INVALIDATED
 from db.partitions.rollover import Quarter
 
 
@@ -87,5 +88,20 @@ def make_plan(
             plan.create.append(q)
     if horizon is not None:
         quarters = (partitions.quarter_of_name(n) for n in existing)
-        plan.retire = sorted(q for q in quarters if q is not None and q.end <= horizon)
+        for q in sorted(q for q in quarters if q is not None and q.end <= horizon):
+            waiting = _awaiting_rewrite(conn, q)
+            if waiting:  # archived now, the stale items would stay for good: imports drop items past retention
+                plan.skipped.append(
+                    (q, f"{waiting} orders restored with it await their items' rewrite (next snapshot)")
+                )
+            else:
+                plan.retire.append(q)
     return plan
+
+
+def _awaiting_rewrite(conn: psycopg.Connection, q: Quarter) -> int:
+    """Orders of ``q`` whose items a restore-archive brought back as archived and marked for rewriting."""
+    return conn.execute(
+        "SELECT count(*) FROM orders WHERE created_at >= %s AND created_at < %s AND content_hash = %s",
+        (q.start, q.end, INVALIDATED),
+    ).fetchone()[0]

@@ -203,3 +203,30 @@ def test_reconcile_attaches_a_detached_quarter_that_differs_from_its_archive_and
         assert len(repaired) == 1 and repaired[0].startswith(f"kept {Q1.name}"), repaired
         assert retire.detach_state(c, Q1.name) == "attached"
     assert len(items(db_url, "created_at < '2020-04-01'")) == 10
+
+
+def test_a_restored_quarter_is_archived_again_only_once_its_invalidated_items_are_rewritten(hub, db_url, tmp_path):
+    """The soak's restore-archive: retention retires a restored quarter again (it is still past the horizon),
+    but not while orders the restore invalidated await their items' rewrite: archiving then would keep the
+    archived (stale) items for good, since imports drop items beyond retention."""
+    created = "2020-02-10T10:00:00+0100"
+    import_file("orders", write_jsonl(tmp_path / "first.jsonl.gz", [order("20000001", created=created, items=2)]))
+    dump = next(Path(a["file"]) for a in partition_maintenance(now=NOW)["archived"] if a["partition"] == Q1.name)
+    changed = write_jsonl(
+        tmp_path / "changed.jsonl.gz", [order("20000001", created=created, changed="2026-11-01T10:00:00+0100", items=4)]
+    )
+    assert import_file("orders", changed)["beyond_retention"] == 1
+    assert restore_partition_archive(dump)["orders_invalidated"] == 1
+
+    kept = partition_maintenance(now=NOW)  # the weekly run, before any snapshot rewrote the order's items
+    assert kept["archived"] == [] and any(Q1.name in line and "rewrite" in line for line in kept["plan"])
+    assert Q1.name in existing_partitions_of(db_url)
+
+    import_file("orders", changed)  # the next snapshot: 4 items
+    again = partition_maintenance(now=NOW)
+    assert [a["partition"] for a in again["archived"]] == [Q1.name] and again["archived"][0]["rows"] == 4
+
+
+def existing_partitions_of(db_url: str) -> set[str]:
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
+        return set(existing_partitions(c))
