@@ -22,15 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import db.loader.apply as loader  # noqa: E402
 from benchmarks.common import fresh_db, server_url  # noqa: E402
+from benchmarks.scale import _cpu_seconds  # noqa: E402
 from benchmarks.snapshot_apply import snapshot_file  # noqa: E402
 from db.connection import connect  # noqa: E402
 from db.loader import ApplyOptions  # noqa: E402
 from db.runs import start_run  # noqa: E402
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def main() -> None:
