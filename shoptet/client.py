@@ -39,6 +39,7 @@ from shoptet.ratelimit import (
     token_fingerprint,
 )
 from shoptet.timefmt import format_datetime
+from shoptet.tls import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,14 @@ class ShoptetClient:
             timeout=timeout,
             limits=limits,
             transport=transport,
+            verify=tls_context(),
             headers={"Content-Type": "application/json", "Accept": "application/json"},
             follow_redirects=False,
         )
         # Result files are bearer links on another host: a separate client without any credentials.
-        self._download_http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True)
+        self._download_http = httpx.Client(
+            timeout=timeout, transport=transport, verify=tls_context(), follow_redirects=True
+        )
         self._job_requested_at: dict[str, float] = {}
         self._poll_counters: dict[str, snapshots.LocalPollCounter] = {}
         self._deprecation_warned: set[str] = set()

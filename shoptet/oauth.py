@@ -27,6 +27,7 @@ import orjson
 
 from shoptet import errors as e
 from shoptet.ratelimit import token_fingerprint
+from shoptet.tls import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class AddonTokenSource:
         self.fingerprint = token_fingerprint(self.oauth_url, oauth_token)
         self.clock = clock
         self.refresh_margin = refresh_margin
-        self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+        self._http = httpx.Client(timeout=timeout, transport=transport, verify=tls_context(), follow_redirects=False)
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
