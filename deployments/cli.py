@@ -269,7 +269,7 @@ def locks_list(ctx: typer.Context) -> None:
 
     from flows import runtime
     from flows.config import get_config
-    from flows.locks import instance, lock_table
+    from flows.lock_view import instance, lock_table
 
     cfg = get_config()
     url = runtime.database_url(cfg)

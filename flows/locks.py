@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 
@@ -44,14 +43,11 @@ from db import locks as dblocks
 from db.connection import connection
 from db.locks import LockError, LockLost
 from flows import runtime
+from flows.lock_view import GROUPS, PREFIX, instance, limit_name, lock_table, release_command
 from flows.prefect_slots import ensure_limit, free_slot, is_locked, limit_status, prefect_slot
 
 log = logging.getLogger(__name__)
 
-# The fixed acquisition order when a job needs several (the retry flow takes its own lock, then an
-# entity's): every job takes locks in this order, so no two jobs can wait on each other in a cycle.
-GROUPS = ("retry-failed-snapshots", "orders", "customers", "products", "customer-metrics", "db-maintenance")
-PREFIX = "hub-"
 LEASE_SECONDS = 600  # the default of HUB_LOCK_LEASE_SECONDS (flows.config)
 EX_TEMPFAIL = 75  # sysexits.h: "try again later" — the CLI's exit code when a lock is held
 # A job needing several locks retries after a busy later one, holding none meanwhile (seconds).
@@ -71,25 +67,6 @@ __all__ = [
     "release",
     "release_command",
 ]
-
-
-def limit_name(group: str, instance: str) -> str:
-    """The Prefect limit of ``group`` for the hub instance ``instance`` (``db.locks.instance_id``)."""
-    if group not in GROUPS:
-        raise ValueError(f"unknown lock group {group!r}; known: {', '.join(GROUPS)}")
-    return f"{PREFIX}{instance}-{group}"
-
-
-def instance(url: str, schema: str) -> str:
-    """This hub instance's id (database + schema), as its limit names carry it."""
-    with connection(url, schema, autocommit=True) as conn:
-        return dblocks.instance_id(conn)
-
-
-def release_command(name: str) -> str:
-    """The command that frees the lock ``name`` (a limit name or a group) once its holder is dead."""
-    group = name.split("-", 2)[2] if name.startswith(PREFIX) and name.count("-") >= 2 else name
-    return f"hub locks release {group}"
 
 
 class LockHeld(LockError):
@@ -227,32 +204,6 @@ def _recorded_holder(url: str, schema: str, name: str) -> tuple[dblocks.Holder |
     with connection(url, schema, autocommit=True) as conn:
         holder = dblocks.read_holder(conn, name)
         return holder, (dblocks.holder_alive(conn, holder) if holder else None)
-
-
-def lock_table(url: str, schema: str) -> list[dict[str, Any]]:
-    """`hub locks`: each lock of this hub instance with its limit's state and the recorded holder."""
-    with connection(url, schema, autocommit=True) as conn:
-        inst = dblocks.instance_id(conn)
-        holders = dblocks.read_holders(conn)
-        rows = []
-        for g in GROUPS:
-            name = limit_name(g, inst)
-            st = limit_status(name)
-            h = holders.get(name)
-            rows.append(
-                {
-                    "lock": name,
-                    "exists": st.exists,
-                    "active": st.active,
-                    "limit": st.limit,
-                    "slots_in_use": st.active_slots,
-                    "holder": h.describe() if h else None,
-                    "holder_alive": dblocks.holder_alive(conn, h) if h else None,
-                    # With no holder alive, a slot in use and no session here: a crashed job's slot.
-                    "advisory_lock": dblocks.advisory_lock_backend(conn, name),
-                }
-            )
-    return rows
 
 
 def _own_name(group_or_name: str, inst: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -21,21 +20,9 @@ from prefect.exceptions import ObjectNotFound
 
 from db.locks import LockError
 from flows.config import get_config
+from flows.prefect_read import LimitStatus
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LimitStatus:
-    name: str
-    exists: bool
-    active: bool | None = None
-    limit: int | None = None
-    active_slots: int | None = None
-
-    @property
-    def healthy(self) -> bool:
-        return self.exists and bool(self.active) and self.limit == 1
 
 
 def limit_status(name: str) -> LimitStatus:

@@ -10,6 +10,8 @@ from db import status as dbstatus
 from db.connection import connection
 from db.partitions.rollover import Quarter
 from db.settings import stats as settings_stats
+from flows.lock_view import lock_table
+from flows.prefect_read import PrefectReader
 from flows.status_model import (
     FAIL,
     OK,
@@ -99,8 +101,9 @@ def check_runs(ctx: StatusContext) -> Check:
     prefect_note = ""
     if ctx.prefect:
         try:
-            items += _prefect_run_items(PREFECT_FLOWS)
-            items += unrecorded_failures(DB_FLOWS, items)
+            with PrefectReader() as reader:
+                items += _prefect_run_items(PREFECT_FLOWS, reader)
+                items += unrecorded_failures(DB_FLOWS, items, reader)
         except Exception as exc:  # noqa: BLE001 - the database's runs are still worth showing
             prefect_note = f"; Prefect API not readable ({type(exc).__name__}: {str(exc)[:120]}): "
             prefect_note += f"runs of {', '.join(PREFECT_FLOWS)} unknown"
@@ -206,7 +209,7 @@ def check_settings_cache(ctx: StatusContext) -> Check:
 
 def _db_lock_rows(ctx: StatusContext) -> list[dict[str, Any]]:
     """What ``flows.locks.lock_table`` gives, from the database alone (no limit state)."""
-    from flows.locks import GROUPS, limit_name
+    from flows.lock_view import GROUPS, limit_name
 
     with connection(ctx.url, ctx.schema, autocommit=True) as conn:
         inst = dblocks.instance_id(conn)
@@ -223,7 +226,7 @@ def _db_lock_rows(ctx: StatusContext) -> list[dict[str, Any]]:
 
 
 def _lock_level(r: dict[str, Any]) -> tuple[str, str]:
-    from flows.locks import release_command
+    from flows.lock_view import release_command
 
     if r["holder"] and r["holder_alive"] is False:
         return FAIL, f"held by a dead holder: `{release_command(r['lock'])}` frees it"
@@ -242,8 +245,6 @@ def _lock_level(r: dict[str, Any]) -> tuple[str, str]:
 def check_locks(ctx: StatusContext) -> Check:
     """Each job lock: exists, active, slots in use, holder. A dead holder → fail."""
     if ctx.prefect:
-        from flows.locks import lock_table
-
         rows = lock_table(ctx.url, ctx.schema)
     else:
         rows = _db_lock_rows(ctx)

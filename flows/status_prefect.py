@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from flows.prefect_read import PrefectReader, RunInfo
 from flows.status_model import FAIL, OK, STUCK_AFTER, WARN, _iso
 
 # Flows that record their runs in snapshot_runs: a failure shows there, unless it came before the record.
@@ -15,29 +16,18 @@ DB_FLOWS = ("fetch-new-orders", "fetch-changes", "import-snapshot", "import-file
 RECENT = 20  # runs of one flow read to find the newest of each entity
 
 
-def _prefect_run_items(names: tuple[str, ...]) -> list[dict[str, Any]]:
+def _prefect_run_items(names: tuple[str, ...], reader: PrefectReader) -> list[dict[str, Any]]:
     """The newest run of each flow in ``names`` that started, from the Prefect API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
-    from prefect.client.schemas.sorting import FlowRunSort
-
     items = []
-    with get_client(sync_client=True) as client:
-        for name in names:
-            runs = client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=[name])),
-                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
-                sort=FlowRunSort.START_TIME_DESC,
-                limit=1,
-            )
-            if runs:
-                items.append(_prefect_item(name, runs[0]))
+    for name in names:
+        if runs := reader.flow_runs(name, limit=1):
+            items.append(_prefect_item(name, runs[0]))
     return items
 
 
-def _prefect_item(name: str, run: Any) -> dict[str, Any]:
-    state = run.state.type.value.lower() if run.state else "unknown"
-    message = (run.state.message or "") if run.state else ""
+def _prefect_item(name: str, run: RunInfo) -> dict[str, Any]:
+    state = run.state_type.lower() if run.state_type else "unknown"
+    message = run.state_message
     level, note = OK, ""
     if state == "running" and run.start_time and datetime.now(UTC) - run.start_time > STUCK_AFTER:
         level, note = FAIL, "running for hours: a crashed process that Prefect never marked (no heartbeat check)"
@@ -57,48 +47,31 @@ def _prefect_item(name: str, run: Any) -> dict[str, Any]:
         "counters": {},
         "note": note,
         "run_id": None,
-        "flow_run_id": str(run.id),
+        "flow_run_id": run.id,
     }
 
 
-def _newest_per_entity(client: Any, flow: str) -> list[Any]:
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterDeploymentId,
-        FlowRunFilterStartTime,
-    )
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    runs = client.read_flow_runs(
-        flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
-        flow_run_filter=FlowRunFilter(
-            start_time=FlowRunFilterStartTime(is_null_=False), deployment_id=FlowRunFilterDeploymentId(is_null_=False)
-        ),
-        sort=FlowRunSort.START_TIME_DESC,
-        limit=RECENT,
-    )
-    newest: dict[Any, Any] = {}
-    for run in runs:  # one job per entity (fetch-changes of customers, of products): the newest of each
-        newest.setdefault(str((run.parameters or {}).get("entity")), run)
+def _newest_per_entity(reader: PrefectReader, flow: str) -> list[RunInfo]:
+    newest: dict[str, RunInfo] = {}
+    for run in reader.flow_runs(flow, deployment_only=True, limit=RECENT):
+        # one job per entity (fetch-changes of customers, of products): the newest of each
+        newest.setdefault(str(run.parameters.get("entity")), run)
     return list(newest.values())
 
 
-def unrecorded_failures(flows: tuple[str, ...], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def unrecorded_failures(
+    flows: tuple[str, ...], items: list[dict[str, Any]], reader: PrefectReader
+) -> list[dict[str, Any]]:
     """The newest deployment run of each (flow, entity) that failed or crashed without a hub run record."""
-    from prefect.client.orchestration import get_client
-
     recorded = {i["flow_run_id"] for i in items if i["flow_run_id"]}
     found = []
-    with get_client(sync_client=True) as client:
-        for flow in flows:
-            for run in _newest_per_entity(client, flow):
-                if str(run.id) in recorded or not run.state or run.state.type.value not in ("FAILED", "CRASHED"):
-                    continue
-                item = _prefect_item(flow, run)
-                item["run"] = run.name
-                if item["level"] == FAIL:
-                    item["note"] = f"failed before recording a run: {item['note']}"
-                found.append(item)
+    for flow in flows:
+        for run in _newest_per_entity(reader, flow):
+            if run.id in recorded or run.state_type not in ("FAILED", "CRASHED"):
+                continue
+            item = _prefect_item(flow, run)
+            item["run"] = run.name
+            if item["level"] == FAIL:
+                item["note"] = f"failed before recording a run: {item['note']}"
+            found.append(item)
     return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -78,6 +79,28 @@ def ready(hub_env, backup_dir):
     return hub_env
 
 
+@pytest.fixture(params=["prefect-client", "rest"])
+def prefect_via(request, monkeypatch):
+    """How status reads Prefect: its client (the URL only in Prefect's settings, as here), or plain REST
+    (PREFECT_API_URL in the environment, as the CLI sets it): the other path is made to fail."""
+    from prefect.settings import PREFECT_API_URL
+
+    import flows.prefect_read as reader
+    import flows.prefect_slots as slots
+
+    def not_this_path(*a, **kw):
+        raise AssertionError(f"status read Prefect the other way (expected {request.param})")
+
+    if request.param == "rest":
+        monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+        monkeypatch.setattr(reader, "_client_flow_runs", not_this_path)
+        monkeypatch.setattr(slots, "limit_status", not_this_path)
+    else:
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+        monkeypatch.setattr(reader.PrefectReader, "_request", not_this_path)
+    return request.param
+
+
 def status(*args: str) -> tuple[int, dict]:
     res = runner.invoke(app, ["status", "--json", *args])
     return res.exit_code, json.loads(res.stdout)
@@ -97,7 +120,7 @@ def import_file(tmp_path, name: str, lines: list, *extra: str) -> int:
     return runner.invoke(app, ["import-file", "orders", str(write_jsonl(tmp_path / name, lines)), *extra]).exit_code
 
 
-def test_healthy_fresh_hub_exits_0_and_reports_every_check(ready):
+def test_healthy_fresh_hub_exits_0_and_reports_every_check(ready, prefect_via):
     code, report = status()
     assert code == 0, report
     assert (report["schema"], report["level"], report["exit_code"]) == ("hub-status/1", "ok", 0)
@@ -206,7 +229,7 @@ def test_fresh_database_without_partitions_fails_on_the_current_quarter(hub_env)
     assert "`hub partitions`" in runway_check["detail"]
 
 
-def test_a_stranded_slot_names_the_command_that_frees_it(ready):
+def test_a_stranded_slot_names_the_command_that_frees_it(ready, prefect_via):
     """A slot in use with no holder and no session holding the lock (a crash under an ephemeral server)."""
     from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
 
@@ -219,7 +242,7 @@ def test_a_stranded_slot_names_the_command_that_frees_it(ready):
     assert "`hub locks release customers`" in locks["detail"]
 
 
-def test_lock_held_by_a_dead_holder_fails(ready):
+def test_lock_held_by_a_dead_holder_fails(ready, prefect_via):
     name = limit_name("orders", instance(ready, "public"))
     sql(ready, "INSERT INTO job_locks (name, flow_run_id, host, pid) VALUES (%s, 'crashed', 'gone-host', 1)", name)
     code, report = status()
@@ -262,7 +285,7 @@ def test_a_process_adds_its_settings_cache_counts_at_exit(ready):
     assert (data["reads"], data["misses"] >= 1, data["hits"] >= 1) == (5, True, True)
 
 
-def test_prefect_flow_runs_are_shown(ready):
+def test_prefect_flow_runs_are_shown(ready, prefect_via):
     from flows.indexes import ensure_indexes
 
     ensure_indexes(dry_run=True)
@@ -292,11 +315,15 @@ def test_human_output_is_short_and_names_the_problem(ready, tmp_path):
     assert len(res.output.splitlines()) < 25
 
 
-def test_unreachable_prefect_api_is_reported_not_hidden(ready):
+def test_unreachable_prefect_api_is_reported_not_hidden(ready, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         code, report = status()
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # the same, read over REST
+    rest_code, rest = status()
+    assert (rest_code, check(rest, "runs")["level"], check(rest, "locks")["level"]) == (2, "warn", "fail"), rest
+    assert "Prefect API not readable (ConnectError" in check(rest, "runs")["detail"]
     runs, locks = check(report, "runs"), check(report, "locks")
     assert (code, runs["level"], locks["level"]) == (2, "warn", "fail"), report
     assert "Prefect API not readable" in runs["detail"] and locks["detail"].startswith("could not check")
@@ -347,7 +374,7 @@ def _deployment_run(deployment: str, flow: str, name: str, final) -> str:  # noq
     return str(run.id)
 
 
-def test_a_scheduled_run_that_failed_before_writing_anything_fails_the_status(ready):
+def test_a_scheduled_run_that_failed_before_writing_anything_fails_the_status(ready, prefect_via):
     from prefect.states import Completed, Failed
 
     message = "Flow run encountered an exception: RuntimeError: HUB_SHOPTET_TOKEN is not set"
@@ -381,3 +408,24 @@ def test_backups_check_asks_the_server_which_database_it_is(ready, backup_dir, m
     ctx = StatusContext(psycopg.conninfo.make_conninfo(**params), "public", datetime.now(UTC), False, backup_dir)
     got = check_backups(ctx)
     assert "no verified backup yet" not in got.detail and got.data["backups"] == 1, got
+
+
+def test_the_status_command_with_a_server_up_imports_no_prefect(ready, tmp_path):
+    """`hub status` with the server known (PREFECT_API_URL, as `hub serve`'s is found) reads the runs and
+    the limits over REST: no `import prefect` (~2 s of CPU) in a check a monitor runs every minute."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.indexes import ensure_indexes
+    from tests.integration.test_cli_startup import run_hub
+
+    ensure_indexes(dry_run=True)  # a run only Prefect records
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env.update(PREFECT_API_URL=PREFECT_API_URL.value(), HUB_DATABASE_URL=ready)
+    proc, seen = run_hub(["status", "--json"], env, tmp_path / "probe.json")
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0, (proc.stderr[-2000:], report)
+    assert seen["modules"] == [], seen["modules"]
+    items = {i["flow"]: i for i in check(report, "runs")["data"]["items"]}
+    assert (items["ensure-indexes"]["source"], items["ensure-indexes"]["state"]) == ("prefect", "completed")
+    locks = check(report, "locks")["data"]["items"]
+    assert len(locks) == 6 and all(x["exists"] and x["active"] and x["limit"] == 1 for x in locks)
