@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -57,11 +58,47 @@ def start() -> Ephemeral | None:
         return None
     if "prefect" in sys.modules:  # its settings are read already (a test harness, a notebook): Prefect's own way
         return None
+    if configured_api_url():  # `prefect config set` / `prefect cloud login`: the user's server, not a temporary one
+        return None
     port = _free_port()
     _server = Ephemeral(_launch(port), port, time.monotonic())
     os.environ["PREFECT_API_URL"] = _server.api_url
     atexit.register(stop)
     return _server
+
+
+def configured_api_url() -> str | None:
+    """A Prefect API URL set in one of Prefect's settings files, read without importing Prefect.
+
+    Prefect reads, besides the environment: ``.env``, ``prefect.toml`` and ``pyproject.toml``'s
+    ``[tool.prefect]`` in the working folder, and the active profile of ``profiles.toml``
+    (``PREFECT_PROFILES_PATH``, else ``PREFECT_HOME``/``~/.prefect``; ``PREFECT_PROFILE`` or the file's
+    ``active``). Setting ``PREFECT_API_URL`` here would override that server, so none is started then.
+    """
+    cwd = Path.cwd()
+    env_file = cwd / ".env"
+    if env_file.is_file():
+        for line in env_file.read_text(errors="replace").splitlines():
+            key, _, value = line.strip().removeprefix("export ").partition("=")
+            if key.strip() == "PREFECT_API_URL" and value.strip().strip("\"'"):
+                return value.strip().strip("\"'")
+    url = _toml(cwd / "prefect.toml").get("api", {}).get("url")
+    url = url or _toml(cwd / "pyproject.toml").get("tool", {}).get("prefect", {}).get("api", {}).get("url")
+    if url:
+        return str(url)
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    profiles = _toml(Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser())
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
+    url = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") if active else None
+    return str(url) if url else None
+
+
+def _toml(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
 
 
 def running() -> Ephemeral | None:

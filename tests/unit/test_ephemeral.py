@@ -79,6 +79,43 @@ def test_nothing_is_started_when_a_server_is_in_use_or_ephemeral_mode_is_off(iso
     assert ephemeral.start() is None
 
 
+@pytest.mark.parametrize("where", ["profile", "PREFECT_PROFILE", "prefect.toml", "pyproject.toml", ".env"])
+def test_no_temporary_server_replaces_a_server_prefects_own_settings_name(isolated, tmp_path, where):
+    """`prefect cloud login` / `prefect config set PREFECT_API_URL=…` write the URL to a profile: starting a
+    temporary server (and setting PREFECT_API_URL to it) would run the hub's flows and locks there instead."""
+    isolated.setattr(ephemeral, "_launch", lambda port: pytest.fail("no server may be started"))
+    isolated.chdir(tmp_path)
+    isolated.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    isolated.delenv("PREFECT_PROFILES_PATH", raising=False)
+    isolated.delenv("PREFECT_PROFILE", raising=False)
+    (tmp_path / "home").mkdir()
+    url = "https://api.prefect.cloud/api/accounts/a/workspaces/w"
+    profiles = tmp_path / "home" / "profiles.toml"
+    if where == "profile":
+        profiles.write_text(f'active = "cloud"\n[profiles.cloud]\nPREFECT_API_URL = "{url}"\n[profiles.local]\n')
+    elif where == "PREFECT_PROFILE":
+        profiles.write_text(f'active = "local"\n[profiles.local]\n[profiles.cloud]\nPREFECT_API_URL = "{url}"\n')
+        isolated.setenv("PREFECT_PROFILE", "cloud")
+    elif where == "prefect.toml":
+        (tmp_path / "prefect.toml").write_text(f'[api]\nurl = "{url}"\n')
+    elif where == "pyproject.toml":
+        (tmp_path / "pyproject.toml").write_text(f'[tool.prefect.api]\nurl = "{url}"\n')
+    else:
+        (tmp_path / ".env").write_text(f"OTHER=1\nPREFECT_API_URL='{url}'\n")
+    assert ephemeral.configured_api_url() == url
+    assert ephemeral.start() is None and "PREFECT_API_URL" not in __import__("os").environ
+
+
+def test_a_profile_without_a_url_still_gets_the_temporary_server(isolated, tmp_path):
+    isolated.chdir(tmp_path)
+    isolated.setenv("PREFECT_HOME", str(tmp_path))
+    isolated.delenv("PREFECT_PROFILES_PATH", raising=False)
+    isolated.delenv("PREFECT_PROFILE", raising=False)
+    (tmp_path / "profiles.toml").write_text('active = "local"\n[profiles.local]\nPREFECT_LOGGING_LEVEL = "INFO"\n')
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    assert ephemeral.configured_api_url() is None
+
+
 def test_the_server_gets_no_hub_secrets(isolated):
     isolated.setenv("HUB_DATABASE_URL", "postgresql://u:pw@h/db")
     isolated.setenv("HUB_SHOPTET_TOKEN", "t0ken")
