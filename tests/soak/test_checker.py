@@ -84,3 +84,24 @@ def test_a_failed_snapshot_excuses_only_what_no_successful_fetch_could_have_brou
     assert checker.report.excused == Counter(
         {"customers behind a pending failed snapshot, compared at the next check": 1}
     )
+
+
+def test_a_killed_full_snapshot_defers_like_a_failed_one_until_a_later_one_succeeds(db_url):
+    """Seed 8675309, 2022-07-23: the night's orders snapshot was SIGKILLed mid-apply (its run left 'running',
+    no failed_snapshots row) and an order changed at the instant of the evening fetch was not mirrored yet at
+    the check; the next fetch (watermark − lookback) or snapshot brings it. Judged at once, it was a divergence."""
+    store, key, watermark = _shop()
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
+        c.execute(
+            "INSERT INTO sync_state (key, watermark, details) VALUES ('fetch:customers', %s, %s)",
+            (watermark, Jsonb({"deletes_may_be_missed": False})),
+        )
+        run = """INSERT INTO snapshot_runs (entity, source, "full", status, started_at)
+                 VALUES ('customers', 'api', true, %s, now())"""
+        c.execute(run, ("succeeded",))
+        c.execute(run, ("running",))  # the killed one
+    checker = Checker(_World(db_url, store), SimpleNamespace(rows_compared=0, excused=Counter()))
+    assert checker._entities_behind() == {"customers": {key["after"]}}
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as c:
+        c.execute(run, ("succeeded",))  # the next run completed: nothing is excused any more
+    assert checker._entities_behind() == {}
