@@ -6,7 +6,9 @@ One way through, one module per stage, in one transaction on the shop tables:
 2. ``parse``     each block's lines parsed, mapped (``db/mapping.py``) and formatted as COPY rows — in
                  worker processes (``workers``) for big files; ``pipeline`` keeps the next chunk ready
                  in a reader thread while the previous one is written; a line that cannot be mapped
-                 is a reject;
+                 is a reject; a line a stored row holds byte for byte (same content hash, looked up
+                 per block by ``known``) is not parsed, and counts as unchanged once the apply has
+                 confirmed it in its transaction;
 3. ``classify``  each line against the stored row of its key: new, changed, unchanged, or older
                  (skipped: never roll data back);
 4. ``write``     new rows COPYed straight into the tables, changed rows staged and upserted (guarded

@@ -16,10 +16,10 @@ from db.connection import connect
 from db.dates import DateWindow
 from db.erasures import erased_since
 from db.indexes import deferred as deferred_indexes
-from db.loader import classify
+from db.loader import classify, known
 from db.loader.delete import delete_absent
 from db.loader.options import ApplyOptions, ApplyResult, Progress, TooManyRejectsError
-from db.loader.parse import Chunk, Line, exact_line
+from db.loader.parse import Chunk, Line, exact_line, process_chunk
 from db.loader.pipeline import BIG_FILE, default_workers, mapped_chunks
 from db.loader.rejects import Rejects
 from db.loader.write import TableWriter, refused_value
@@ -53,6 +53,7 @@ def apply_snapshot_file(
     total = os.path.getsize(path)
     main = connect(url, o.schema)
     side = connect(url, o.schema, autocommit=True)  # rejects + partition DDL, outside the main transaction
+    lookup_conn: psycopg.Connection | None = None  # the reader thread's, for known hashes
     try:
         rejects = Rejects(side, run_id, spec)
         with main.transaction():
@@ -70,6 +71,10 @@ def apply_snapshot_file(
             batch.as_of = o.as_of
             newest: datetime | None = None
             workers = default_workers(path) if o.workers is None else o.workers
+            lookup = None
+            if known.usable(main, o.schema, spec):  # lines the table holds byte for byte go unparsed
+                lookup_conn = connect(url, o.schema, autocommit=True)
+                lookup = known.KnownHashes(lookup_conn, spec)
             with mapped_chunks(
                 path,
                 entity,
@@ -79,12 +84,16 @@ def apply_snapshot_file(
                 workers=workers,
                 window=window,
                 archived=archived,
+                known=lookup,
             ) as chunks:
                 for chunk in chunks:
+                    if chunk.skipped_keys and not set(chunk.skipped_keys).isdisjoint(chunk.keys):
+                        chunk = batch.parsed_whole(chunk)  # a key twice in the block: its lines in file order
                     for line_no, line, reason in chunk.rejected_lines():
                         rejects.add(line_no, line, reason)
                     batch.write_chunk(chunk)
-                    latest = max((t for t in chunk.changed if t is not None), default=None)
+                    skipped_latest = batch.write_skipped(chunk)
+                    latest = max((t for t in (*chunk.changed, skipped_latest) if t is not None), default=None)
                     if latest is not None and (newest is None or latest > newest):
                         newest = latest
                     result.lines += chunk.read
@@ -109,6 +118,8 @@ def apply_snapshot_file(
     finally:
         main.close()
         side.close()
+        if lookup_conn is not None:
+            lookup_conn.close()
 
 
 class _BatchWriter:
@@ -157,6 +168,66 @@ class _BatchWriter:
                 # a value PostgreSQL refuses: the batch path below finds the line and names it
         for batch in classify.batches(chunk.lines()):
             self.write_batch(batch)
+
+    def write_skipped(self, chunk: Chunk) -> datetime | None:
+        """The chunk's lines skipped unparsed (``db/loader/known.py``), confirmed in this transaction: a
+        line whose row still has its hash is unchanged (its key seen); any other is parsed here and
+        written like any line. Returns the newest changeTime among them."""
+        keys = chunk.skipped_keys
+        if not keys:
+            return None
+        if self.pending_keys and not self.pending_keys.isdisjoint(keys):
+            self.flush()  # a pending changed line of the key is written first, as a batch would
+        w = self.w
+        query = known.confirm_sql(w.spec, created=bool(self.archived))
+        stored = {k: (changed, created) for k, changed, created in w.main.execute(query, (keys, chunk.skipped_hashes))}
+        confirmed, unconfirmed = [], []
+        for i, k in enumerate(keys):
+            # An erased key is left to the erasure check (_not_stale_erased) on the parsed line.
+            (confirmed if k in stored and k not in self.erased else unconfirmed).append(i)
+        newest = max((stored[keys[i]][0] for i in confirmed if stored[keys[i]][0] is not None), default=None)
+        if confirmed:
+            self.result.add({"unchanged": len(confirmed)})
+            if self.archived:
+                self.result.beyond_retention += sum(
+                    1
+                    for i in confirmed
+                    if (c := stored[keys[i]][1]) is not None and partitions.Quarter.of(c).key in self.archived
+                )
+            w.record_seen(keys[i] for i in confirmed)
+        if unconfirmed:
+            sub = self._parse(
+                [chunk.skipped_text(i) for i in unconfirmed],
+                [chunk.first_line_no + chunk.skipped_line_nos[i] for i in unconfirmed],
+                chunk.end_position,
+            )
+            for line_no, line, reason in sub.rejected_lines():
+                self.rejects.add(line_no, line, reason)
+            self.write_chunk(sub)
+            self.result.beyond_retention += sub.beyond_retention
+            self.result.nul_stripped += sub.nul_stripped
+            latest = max((t for t in sub.changed if t is not None), default=None)
+            if latest is not None and (newest is None or latest > newest):
+                newest = latest
+        return newest
+
+    def parsed_whole(self, chunk: Chunk) -> Chunk:
+        """The chunk parsed again here, no line skipped (a key skipped and parsed in one block)."""
+        args = (self.w.spec.name, chunk.block, self.keep_raw, self.result.run_id, chunk.end_position, self.window)
+        sub = process_chunk((*args, self.archived))
+        sub.block, sub.first_line_no = chunk.block, chunk.first_line_no
+        return sub
+
+    def _parse(self, texts: list[bytes], line_nos: list[int], end_position: int) -> Chunk:
+        """Lines parsed here, numbered as in the file; ``read`` 0 (the chunk they came from counted them)."""
+        block = b"\n".join(texts) + b"\n"
+        sub = process_chunk(
+            (self.w.spec.name, block, self.keep_raw, self.result.run_id, end_position, self.window, self.archived)
+        )
+        sub.block, sub.first_line_no, sub.read = block, 0, 0
+        sub.line_nos = [line_nos[n] for n in sub.line_nos]
+        sub.rejects = [(line_nos[n], a, b, reason) for n, a, b, reason in sub.rejects]
+        return sub
 
     def write_batch(self, batch: list[Line]) -> None:
         if not batch:

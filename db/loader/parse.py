@@ -11,7 +11,7 @@ connection code, so workers start fast.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
@@ -81,6 +81,11 @@ class Chunk:
     end_position: int  # compressed bytes read when the chunk was cut (for progress)
     beyond_retention: int = 0  # good lines of an archived quarter: header kept, items dropped
     nul_stripped: int = 0  # good lines whose text values had a NUL (\u0000) removed
+    # Lines not parsed: their hash is a stored row's (``db/loader/known.py``), to be confirmed by the apply.
+    skipped_line_nos: list[int] = field(default_factory=list)
+    skipped_spans: list[int] = field(default_factory=list)  # per skipped line: start, end in the block
+    skipped_keys: list[str] = field(default_factory=list)
+    skipped_hashes: list[str] = field(default_factory=list)
     # Set by the reader once the chunk is back; line numbers above count from 0 within the block.
     block: bytes = b""
     first_line_no: int = 1
@@ -107,6 +112,10 @@ class Chunk:
             )
             p0, c0 = p1, c1
         return out
+
+    def skipped_text(self, i: int) -> bytes:
+        """The text of skipped line ``i``, as read."""
+        return self.block[self.skipped_spans[2 * i] : self.skipped_spans[2 * i + 1]]
 
     def rejected_lines(self) -> list[tuple[int, bytes, str]]:
         return [(self.first_line_no + n, self.block[a:b], reason) for n, a, b, reason in self.rejects]
@@ -218,16 +227,22 @@ def _kept(
 
 
 # What the reader hands to process_chunk: (entity, block of whole lines, keep raw JSON, run id,
-# compressed bytes read so far, accepted dates[, archived quarters]). A tuple: it is pickled to a worker
-# per block. The archived quarters (``db.partitions.rollover.archived_quarters``) may be left out: none.
-BlockArgs = tuple  # (str, bytes, bool, int, int, DateWindow[, frozenset[tuple[int, int]]])
+# compressed bytes read so far, accepted dates[, archived quarters[, known hashes]]). A tuple: it is pickled
+# to a worker per block. The archived quarters (``db.partitions.rollover.archived_quarters``) may be left
+# out: none. Known hashes ({content hash: key}, ``db/loader/known.py``): lines to skip unparsed; None: none.
+BlockArgs = tuple  # (str, bytes, bool, int, int, DateWindow[, frozenset[tuple[int, int]][, dict | None]])
 NO_ARCHIVE: frozenset[tuple[int, int]] = frozenset()
 
 
 def process_chunk(args: BlockArgs) -> Chunk:
-    """Parse, map and format one block of lines; a line that cannot be mapped is a reject."""
+    """Parse, map and format one block of lines; a line that cannot be mapped is a reject.
+
+    A line whose hash is in the block's known hashes is not parsed: it goes to the ``skipped_*`` lists
+    with the stored row's key (unless it holds a ``\\u0000`` escape: parsed, so ``nul_stripped`` counts it).
+    """
     entity, block, keep_raw, run_id, end_position, window, *more = args
     archived = more[0] if more else NO_ARCHIVE
+    known = more[1] if len(more) > 1 else None
     spec = ENTITIES[entity]
     tx = Transformer()
     parents, children = bytearray(), bytearray()
@@ -237,6 +252,12 @@ def process_chunk(args: BlockArgs) -> Chunk:
         text = block[a:b]
         p_len, c_len = len(parents), len(children)
         digest = content_hash(text)
+        if known and (key := known.get(digest)) is not None and b"\\u0000" not in text:
+            c.skipped_line_nos.append(line_no)
+            c.skipped_spans += (a, b)
+            c.skipped_keys.append(key)
+            c.skipped_hashes.append(digest)
+            continue
         try:
             try:
                 m = _map_line(spec, text, exact=False)

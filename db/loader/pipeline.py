@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -46,6 +46,7 @@ def mapped_chunks(
     workers: int,
     window: DateWindow,
     archived: frozenset[tuple[int, int]] = frozenset(),
+    known: Callable[[bytes], dict[str, str]] | None = None,
 ) -> Iterator[Iterator[Chunk]]:
     """The file's chunks, parsed and mapped, numbered, in file order.
 
@@ -54,7 +55,14 @@ def mapped_chunks(
     so a task retry does not stack a second set of workers.
     """
     blocks = read.blocks(
-        path, entity, keep_raw=keep_raw, run_id=run_id, chunk_bytes=chunk_bytes, window=window, archived=archived
+        path,
+        entity,
+        keep_raw=keep_raw,
+        run_id=run_id,
+        chunk_bytes=chunk_bytes,
+        window=window,
+        archived=archived,
+        known=known,
     )
     with ExitStack() as stack:
         pool = stack.enter_context(ChunkWorkers(workers)) if workers > 0 else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -68,12 +68,16 @@ def blocks(
     chunk_bytes: int,
     window: DateWindow,
     archived: frozenset[tuple[int, int]] = frozenset(),
+    known: Callable[[bytes], dict[str, str]] | None = None,
 ) -> Iterator[BlockArgs]:
     """Blocks of whole lines of about ``chunk_bytes``, each with what ``parse.process_chunk`` needs.
 
     Blocks, not lists of lines: the reader only looks for the last newline, and one bytes object per
     block is all that is pickled to a worker. Workers split, count and strip the lines; the line
     numbers are made absolute when the chunks come back, in order (``pipeline.numbered``).
+
+    With ``known`` (``db/loader/known.py``), each block carries the {content hash: key} of its lines
+    the table already holds, which the worker skips instead of parsing them.
     """
     rest = b""
     with SnapshotFile(path) as f:
@@ -87,6 +91,6 @@ def blocks(
                 continue
             block = rest + memoryview(data)[: cut + 1]  # one copy of the block, not two
             rest = data[cut + 1 :]
-            yield (entity, block, keep_raw, run_id, f.position(), window, archived)
+            yield (entity, block, keep_raw, run_id, f.position(), window, archived, known(block) if known else None)
         if rest:
-            yield (entity, rest, keep_raw, run_id, f.position(), window, archived)
+            yield (entity, rest, keep_raw, run_id, f.position(), window, archived, known(rest) if known else None)

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 
 ONLINE = {
     "ix_orders_customer_history",
+    "ix_orders_content_hash",
     "ix_order_items_code",
     "ix_customers_email_normalized",
     "ix_product_variants_ean",
