@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -86,7 +87,7 @@ class PrefectReader:
     """``flow_runs`` and ``limit_status`` over REST when the server is known here, else Prefect's client."""
 
     def __init__(self) -> None:
-        self.api = (os.environ.get("PREFECT_API_URL") or "").rstrip("/")
+        self.api = _rest_url()
         self._http: httpx.Client | None = None
         self._fallback = not self.api
 
@@ -138,6 +139,15 @@ class PrefectReader:
         if not (missing_ok and r.status_code == 404):
             r.raise_for_status()
         return r
+
+
+def _rest_url() -> str:
+    """The server to read over REST, or "" for Prefect's client. With Prefect imported already (a test
+    harness, a notebook, the soak) its settings are the truth (``temporary_settings`` is not the environment)
+    and its client costs no import, so it is used."""
+    if "prefect" in sys.modules:
+        return ""
+    return (os.environ.get("PREFECT_API_URL") or "").rstrip("/")
 
 
 def _headers() -> dict[str, str]:

@@ -92,11 +92,11 @@ def prefect_via(request, monkeypatch):
         raise AssertionError(f"status read Prefect the other way (expected {request.param})")
 
     if request.param == "rest":
-        monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+        monkeypatch.setattr(reader, "_rest_url", lambda: PREFECT_API_URL.value())  # as in a process without Prefect
         monkeypatch.setattr(reader, "_client_flow_runs", not_this_path)
         monkeypatch.setattr(slots, "limit_status", not_this_path)
     else:
-        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+        monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # a stale one: Prefect's settings win
         monkeypatch.setattr(reader.PrefectReader, "_request", not_this_path)
     return request.param
 
@@ -320,7 +320,7 @@ def test_unreachable_prefect_api_is_reported_not_hidden(ready, monkeypatch):
 
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         code, report = status()
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # the same, read over REST
+    monkeypatch.setattr("flows.prefect_read._rest_url", lambda: "http://127.0.0.1:9/api")  # the same, over REST
     rest_code, rest = status()
     assert (rest_code, check(rest, "runs")["level"], check(rest, "locks")["level"]) == (2, "warn", "fail"), rest
     assert "Prefect API not readable (ConnectError" in check(rest, "runs")["detail"]
