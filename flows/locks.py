@@ -52,6 +52,9 @@ LEASE_SECONDS = 600  # the default of HUB_LOCK_LEASE_SECONDS (flows.config)
 EX_TEMPFAIL = 75  # sysexits.h: "try again later" — the CLI's exit code when a lock is held
 # A job needing several locks retries after a busy later one, holding none meanwhile (seconds).
 RETRY_FIRST_DELAY, RETRY_MAX_DELAY = 0.05, 2.0
+# A timed acquire shorter than this is made an immediate one (a 423 or a slot): on a loaded server a
+# short timed wait runs out on the round trip itself, and a free lock would be reported held.
+TIMED_WAIT_FLOOR = 2.0
 
 
 __all__ = [
@@ -73,9 +76,15 @@ class LockHeld(LockError):
     exit_code = EX_TEMPFAIL
 
     def __init__(
-        self, name: str, holder: dblocks.Holder | None, waited: float | None, holder_alive: bool | None = None
+        self,
+        name: str,
+        holder: dblocks.Holder | None,
+        waited: float | None,
+        holder_alive: bool | None = None,
+        timed_out: bool = False,
     ) -> None:
-        self.name, self.holder = name, holder
+        # timed_out: the wait ran out without the server ever saying "busy" (it may only have been slow).
+        self.name, self.holder, self.timed_out = name, holder, timed_out
         who = holder.describe() if holder else "holder unknown (none recorded)"
         after = f" after waiting {waited:g} s" if waited else ""
         # Unless the holder is known to run: a crashed one's slot never comes back by itself on an
@@ -142,13 +151,16 @@ def job_lock(
         _checked(name, repair)
     deadline = None if wait is None else time.monotonic() + wait
     delay = RETRY_FIRST_DELAY
+    found_busy: LockHeld | None = None  # the last lock the server or PostgreSQL said was busy
     while True:
         try:
             held, holders = _take_all(names, url, schema, flow_run_id, wait, deadline)
         except LockHeld as busy:
+            found_busy = found_busy if busy.timed_out else busy
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise
+                # Name a lock that was seen busy, not one whose last wait merely ran out.
+                raise (found_busy if busy.timed_out and found_busy else busy) from None
             log.info("lock %s is busy; holding none of %s while waiting", busy.name, ", ".join(names))
             sleep(delay if left is None else min(delay, left))
             delay = min(delay * 2, RETRY_MAX_DELAY)
@@ -180,14 +192,15 @@ def _take(
     """One lock (Prefect slot, then advisory lock) onto ``stack``, waiting until the monotonic
     ``deadline`` (None: forever); raises LockHeld when it stays busy (``wait``: for the message)."""
     left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    slot_wait = 0.0 if left is not None and left < TIMED_WAIT_FLOOR else left
     try:
-        lease_id = stack.enter_context(prefect_slot(name, left))
+        lease_id = stack.enter_context(prefect_slot(name, slot_wait))
     except (TimeoutError, ConcurrencySlotAcquisitionError) as exc:
         # With max_retries=0 the server's 423 Locked arrives wrapped; anything else is a real error.
         if not isinstance(exc, TimeoutError) and not is_locked(exc):
             raise LockError(f"could not acquire {name}: {exc}") from exc
         holder, alive = _recorded_holder(url, schema, name)
-        raise LockHeld(name, holder, wait, alive) from None
+        raise LockHeld(name, holder, wait, alive, timed_out=isinstance(exc, TimeoutError)) from None
 
     def busy(holder: dblocks.Holder | None) -> None:
         raise LockHeld(name, holder, wait, holder_alive=True)  # a session holds the advisory lock: it runs

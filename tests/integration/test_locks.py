@@ -287,6 +287,31 @@ def test_several_groups_give_up_at_the_deadline_naming_the_busy_one(env, hold):
     assert _slots(_name(env, "orders")) == 0
 
 
+@pytest.mark.parametrize("wait", [1.5, 3.0])
+def test_a_slow_server_does_not_make_a_free_lock_look_held_at_the_deadline(env, hold, monkeypatch, wait):
+    """CI, a loaded box: the retry's timed wait for the free `orders` slot ran out on the round trip, and
+    the deadline's message said `orders` was held by an unknown holder; the busy lock was db-maintenance."""
+    import flows.locks as locks
+
+    real, waits = locks.prefect_slot, []
+
+    def slow_server(name, slot_wait):
+        waits.append(slot_wait)
+        if slot_wait and len(waits) > 1:  # after the first answer, a timed wait runs out on a slow server
+            time.sleep(slot_wait)
+            raise TimeoutError
+        return real(name, slot_wait)
+
+    hold("db-maintenance", "long-backup")
+    monkeypatch.setattr(locks, "prefect_slot", slow_server)
+    with pytest.raises(LockHeld, match="db-maintenance is held by flow run long-backup") as held:
+        with job_lock("orders", "db-maintenance", url=env, schema="public", wait=wait, sleep=lambda s: time.sleep(0.05)):
+            pytest.fail("ran without db-maintenance")
+    assert not held.value.timed_out
+    assert all(w == 0.0 or w >= locks.TIMED_WAIT_FLOOR for w in waits)  # a short timed wait is an immediate try
+    assert _slots(_name(env, "orders")) == 0
+
+
 # --- hub instances (issue 8 §1.4) ----------------------------------------------------------------------
 
 
