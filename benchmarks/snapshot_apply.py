@@ -6,7 +6,8 @@
 
 Prints, for raw JSON kept and not kept: the apply's order items/s (median of --repeat runs on a fresh
 database each), the time of a raw ``COPY FROM STDIN`` of the resulting ``orders`` and ``order_items``
-rows into unindexed tables and the ratio of the two rates, and the re-apply's rate (nothing changes).
+rows into unindexed tables and the ratio of the two rates, the same COPY into the hub's own (emptied, partitioned,
+indexed) tables with the loader's deferred index builds, and the re-apply's rate (nothing changes).
 Then the loader's peak RSS in a subprocess without Prefect at two file sizes, and the COPY cost of the
 raw column as ``json`` vs ``jsonb`` (the measurement behind the column type). Generated files are kept
 under --data-dir (default /tmp/shoptet-hub-bench) and reused.
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import fresh_db, server_url  # noqa: E402
 from db.connection import connect, libpq_url, with_database  # noqa: E402
+from db.indexes import deferred as deferred_indexes  # noqa: E402
 from db.loader import ApplyOptions, apply_snapshot_file  # noqa: E402
 from db.runs import start_run  # noqa: E402
 from shoptet.sandbox.generator import write_snapshot  # noqa: E402
@@ -70,8 +72,9 @@ def apply(url: str, path: Path, keep_raw: bool) -> tuple[float, int]:
     return time.perf_counter() - t, r.child_rows
 
 
-def raw_copy_seconds(url: str, work: Path) -> float:
-    """Export the applied rows, then time COPY FROM STDIN of them into unindexed tables."""
+def raw_copy_seconds(url: str, work: Path) -> tuple[float, float]:
+    """Export the applied rows, then time COPY FROM STDIN of them into unindexed tables, and into the
+    hub's tables (``hub_tables_copy_seconds``)."""
     with connect(url, autocommit=True) as c:
         files = {}
         for table in ("orders", "order_items"):
@@ -99,10 +102,35 @@ def raw_copy_seconds(url: str, work: Path) -> float:
                 while chunk := f.read(1 << 20):
                     cp.write(chunk)
         seconds = time.perf_counter() - t
-        for table, path in files.items():
-            path.unlink()
+        for table in files:
             c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(f"raw_{table}")))
-    return seconds
+    try:
+        return seconds, hub_tables_copy_seconds(url, files)
+    finally:
+        for path in files.values():
+            path.unlink()
+
+
+def hub_tables_copy_seconds(url: str, files: dict[str, Path]) -> float:
+    """The floor of a first load into the hub's own tables: the same rows COPYed into the emptied
+    (partitioned, indexed) tables, secondary indexes dropped first and rebuilt after, as the loader does
+    (``db/indexes/deferred.py``), in one transaction. What the apply adds on top is reading, parsing and
+    mapping the JSON, hashing, the chunk bookkeeping and the run's records."""
+    with connect(url) as c:
+        c.execute("TRUNCATE order_items, orders")
+        c.commit()
+        t = time.perf_counter()
+        with c.transaction():
+            deferred = [ix for table in files for ix in deferred_indexes.drop_if_empty(c, "public", table)]
+            for table, path in files.items():
+                with (
+                    open(path, "rb") as f,
+                    c.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(table))) as cp,
+                ):
+                    while chunk := f.read(1 << 20):
+                        cp.write(chunk)
+            deferred_indexes.rebuild(c, deferred)
+        return time.perf_counter() - t
 
 
 def peak_rss_mb(url: str, path: Path) -> tuple[float, float]:
@@ -183,20 +211,22 @@ def main() -> None:
 
     results = {}
     for keep_raw in (True, False):
-        applies, reapplies, raws = [], [], []
+        applies, reapplies, raws, floors = [], [], [], []
         for i in range(args.repeat):
             url = fresh_db(server, "hub_bench")
             s, written = apply(url, path, keep_raw)
             assert written == items, (written, items)
             applies.append(s)
             reapplies.append(apply(url, path, keep_raw)[0])
-            raws.append(raw_copy_seconds(url, args.data_dir))
+            raw, floor = raw_copy_seconds(url, args.data_dir)
+            raws.append(raw)
+            floors.append(floor)
             print(
                 f"  raw json {'kept' if keep_raw else 'off '} run {i + 1}: apply {s:.1f} s, re-apply "
-                f"{reapplies[-1]:.1f} s, raw COPY {raws[-1]:.1f} s",
+                f"{reapplies[-1]:.1f} s, raw COPY {raws[-1]:.1f} s, COPY into the hub's tables {floor:.1f} s",
                 flush=True,
             )
-        a, r, c = map(statistics.median, (applies, reapplies, raws))
+        a, r, c, h = map(statistics.median, (applies, reapplies, raws, floors))
         results[keep_raw] = {
             "apply_s": a,
             "reapply_s": r,
@@ -205,17 +235,20 @@ def main() -> None:
             "reapply_rate": items / r,
             "copy_rate": items / c,
             "ratio": c / a,
+            "hub_copy_s": h,
+            "hub_copy_ratio": h / a,
         }
 
     print()
     print(
         f"{'raw JSON':<9} {'apply items/s':>14} {'raw COPY items/s':>17} {'apply/COPY':>11} "
-        f"{'re-apply items/s':>17} {'re-apply/apply':>15}"
+        f"{'re-apply items/s':>17} {'re-apply/apply':>15} {'hub-tables COPY s':>18} {'apply/that':>11}"
     )
     for keep_raw, m in results.items():
         print(
             f"{'kept' if keep_raw else 'off':<9} {m['apply_rate']:>14,.0f} {m['copy_rate']:>17,.0f} "
             f"{m['ratio']:>11.2f} {m['reapply_rate']:>17,.0f} {m['reapply_rate'] / m['apply_rate']:>15.2f}"
+            f" {m['hub_copy_s']:>18.1f} {m['hub_copy_ratio']:>11.2f}"
         )
 
     rss = {}
