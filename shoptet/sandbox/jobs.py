@@ -8,6 +8,7 @@ ticker), so a test moves a job along just by advancing a ManualClock.
 
 from __future__ import annotations
 
+import heapq
 import random
 import shutil
 import string
@@ -83,6 +84,10 @@ class JobManager:
         self.results_dir = Path(results_dir or tempfile.mkdtemp(prefix="shoptet-sandbox-results-"))
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self._jobs: dict[str, Job] = {}
+        # refresh() runs on every job request and tick: it looks only at unfinished jobs and at results
+        # due to expire, not at every job ever made (a soak's shop makes thousands).
+        self._unfinished: dict[str, Job] = {}
+        self._expiring: list[tuple[float, str]] = []  # heap of (valid_until, result file name)
         self._by_result: dict[str, str] = {}
         self._lock = threading.RLock()
 
@@ -117,6 +122,7 @@ class JobManager:
                 records,
             )
             self._jobs[job.job_id] = job
+            self._unfinished[job.job_id] = job
             return job
 
     def get(self, job_id: str) -> Job | None:
@@ -148,15 +154,13 @@ class JobManager:
             return job, job.polls <= MAX_UNFINISHED_POLLS
 
     def refresh(self) -> None:
-        """Advance every unfinished job to the status the clock implies."""
+        """Advance every unfinished job to the status the clock implies; delete expired result files."""
         finished: list[Job] = []
         with self._lock:
             now = self.clock.time()
-            for job in self._jobs.values():
-                if job.finished:
-                    if job.valid_until is not None and now > job.valid_until and job.result_name:
-                        (self.results_dir / job.result_name).unlink(missing_ok=True)
-                    continue
+            while self._expiring and now > self._expiring[0][0]:
+                (self.results_dir / heapq.heappop(self._expiring)[1]).unlink(missing_ok=True)
+            for job in list(self._unfinished.values()):
                 start_running = job.created + job.duration * 0.25
                 end = job.created + (FAIL_AFTER if job.outcome == "failed" else job.duration)
                 if now < start_running:
@@ -165,6 +169,9 @@ class JobManager:
                 if now < end or job.outcome == "never":
                     continue
                 self._finish(job, end)
+                del self._unfinished[job.job_id]
+                if job.result_name and job.valid_until is not None:
+                    heapq.heappush(self._expiring, (job.valid_until, job.result_name))
                 finished.append(job)
         for job in finished:
             # a job that errors is marked failed after 3 h and sends no webhook (OA)

@@ -269,3 +269,32 @@ def test_job_finished_webhook_is_signed(hooked, sb):
         assert set(payload) == {"eshopId", "event", "eventCreated", "eventInstance"}
     finally:
         receiver.shutdown()
+
+
+def test_job_refresh_looks_only_at_unfinished_jobs_and_due_expiries(tmp_path, monkeypatch):
+    """The soak (issue 17): refresh() runs on every job request and tick, and it went over every job ever
+    made, unlinking each expired result again each time, so a simulated day grew dearer with the shop's age."""
+    import random
+    from pathlib import Path
+
+    from shoptet.sandbox.jobs import RESULT_TTL, JobManager, ResultFaults
+
+    clock = ManualClock(REFERENCE)
+    jobs = JobManager(clock, random.Random(1), ResultFaults, results_dir=tmp_path)
+    made = [jobs.create("/api/customers/snapshot", "customers", frozenset(), [], 10.0, "completed") for _ in range(50)]
+    clock.advance(11)
+    assert all(j.status == "completed" for j in jobs.all())
+    files = {tmp_path / j.result_name for j in made}
+    assert all(f.exists() for f in files)
+
+    unlinked = []
+    real_unlink = Path.unlink
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: (unlinked.append(self), real_unlink(self, missing_ok)))
+    clock.advance(RESULT_TTL + 1)
+    jobs.refresh()
+    assert set(unlinked) == files and not any(f.exists() for f in files)  # each expired result deleted once
+    unlinked.clear()
+    for _ in range(5):
+        jobs.refresh()
+    assert unlinked == []  # and never again
+    assert not jobs._unfinished and jobs.get(made[0].job_id).status == "completed"
