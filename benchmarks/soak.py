@@ -36,12 +36,10 @@ def main() -> int:
     ap.add_argument("--stride", type=int, default=1, help="simulated days per schedule day and check (1: daily)")
     args = ap.parse_args()
 
-    from prefect.testing.utilities import prefect_test_harness
-
     from db.connection import ensure_database
     from db.embedded import embedded_server_url
     from tests.conftest import server_home
-    from tests.soak.driver import Divergence, soak
+    from tests.soak.driver import Divergence, soak, soak_server
     from tests.soak.world import ShopSize
 
     server = embedded_server_url(server_home())
@@ -54,7 +52,7 @@ def main() -> int:
     print(
         f"soak: seed {args.seed}, {args.days} days, scale {args.scale}; database {dbname}, files {workdir}", flush=True
     )
-    with prefect_test_harness(server_startup_timeout=120):
+    with soak_server(startup_timeout=120):
         try:
             report = soak(
                 db_url,

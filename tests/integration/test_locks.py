@@ -305,7 +305,9 @@ def test_a_slow_server_does_not_make_a_free_lock_look_held_at_the_deadline(env, 
     hold("db-maintenance", "long-backup")
     monkeypatch.setattr(locks, "prefect_slot", slow_server)
     with pytest.raises(LockHeld, match="db-maintenance is held by flow run long-backup") as held:
-        with job_lock("orders", "db-maintenance", url=env, schema="public", wait=wait, sleep=lambda s: time.sleep(0.05)):
+        with job_lock(
+            "orders", "db-maintenance", url=env, schema="public", wait=wait, sleep=lambda s: time.sleep(0.05)
+        ):
             pytest.fail("ran without db-maintenance")
     assert not held.value.timed_out
     assert all(w == 0.0 or w >= locks.TIMED_WAIT_FLOOR for w in waits)  # a short timed wait is an immediate try

@@ -6,9 +6,8 @@ The long run is ``benchmarks/soak.py`` (docs/reliability.md has its figures). Sl
 from __future__ import annotations
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
-from tests.soak.driver import soak
+from tests.soak.driver import soak, soak_server
 from tests.soak.faults import KINDS
 from tests.soak.world import ShopSize
 
@@ -22,7 +21,7 @@ STRIDE = 20  # one schedule day per 20 simulated days: 6 checked spans, each wit
 @pytest.fixture(scope="module")
 def harness():
     """A Prefect server of its own, with a patient start: on a loaded 2-core machine it took over 60 s."""
-    with prefect_test_harness(server_startup_timeout=300):
+    with soak_server(startup_timeout=300):
         yield
 
 

@@ -289,7 +289,9 @@ def test_job_refresh_looks_only_at_unfinished_jobs_and_due_expiries(tmp_path, mo
 
     unlinked = []
     real_unlink = Path.unlink
-    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: (unlinked.append(self), real_unlink(self, missing_ok)))
+    monkeypatch.setattr(
+        Path, "unlink", lambda self, missing_ok=False: (unlinked.append(self), real_unlink(self, missing_ok))
+    )
     clock.advance(RESULT_TTL + 1)
     jobs.refresh()
     assert set(unlinked) == files and not any(f.exists() for f in files)  # each expired result deleted once
