@@ -156,11 +156,11 @@ def job_lock(
         try:
             held, holders = _take_all(names, url, schema, flow_run_id, wait, deadline)
         except LockHeld as busy:
-            found_busy = found_busy if busy.timed_out else busy
+            found_busy = found_busy if busy.timed_out else busy  # never None once a lock was seen busy
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 # Name a lock that was seen busy, not one whose last wait merely ran out.
-                raise (found_busy if busy.timed_out and found_busy else busy) from None
+                raise (found_busy or busy) from None
             log.info("lock %s is busy; holding none of %s while waiting", busy.name, ", ".join(names))
             sleep(delay if left is None else min(delay, left))
             delay = min(delay * 2, RETRY_MAX_DELAY)
