@@ -26,6 +26,14 @@ KNOWN_FAILURES: dict[str, str] = {}
 MAX_DEFERRED_SPANS = 2
 _ENTITY_OF = {"order_items": "orders", "product_variants": "products"}
 BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
+# What ends an e-mail address in text (JSON's quotes and brackets, an address's angle brackets, a list's commas).
+_NOT_ADDRESS = re.compile(r"[\s\"'<>,;:()\[\]{}\\/]+")
+
+
+def addresses(text: str) -> set[str]:
+    """The e-mail addresses in a text, lower-cased; a full stop after one ends a sentence, not the address.
+    Only the whitespace-separated words holding an "@" are split further (8x faster on the soak's rows)."""
+    return {a.rstrip(".") for w in text.split() if "@" in w for a in _NOT_ADDRESS.split(w.lower()) if "@" in a}
 
 
 class Checker:
@@ -229,16 +237,17 @@ class Checker:
             gone.append(email)
         if not gone:
             return out
-        # One scan of each table for all of them (a scan per person made a check grow with the run's erasures).
-        lowered, patterns = [e.lower() for e in gone], [f"%{e}%" for e in gone]
-        n = self.world.q(
-            "SELECT (SELECT count(*) FROM orders WHERE lower(email) = ANY(%s) OR raw::text ILIKE ANY(%s)) "
-            "+ (SELECT count(*) FROM customers WHERE lower(email) = ANY(%s) OR raw::text ILIKE ANY(%s))",
-            lowered,
-            patterns,
-            lowered,
-            patterns,
-        )[0][0]
+        # Each row's text is searched here, once, for the addresses it holds: an ILIKE per person in SQL made a
+        # check cost erasures x rows (1.7 s of a 10 s simulated day by day 590 of seed 602214, and growing).
+        gone_lower = {e.lower() for e in gone}
+        n = sum(
+            1
+            for (text,) in self.world.q(
+                "SELECT concat_ws(' ', email, raw::text) FROM orders "
+                "UNION ALL SELECT concat_ws(' ', email, raw::text) FROM customers"
+            )
+            if not addresses(text).isdisjoint(gone_lower)
+        )
         if n:
             out.append(f"an erased person (the shop no longer holds them) is back in {n} rows")
         return out
@@ -290,10 +299,28 @@ class Checker:
     def lock_windows(self) -> list[str]:
         """Runs of one entity (one lock) never wrote at the same time. A run still 'running' at a check (nothing
         runs then) is one whose process was killed: counted, and its window is not known."""
-        rows = self.world.q(
-            "SELECT a.id, b.id, a.entity FROM snapshot_runs a JOIN snapshot_runs b ON a.entity = b.entity "
-            "AND a.id < b.id AND a.finished_at IS NOT NULL AND b.finished_at IS NOT NULL "
-            "AND tstzrange(a.started_at, a.finished_at) && tstzrange(b.started_at, b.finished_at)"
+        # Sorted by start, a run overlaps an earlier one exactly when it starts before the latest end among
+        # those before it: one window pass (a self-join cost runs squared at every check). Only the runs it
+        # finds are paired up, for the message. Ranges are half-open, as tstzrange's: touching is no overlap.
+        late = [
+            r[0]
+            for r in self.world.q(
+                "SELECT id FROM (SELECT id, started_at, max(finished_at) OVER (PARTITION BY entity "
+                "ORDER BY started_at, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS ends_before "
+                "FROM snapshot_runs WHERE finished_at > started_at) r WHERE started_at < ends_before"
+            )
+        ]
+        rows = (
+            self.world.q(
+                "SELECT a.id, b.id, a.entity FROM snapshot_runs a JOIN snapshot_runs b ON a.entity = b.entity "
+                "AND a.id < b.id AND a.finished_at > a.started_at AND b.finished_at > b.started_at "
+                "AND (a.id = ANY(%s) OR b.id = ANY(%s)) "
+                "AND tstzrange(a.started_at, a.finished_at) && tstzrange(b.started_at, b.finished_at)",
+                late,
+                late,
+            )
+            if late
+            else []
         )
         self.report.runs_left_running = self.world.q("SELECT count(*) FROM snapshot_runs WHERE status = 'running'")[0][
             0
