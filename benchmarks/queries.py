@@ -40,6 +40,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import queries_maintenance  # noqa: E402
 from benchmarks.common import fresh_db  # noqa: E402
 from benchmarks.shop_data import TABLES, Sizes, baseline_tables, copy_tables, generate  # noqa: E402
 from db.connection import connect, libpq_url, with_database  # noqa: E402
@@ -373,6 +374,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--cases", nargs="*", help="only the cases whose name contains one of these")
     ap.add_argument("--json", type=Path, help="write the figures (and the EXPLAIN texts) here")
+    ap.add_argument(
+        "--no-maintenance", action="store_true",
+        help="skip the maintenance flows' timing (benchmarks/queries_maintenance.py; once per built database)",
+    )  # fmt: skip
     args = ap.parse_args()
 
     server = args.server_url or _own_server()
@@ -395,8 +400,10 @@ def main() -> None:
         for side in (BASELINE, PRODUCT):
             if "explain" in row[side]:
                 print(f"\n{row['case'].strip()}, EXPLAIN (ANALYZE, BUFFERS), {side}:\n{row[side]['explain']}")
+    maintenance = {} if args.no_maintenance else queries_maintenance.run(url)
     if args.json:
-        args.json.write_text(json.dumps({"sizes": sizes.__dict__, "results": results}, indent=1, default=str))
+        figures = {"sizes": sizes.__dict__, "results": results, "maintenance": maintenance}
+        args.json.write_text(json.dumps(figures, indent=1, default=str))
 
 
 def _own_server() -> str:
