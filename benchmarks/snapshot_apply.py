@@ -11,6 +11,11 @@ indexed) tables with the loader's deferred index builds, and the re-apply's rate
 Then the loader's peak RSS in a subprocess without Prefect at two file sizes, and the COPY cost of the
 raw column as ``json`` vs ``jsonb`` (the measurement behind the column type). Generated files are kept
 under --data-dir (default /tmp/shoptet-hub-bench) and reused.
+
+With ``--process``, each run also times the whole ``hub import-file orders FILE`` command as an operator runs
+it (a fresh process of the venv's ``hub`` into a fresh database: interpreter, imports, migrations check,
+Prefect flow run, apply, run records), once with a Prefect server up (the one ``hub serve`` runs, started
+here once) and once on Prefect's ephemeral server (no server running), beside the same run's raw COPY.
 """
 
 from __future__ import annotations
@@ -188,6 +193,44 @@ def json_vs_jsonb(url: str, path: Path, limit: int = 40_000) -> dict[str, float]
     return out
 
 
+HUB = Path(sys.executable).with_name("hub")
+
+
+class ImportProcess:
+    """``hub import-file`` as a process into a fresh database, with and without a Prefect server up."""
+
+    def __init__(self, server: str, path: Path, port: int = 4298) -> None:
+        from deployments import prefect_server as ps
+        from flows.config import HubConfig
+
+        self.server, self.path, self.ps = server, path, ps
+        self.home = Path(tempfile.mkdtemp(prefix="hub-bench-import-"))
+        cfg = HubConfig(database_url=fresh_db(server, "hub_bench_proc"), home=self.home)
+        self.proc = ps.start_server(self.home, ps.prefect_database_url(cfg), "127.0.0.1", port)
+
+    def seconds(self, keep_raw: bool, server_up: bool) -> float:
+        url = fresh_db(self.server, "hub_bench_proc")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "HUB_"))}
+        env.update(
+            HUB_DATABASE_URL=url,
+            HUB_KEEP_RAW_JSON="true" if keep_raw else "false",
+            PREFECT_HOME=str(self.home / "prefect-client"),
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+        )
+        # hub serve's server is found through HUB_HOME/run/prefect-server.json; another home has none
+        env["HUB_HOME"] = str(self.home if server_up else self.home / "no-server")
+        t = time.perf_counter()
+        done = subprocess.run([str(HUB), "import-file", "orders", str(self.path)], env=env, capture_output=True)
+        seconds = time.perf_counter() - t
+        if done.returncode:
+            raise SystemExit(f"hub import-file exited {done.returncode}: {done.stderr[-2000:].decode()}")
+        return seconds
+
+    def close(self) -> None:
+        self.ps.stop_process(self.proc)
+        self.ps.state_path(self.home).unlink(missing_ok=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server-url", help="PostgreSQL server URL (default: the embedded PostgreSQL 18)")
@@ -196,6 +239,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "shoptet-hub-bench")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--process", action="store_true", help="also time the whole `hub import-file` process")
     args = ap.parse_args()
     args.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -210,8 +254,10 @@ def main() -> None:
     )
 
     results = {}
+    importer = ImportProcess(server, path) if args.process else None
     for keep_raw in (True, False):
         applies, reapplies, raws, floors = [], [], [], []
+        processes: dict[str, list[float]] = {"server up": [], "ephemeral": []}
         for i in range(args.repeat):
             url = fresh_db(server, "hub_bench")
             s, written = apply(url, path, keep_raw)
@@ -221,11 +267,15 @@ def main() -> None:
             raw, floor = raw_copy_seconds(url, args.data_dir)
             raws.append(raw)
             floors.append(floor)
-            print(
+            line = (
                 f"  raw json {'kept' if keep_raw else 'off '} run {i + 1}: apply {s:.1f} s, re-apply "
-                f"{reapplies[-1]:.1f} s, raw COPY {raws[-1]:.1f} s, COPY into the hub's tables {floor:.1f} s",
-                flush=True,
+                f"{reapplies[-1]:.1f} s, raw COPY {raws[-1]:.1f} s, COPY into the hub's tables {floor:.1f} s"
             )
+            if importer:
+                for mode in processes:
+                    processes[mode].append(importer.seconds(keep_raw, server_up=mode == "server up"))
+                line += ", hub import-file " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in processes.items())
+            print(line, flush=True)
         a, r, c, h = map(statistics.median, (applies, reapplies, raws, floors))
         results[keep_raw] = {
             "apply_s": a,
@@ -238,6 +288,12 @@ def main() -> None:
             "hub_copy_s": h,
             "hub_copy_ratio": h / a,
         }
+        for mode, times in processes.items():
+            if times:
+                results[keep_raw][f"process_{mode}_s"] = statistics.median(times)
+                results[keep_raw][f"process_{mode}_ratio"] = c / statistics.median(times)
+    if importer:
+        importer.close()
 
     print()
     print(
@@ -250,6 +306,17 @@ def main() -> None:
             f"{m['ratio']:>11.2f} {m['reapply_rate']:>17,.0f} {m['reapply_rate'] / m['apply_rate']:>15.2f}"
             f" {m['hub_copy_s']:>18.1f} {m['hub_copy_ratio']:>11.2f}"
         )
+
+    if importer:
+        head = f"{'raw JSON':<9} {'whole hub import-file process':<30} {'s':>6} {'items/s':>9}"
+        print(f"\n{head} {'/ raw COPY rate':>16}")
+        for keep_raw, m in results.items():
+            for mode in ("server up", "ephemeral"):
+                t = m[f"process_{mode}_s"]
+                print(
+                    f"{'kept' if keep_raw else 'off':<9} {mode:<30} {t:>6.1f} {items / t:>9,.0f} "
+                    f"{m[f'process_{mode}_ratio']:>16.2f}"
+                )
 
     rss = {}
     if not args.skip_rss:
@@ -276,6 +343,11 @@ def main() -> None:
         (">= 100k items/s without raw JSON", off["apply_rate"] >= 100_000),
         ("re-apply at least as fast as apply", all(m["reapply_s"] <= m["apply_s"] for m in results.values())),
     ]
+    if importer:
+        checks += [
+            ("whole hub import-file process >= 0.6 x raw COPY rate (raw kept, server up)",
+             kept["process_server up_ratio"] >= 0.6),
+        ]  # fmt: skip
     if rss:
         a, b = rss.values()
         checks += [
