@@ -79,7 +79,8 @@ def _guid(prefix: str, n: str) -> str:
 
 
 def _variant_code(j: str, products: int) -> str:
-    return f"'P' || lpad((1 + mod({j} - 1, {products}))::text, 5, '0') || '-' || (1 + ({j} - 1) / {products})"
+    width = max(5, len(str(products)))  # lpad truncates: 5 digits would make product 100000 into 10000's codes
+    return f"'P' || lpad((1 + mod({j} - 1, {products}))::text, {width}, '0') || '-' || (1 + ({j} - 1) / {products})"
 
 
 def _ean12(j: str) -> str:
@@ -168,7 +169,8 @@ def _orders(conn: psycopg.Connection, table: sql.Identifier, s: Sizes) -> None:
                    email, phone, customer_guid, currency_code, exchange_rate, price_with_vat,
                    price_without_vat, price_vat, price_to_pay, paid, vat_payer, cash_desk_order,
                    billing_full_name, billing_city, billing_country_code, content_hash)
-            SELECT to_char(created, 'YYYY') || lpad(i::text, 7, '0'), md5('o' || i)::uuid::text, created,
+            SELECT to_char(created, 'YYYY') || lpad(i::text, {max(7, len(str(s.orders)))}, '0'),
+                   md5('o' || i)::uuid::text, created,
                    created + interval '2 days', st, (ARRAY['Nova','Vyrizena','Stornovana','Odeslana'])[
                        CASE st WHEN -1 THEN 1 WHEN -3 THEN 2 WHEN -4 THEN 3 ELSE 4 END],
                    'E-shop',

@@ -63,3 +63,14 @@ def test_generated_shop_and_the_benchmark_queries_agree_on_both_schemas(db_url):
     finally:
         for c in conns.values():
             c.close()
+
+
+def test_codes_stay_unique_past_the_widths_of_the_originals_size(db_url):
+    """At 50M items the shop has 122k products: a 5-digit product number made product 100000's variant
+    codes those of product 10000 (lpad truncates), and the 50M build failed on the variants' primary key."""
+    sizes = Sizes(orders=30, items=60, customers=10, variants=100_000, products=100_000, years=4)
+    with connect(db_url) as c:
+        baseline_tables(c, q.BASELINE)
+        counts = generate(c, q.BASELINE, sizes)  # the old codes: UniqueViolation on product_variants_pkey
+        distinct = c.execute("SELECT count(DISTINCT code) FROM baseline.product_variants").fetchone()[0]
+    assert counts["product_variants"] == distinct == 100_000
