@@ -196,6 +196,13 @@ def json_vs_jsonb(url: str, path: Path, limit: int = 40_000) -> dict[str, float]
 HUB = Path(sys.executable).with_name("hub")
 
 
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 class ImportProcess:
     """``hub import-file`` as a process into a fresh database, with and without a Prefect server up."""
 
@@ -219,12 +226,26 @@ class ImportProcess:
         )
         # hub serve's server is found through HUB_HOME/run/prefect-server.json; another home has none
         env["HUB_HOME"] = str(self.home if server_up else self.home / "no-server")
-        t = time.perf_counter()
+        server0, command0, t = self._server_cpu(), _children_cpu(), time.perf_counter()
         done = subprocess.run([str(HUB), "import-file", "orders", str(self.path)], env=env, capture_output=True)
         seconds = time.perf_counter() - t
         if done.returncode:
             raise SystemExit(f"hub import-file exited {done.returncode}: {done.stderr[-2000:].decode()}")
+        # CPU-s of the command with its parse workers (and its ephemeral server), and of the server up meanwhile
+        self.cpu = (_children_cpu() - command0, self._server_cpu() - server0 if server_up else 0.0)
         return seconds
+
+    def _server_cpu(self) -> float:
+        import psutil
+
+        root = psutil.Process(self.proc.pid)
+        total = 0.0
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                total += sum(p.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return total
 
     def close(self) -> None:
         self.ps.stop_process(self.proc)
@@ -274,7 +295,9 @@ def main() -> None:
             if importer:
                 for mode in processes:
                     processes[mode].append(importer.seconds(keep_raw, server_up=mode == "server up"))
-                line += ", hub import-file " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in processes.items())
+                    command, srv = importer.cpu
+                    line += f", hub import-file {mode} {processes[mode][-1]:.1f} s (CPU: command {command:.1f} s"
+                    line += f", server {srv:.1f} s)" if mode == "server up" else ")"
             print(line, flush=True)
         a, r, c, h = map(statistics.median, (applies, reapplies, raws, floors))
         results[keep_raw] = {
