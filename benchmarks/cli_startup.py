@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,23 +32,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import fresh_db, server_url  # noqa: E402
+from benchmarks.common import children_cpu, fresh_db, server_url  # noqa: E402
 from db.connection import with_database  # noqa: E402
 
 HUB = Path(sys.executable).with_name("hub")
 TARGETS = {"server up": 3.0, "ephemeral": 10.0}
 
 
-def _child_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def timed(argv: list[str], env: dict[str, str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
     """Wall and CPU seconds of one process."""
-    cpu0, t0 = _child_cpu(), time.perf_counter()
+    cpu0, t0 = children_cpu(), time.perf_counter()
     proc = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True)
-    wall, cpu = time.perf_counter() - t0, _child_cpu() - cpu0
+    wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
     if proc.returncode not in ok_codes:
         raise SystemExit(f"{' '.join(argv[:3])} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
     return wall, cpu
@@ -121,8 +115,11 @@ def main() -> None:
         for name, (argv, ok) in cmds.items():
             rows[f"{name}, server up"] = measure(f"{name}, server up", argv, env, args.runs, ok)
     finally:
+        from db.embedded import stop_embedded_server
+
         ps.stop_process(proc)
         ps.state_path(home).unlink(missing_ok=True)
+        stop_embedded_server(home, force=True)  # the Prefect database's embedded PostgreSQL
 
     floor = rows["import prefect"]
     print()

@@ -21,6 +21,7 @@ here once) and once on Prefect's ephemeral server (no server running), beside th
 from __future__ import annotations
 
 import argparse
+import atexit
 import gzip
 import json
 import os
@@ -37,7 +38,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import fresh_db, server_url  # noqa: E402
+from benchmarks.common import children_cpu, fresh_db, server_url  # noqa: E402
 from db.connection import connect, libpq_url, with_database  # noqa: E402
 from db.indexes import deferred as deferred_indexes  # noqa: E402
 from db.loader import ApplyOptions, apply_snapshot_file  # noqa: E402
@@ -196,13 +197,6 @@ def json_vs_jsonb(url: str, path: Path, limit: int = 40_000) -> dict[str, float]
 HUB = Path(sys.executable).with_name("hub")
 
 
-def _children_cpu() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 class ImportProcess:
     """``hub import-file`` as a process into a fresh database, with and without a Prefect server up."""
 
@@ -214,6 +208,7 @@ class ImportProcess:
         self.home = Path(tempfile.mkdtemp(prefix="hub-bench-import-"))
         cfg = HubConfig(database_url=fresh_db(server, "hub_bench_proc"), home=self.home)
         self.proc = ps.start_server(self.home, ps.prefect_database_url(cfg), "127.0.0.1", port)
+        atexit.register(self.close)  # a failed run (SystemExit, a traceback) leaves no server behind
 
     def seconds(self, keep_raw: bool, server_up: bool) -> float:
         url = fresh_db(self.server, "hub_bench_proc")
@@ -226,13 +221,13 @@ class ImportProcess:
         )
         # hub serve's server is found through HUB_HOME/run/prefect-server.json; another home has none
         env["HUB_HOME"] = str(self.home if server_up else self.home / "no-server")
-        server0, command0, t = self._server_cpu(), _children_cpu(), time.perf_counter()
+        server0, command0, t = self._server_cpu(), children_cpu(), time.perf_counter()
         done = subprocess.run([str(HUB), "import-file", "orders", str(self.path)], env=env, capture_output=True)
         seconds = time.perf_counter() - t
         if done.returncode:
             raise SystemExit(f"hub import-file exited {done.returncode}: {done.stderr[-2000:].decode()}")
         # CPU-s of the command with its parse workers (and its ephemeral server), and of the server up meanwhile
-        self.cpu = (_children_cpu() - command0, self._server_cpu() - server0 if server_up else 0.0)
+        self.cpu = (children_cpu() - command0, self._server_cpu() - server0 if server_up else 0.0)
         return seconds
 
     def _server_cpu(self) -> float:
@@ -248,8 +243,11 @@ class ImportProcess:
         return total
 
     def close(self) -> None:
-        self.ps.stop_process(self.proc)
+        from db.embedded import stop_embedded_server
+
+        self.ps.stop_process(self.proc)  # a second call signals nothing: the process is reaped
         self.ps.state_path(self.home).unlink(missing_ok=True)
+        stop_embedded_server(self.home, force=True)  # the Prefect database's embedded PostgreSQL
 
 
 def main() -> None:
